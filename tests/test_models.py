@@ -1,0 +1,94 @@
+"""Flax encoders and decoders: shapes, initialisation, likelihood heads, arguments."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import stats
+
+import vae_jax
+from vae_jax import models
+
+
+def _leaves(tree):
+  return jax.tree_util.tree_leaves(tree)
+
+
+def test_paper_initialisation_is_normal_with_stddev_0_01():
+  model = vae_jax.make_vae(784, 20, hidden_sizes=(500,))
+  params = vae_jax.init_params(model, jax.random.key(0))
+  values = np.concatenate([np.ravel(leaf) for leaf in _leaves(params)])
+  n = values.size
+  encoder = (784 * 500 + 500) + 2 * (500 * 20 + 20)
+  decoder = (20 * 500 + 500) + (500 * 784 + 784)
+  assert n == encoder + decoder
+  # The sample std of n normals has standard error sigma / sqrt(2 (n - 1)).
+  assert abs(values.std() - 0.01) < 4 * 0.01 / np.sqrt(2 * (n - 1))
+  assert abs(values.mean()) < 4 * 0.01 / np.sqrt(n)
+  assert stats.kstest(values / 0.01, "norm").pvalue > 1e-3
+
+
+def test_flax_initialisation_has_zero_biases():
+  model = vae_jax.make_vae(10, 2, hidden_sizes=(8,), init="flax")
+  params = vae_jax.init_params(model, jax.random.key(0))
+  biases = [leaf for path, leaf in jax.tree_util.tree_leaves_with_path(params)
+            if "bias" in jax.tree_util.keystr(path)]
+  assert biases and all(np.all(b == 0) for b in biases)
+
+
+def test_hidden_sizes_and_activation_shape_the_network():
+  model = vae_jax.make_vae(10, 2, hidden_sizes=(8, 6), activation="relu", init="flax")
+  params = vae_jax.init_params(model, jax.random.key(0))["params"]
+  assert params["encoder"]["mlp"]["hidden_0"]["kernel"].shape == (10, 8)
+  assert params["encoder"]["mlp"]["hidden_1"]["kernel"].shape == (8, 6)
+  assert params["decoder"]["mlp"]["hidden_0"]["kernel"].shape == (2, 8)
+  x = jnp.full((1, 10), 0.5)
+  relu_mean = models.MLP((8,), "relu", init_scheme="flax").init_with_output(jax.random.key(1), x)[0]
+  assert np.all(relu_mean >= 0)
+
+
+def test_gaussian_decoder_sigmoid_mean_and_variance_floor():
+  decoder = models.GaussianDecoder(data_dim=5, hidden_sizes=(4,), min_variance=0.01)
+  z = jnp.asarray(np.random.default_rng(0).normal(size=(3, 2)) * 100)
+  (mean, logvar), _ = decoder.init_with_output(jax.random.key(0), z)
+  assert mean.shape == logvar.shape == (3, 5)
+  assert np.all((mean >= 0) & (mean <= 1))
+  assert np.all(np.exp(logvar) >= 0.01)
+
+
+def test_categorical_decoder_logits_shape_and_mean_in_range():
+  decoder = models.CategoricalDecoder(data_dim=5, num_categories=7, hidden_sizes=(4,))
+  z = jnp.zeros((3, 2))
+  params = decoder.init(jax.random.key(0), z)
+  assert decoder.apply(params, z).shape == (3, 5, 7)
+  mean = decoder.apply(params, z, method=decoder.mean)
+  assert mean.shape == (3, 5) and np.all((mean >= 0) & (mean <= 6))
+
+
+def test_model_properties():
+  model = vae_jax.make_vae(12, 3, likelihood="categorical", num_categories=4)
+  assert (model.data_dim, model.latent_dim, model.likelihood) == (12, 3, "categorical")
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"likelihood": "poisson"}, "Unknown likelihood 'poisson'"),
+        ({"activation": "swish9"}, "Unknown activation"),
+        ({"init": "xavier"}, "Unknown init"),
+        ({"hidden_sizes": ()}, "hidden_sizes"),
+        ({"hidden_sizes": (0,)}, "hidden_sizes"),
+        ({"likelihood": "categorical"}, "num_categories is required"),
+        ({"num_categories": 4}, "num_categories is required"),
+        ({"min_variance": -1.0, "likelihood": "gaussian"}, "min_variance"),
+    ],
+)
+def test_make_vae_rejects_bad_arguments(kwargs, message):
+  with pytest.raises(ValueError, match=message):
+    vae_jax.make_vae(10, 2, **kwargs)
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5])
+def test_make_vae_rejects_bad_dimensions(bad):
+  with pytest.raises(ValueError, match="latent_dim"):
+    vae_jax.make_vae(10, bad)

@@ -1,0 +1,175 @@
+"""The public entry points: pure functions of (params, x, key) for a `VAE`.
+
+    model = vae_jax.make_vae(data_dim=784, latent_dim=20)
+    params = vae_jax.init_params(model, jax.random.key(0))
+    elbo = vae_jax.make_elbo(model, estimator="B", num_samples=1)
+    bounds = elbo(params, x, key)            # [batch], nats per example
+
+`elbo` is pure: `jax.jit`, `jax.grad` of its mean and `jax.vmap` over keys
+all work on it. Input checks on shapes and dtypes run at trace time; checks
+on values (range, NaN) run whenever `x` is a concrete array, i.e. outside
+`jit` — call `check_data` once on a data set before jitted training.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vae_jax import distributions, estimators
+from vae_jax.models import VAE
+
+Array = jax.Array
+Params = Any
+ElboFn = Callable[[Params, Array, Array], Array]
+
+
+def check_data(x: Any, model: VAE) -> None:
+  """Raises a ValueError/TypeError naming what is wrong with a data batch.
+
+  Args:
+    x: [batch, data_dim]. Bernoulli data: floating, in [0, 1]. Gaussian:
+      floating and finite. Categorical: integer in [0, num_categories).
+    model: the VAE the data is for.
+
+  Shape and dtype are checked always; values only if `x` is concrete (not a
+  tracer inside `jit`/`grad`/`vmap` over x).
+  """
+  shape = jnp.shape(x)
+  if len(shape) != 2:
+    raise ValueError(
+        f"x must have rank 2, [batch, data_dim], got shape {shape}; "
+        "flatten images and add a batch axis."
+    )
+  if shape[1] != model.data_dim:
+    raise ValueError(
+        f"x has data_dim {shape[1]} (shape {shape}) but the model expects "
+        f"data_dim {model.data_dim}."
+    )
+  if shape[0] < 1:
+    raise ValueError(f"x has an empty batch axis: shape {shape}.")
+  dtype = jnp.result_type(x)
+  if model.likelihood == "categorical":
+    if not jnp.issubdtype(dtype, jnp.integer):
+      raise TypeError(
+          f"Categorical data must be integer category indices, got dtype {dtype}."
+      )
+  elif not jnp.issubdtype(dtype, jnp.floating):
+    raise TypeError(
+        f"{model.likelihood.capitalize()} data must be floating point, got dtype "
+        f"{dtype}; scale integer pixels to [0, 1] with x.astype(np.float32) / 255."
+    )
+  if isinstance(x, jax.core.Tracer):
+    return
+  values = np.asarray(x)
+  if model.likelihood == "categorical":
+    low, high = values.min(), values.max()
+    if low < 0 or high >= model.decoder.num_categories:
+      raise ValueError(
+          f"Categorical targets must lie in [0, {model.decoder.num_categories}), "
+          f"got values in [{low}, {high}]."
+      )
+    return
+  if np.isnan(values).any():
+    raise ValueError(f"x contains NaN ({int(np.isnan(values).sum())} entries).")
+  if not np.isfinite(values).all():
+    raise ValueError("x contains +-inf.")
+  if model.likelihood == "bernoulli":
+    low, high = values.min(), values.max()
+    if low < 0.0 or high > 1.0:
+      raise ValueError(
+          f"Bernoulli targets must lie in [0, 1], got values in [{low}, {high}]."
+      )
+
+
+def init_params(model: VAE, key: Array) -> Params:
+  """Initialises encoder and decoder parameters: a Flax variables pytree."""
+  dtype = jnp.int32 if model.likelihood == "categorical" else jnp.float32
+  return model.init(key, jnp.zeros((1, model.data_dim), dtype))
+
+
+def encode(model: VAE, params: Params, x: Array) -> tuple[Array, Array]:
+  """q_phi(z|x): x [batch, data_dim] -> (mean, logvar), each [batch, latent_dim]."""
+  check_data(x, model)
+  return model.apply(params, x, method=VAE.encode)
+
+
+def decode(model: VAE, params: Params, z: Array) -> Any:
+  """z [..., latent_dim] -> parameters of p_theta(x|z): logits [..., data_dim]
+  (Bernoulli), (mean, logvar) (Gaussian) or logits [..., data_dim, K]."""
+  return model.apply(params, z, method=VAE.decode)
+
+
+def decode_mean(model: VAE, params: Params, z: Array) -> Array:
+  """E[x | z]: z [..., latent_dim] -> [..., data_dim] (for images and figures)."""
+  return model.apply(params, z, method=VAE.decode_mean)
+
+
+def sample(
+    model: VAE, params: Params, key: Array, num_samples: int, *, mean: bool = True
+) -> Array:
+  """Generates data from the model: z ~ N(0, I), then x given z.
+
+  Args:
+    model, params: the VAE.
+    key: PRNG key.
+    num_samples: how many examples.
+    mean: return E[x|z] (what the paper's figures show) rather than a draw.
+
+  Returns:
+    [num_samples, data_dim].
+  """
+  z_key, x_key = jax.random.split(key)
+  z = jax.random.normal(z_key, (num_samples, model.latent_dim))
+  if mean:
+    return decode_mean(model, params, z)
+  return model.apply(params, z, x_key, method=VAE.decode_sample)
+
+
+def kl_divergence(model: VAE, params: Params, x: Array) -> Array:
+  """KL(q_phi(z|x) || N(0, I)) in closed form: x [batch, data_dim] -> [batch] nats."""
+  mean, logvar = encode(model, params, x)
+  return distributions.kl_standard_normal(mean, logvar)
+
+
+def make_elbo(model: VAE, estimator: str = "B", num_samples: int = 1) -> ElboFn:
+  """Returns `elbo(params, x, key) -> [batch]`, the per-example bound in nats.
+
+  Args:
+    model: a `VAE` (see `vae_jax.make_vae`).
+    estimator: "A" (eq. 6), "B" (eq. 7) or "iwae" (importance-weighted bound
+      with k = num_samples).
+    num_samples: L >= 1, samples of z per example.
+
+  The returned function takes params (from `init_params`), x [batch,
+  data_dim] and a PRNG key; it draws eps [L, batch, latent_dim] from the key
+  and vmaps the per-example estimator over the batch and the decoder over L.
+  """
+  if estimator not in estimators.ESTIMATORS:
+    raise ValueError(
+        f"Unknown estimator {estimator!r}; choose one of "
+        f"{sorted(estimators.ESTIMATORS)}."
+    )
+  if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)):
+    raise TypeError(f"num_samples must be an int, got {num_samples!r}.")
+  if num_samples < 1:
+    raise ValueError(f"num_samples (L) must be >= 1, got {num_samples}.")
+  per_example = estimators.ESTIMATORS[estimator]
+
+  def encode_fn(params: Params, x: Array) -> tuple[Array, Array]:
+    return model.apply(params, x, method=VAE.encode)
+
+  def log_likelihood_fn(params: Params, x: Array, z: Array) -> Array:
+    return model.apply(params, x, z, method=VAE.log_likelihood)
+
+  def elbo(params: Params, x: Array, key: Array) -> Array:
+    check_data(x, model)
+    eps = jax.random.normal(key, (num_samples, x.shape[0], model.latent_dim))
+    return estimators.batch_bound(
+        per_example, encode_fn, log_likelihood_fn, params, x, eps
+    )
+
+  return elbo
