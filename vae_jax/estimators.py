@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, Protocol
 
+import chex
 import jax
 import jax.numpy as jnp
 
@@ -162,6 +163,8 @@ def batch_bound(
   Returns:
     [batch] per-example bound estimates in nats.
   """
+  chex.assert_rank([x, eps], [2, 3])
+  chex.assert_equal(eps.shape[1], x.shape[0])
   per_example = lambda x_i, eps_i: estimator(
       encode_fn, log_likelihood_fn, params, x_i, eps_i
   )

@@ -1,0 +1,153 @@
+r"""Trains a VAE with AEVB: `python -m experiments.train [--flagfile=...] [--flags]`.
+
+Examples:
+  python -m experiments.train                                # digits, seconds on a CPU
+  python -m experiments.train --flagfile=experiments/configs/mnist.flags
+  python -m experiments.train --flagfile=experiments/configs/frey_face.flags
+
+Rerunning the same command on the same --workdir resumes from its last
+checkpoint. See README.md for the data sets and offline preparation.
+"""
+
+from __future__ import annotations
+
+import os
+
+from absl import app, flags, logging
+
+from vae_jax import data, experiment, models, training
+
+_DATASET = flags.DEFINE_enum("dataset", "digits", data.DATASETS, "Data set.")
+_TFDS_DATA_DIR = flags.DEFINE_string(
+    "tfds_data_dir", None,
+    "Where TFDS keeps prepared data sets (default: $TFDS_DATA_DIR or ~/tensorflow_datasets).")
+_TFDS_MANUAL_DIR = flags.DEFINE_string(
+    "tfds_manual_dir", None,
+    "Directory with the raw files, so TFDS prepares without network "
+    "(default: $VAE_JAX_MANUAL_DIR).")
+_LATENT_DIM = flags.DEFINE_integer("latent_dim", 20, "Latent dimensions J.", lower_bound=1)
+_HIDDEN_SIZES = flags.DEFINE_list(
+    "hidden_sizes", ["500"], "Hidden layer widths of encoder and decoder, comma-separated.")
+_ACTIVATION = flags.DEFINE_enum(
+    "activation", "tanh", list(models.ACTIVATIONS), "Hidden-layer activation.")
+_LIKELIHOOD = flags.DEFINE_enum(
+    "likelihood", None, ["bernoulli", "gaussian"],
+    "Decoder p(x|z); default: the data set's (Gaussian for frey_face, else Bernoulli).")
+_INIT = flags.DEFINE_enum(
+    "init", "paper", list(models.INITIALIZATIONS),
+    "paper: all parameters from N(0, 0.01^2); flax: LeCun-normal kernels, zero biases.")
+_MIN_VARIANCE = flags.DEFINE_float(
+    "min_variance", 0.0, "Gaussian decoder variance floor.", lower_bound=0.0)
+_BINARIZATION = flags.DEFINE_enum(
+    "binarization", None, ["dynamic", "none"],
+    "dynamic: re-draw binary pixels from grey levels every epoch; none: train on the "
+    "values as they are. Default: dynamic for mnist and fashion_mnist.")
+_ESTIMATOR = flags.DEFINE_enum("estimator", "B", ["A", "B", "iwae"], "SGVB estimator.")
+_NUM_SAMPLES = flags.DEFINE_integer(
+    "num_samples", 1, "L, samples of z per example.", lower_bound=1)
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 100, "Minibatch size M.", lower_bound=1)
+_OPTIMIZER = flags.DEFINE_enum(
+    "optimizer", "adagrad", list(training.OPTIMIZERS), "Optimiser (the paper: adagrad).")
+_LEARNING_RATE = flags.DEFINE_float("learning_rate", 0.02, "Step size.", lower_bound=0.0)
+_ADAGRAD_INITIAL_ACCUMULATOR = flags.DEFINE_float(
+    "adagrad_initial_accumulator", 0.0,
+    "Adagrad's initial sum of squared gradients (classic Adagrad: 0; optax default: 0.1).",
+    lower_bound=0.0)
+_WEIGHT_PRIOR = flags.DEFINE_bool(
+    "weight_prior", False, "Add the paper's N(0, I) prior on the parameters (weight decay).")
+_NUM_EPOCHS = flags.DEFINE_integer("num_epochs", None, "Training budget in epochs.", lower_bound=1)
+_NUM_TRAIN_SAMPLES = flags.DEFINE_integer(
+    "num_train_samples", None,
+    "Training budget in examples processed (the paper's x-axis), rounded up to whole epochs.",
+    lower_bound=1)
+_NUM_STEPS = flags.DEFINE_integer(
+    "num_steps", None, "Training budget in minibatch updates, rounded up to whole epochs.",
+    lower_bound=1)
+_EVAL_EVERY = flags.DEFINE_integer(
+    "eval_every", 10, "Evaluate, checkpoint and log every this many epochs.", lower_bound=1)
+_KEEP_CHECKPOINTS = flags.DEFINE_integer(
+    "keep_checkpoints", 3, "How many recent checkpoints to keep.", lower_bound=1)
+_SEED = flags.DEFINE_integer("seed", 0, "Random seed.")
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Run directory (default: runs/<dataset>); an existing run is resumed.")
+
+DEFAULT_NUM_EPOCHS = 100
+
+flags.register_multi_flags_validator(
+    ["num_epochs", "num_train_samples", "num_steps"],
+    lambda values: sum(v is not None for v in values.values()) <= 1,
+    message="Give at most one of --num_epochs, --num_train_samples, --num_steps.",
+)
+flags.register_validator(
+    "hidden_sizes",
+    lambda sizes: bool(sizes) and all(s.isdigit() and int(s) > 0 for s in sizes),
+    message="--hidden_sizes must be comma-separated positive integers, e.g. 500 or 200,200.",
+)
+
+
+def _num_epochs(num_train: int, batch_size: int) -> int:
+  steps_per_epoch = num_train // batch_size
+  if _NUM_TRAIN_SAMPLES.value is not None:
+    return -(-_NUM_TRAIN_SAMPLES.value // (steps_per_epoch * batch_size))
+  if _NUM_STEPS.value is not None:
+    return -(-_NUM_STEPS.value // steps_per_epoch)
+  return _NUM_EPOCHS.value or DEFAULT_NUM_EPOCHS
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  dataset = data.load_dataset(
+      _DATASET.value, data_dir=_TFDS_DATA_DIR.value, manual_dir=_TFDS_MANUAL_DIR.value
+  )
+  likelihood = _LIKELIHOOD.value or dataset.likelihood
+  binarization = _BINARIZATION.value or (
+      "dynamic" if _DATASET.value in ("mnist", "fashion_mnist") else "none"
+  )
+  if binarization == "dynamic" and likelihood != "bernoulli":
+    raise app.UsageError("--binarization=dynamic needs --likelihood=bernoulli.")
+  if dataset.train.shape[0] < _BATCH_SIZE.value:
+    raise app.UsageError(
+        f"--batch_size={_BATCH_SIZE.value} exceeds the {dataset.train.shape[0]} "
+        f"training examples of {_DATASET.value}.")
+  model = models.make_vae(
+      dataset.train.shape[1],
+      _LATENT_DIM.value,
+      likelihood=likelihood,
+      hidden_sizes=[int(s) for s in _HIDDEN_SIZES.value],
+      activation=_ACTIVATION.value,
+      init=_INIT.value,
+      min_variance=_MIN_VARIANCE.value,
+  )
+  config = training.TrainConfig(
+      estimator=_ESTIMATOR.value,
+      num_samples=_NUM_SAMPLES.value,
+      batch_size=_BATCH_SIZE.value,
+      optimizer=_OPTIMIZER.value,
+      learning_rate=_LEARNING_RATE.value,
+      adagrad_initial_accumulator=_ADAGRAD_INITIAL_ACCUMULATOR.value,
+      weight_prior=_WEIGHT_PRIOR.value,
+      dynamic_binarization=binarization == "dynamic",
+  )
+  workdir = _WORKDIR.value or os.path.join("runs", _DATASET.value)
+  run = experiment.RunConfig(
+      workdir=workdir,
+      num_epochs=_num_epochs(dataset.train.shape[0], config.batch_size),
+      eval_every=_EVAL_EVERY.value,
+      seed=_SEED.value,
+      keep_checkpoints=_KEEP_CHECKPOINTS.value,
+  )
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, "flags.txt"), "w", encoding="utf-8") as f:
+    f.write(flags.FLAGS.flags_into_string())
+  logging.info("Training %s on %s (%d train / %d test) for %d epochs in %s",
+               likelihood, _DATASET.value, dataset.train.shape[0],
+               dataset.test.shape[0], run.num_epochs, workdir)
+  experiment.train_and_evaluate(
+      model, config, run, dataset.train, dataset.test, dataset.image_shape,
+      log=logging.info,
+  )
+
+
+if __name__ == "__main__":
+  app.run(main)

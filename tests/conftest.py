@@ -1,0 +1,67 @@
+"""Session fixtures: the shared raw data files and TFDS data sets prepared once.
+
+The raw files (LeCun's MNIST .gz files, Larochelle's binarized MNIST .amat.gz,
+frey_rawface.mat) are looked up in `$VAE_JAX_SHARED_DATA`, else in
+`<repo root>/../shared/data`. Without them the tests that need them are
+skipped, except on CI (`CI=true`), where they fail: CI must exercise the TFDS
+preparation.
+
+Each TFDS data set is prepared once per session into a temporary TFDS data
+dir, offline, from those files.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from vae_jax import data
+
+_REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def shared_data_dir() -> Path:
+  """The directory with `mnist/`, `binarized_mnist/` and `frey_face/` raw files."""
+  path = Path(
+      os.environ.get("VAE_JAX_SHARED_DATA") or _REPO_ROOT.parent / "shared" / "data"
+  )
+  if not path.is_dir():
+    message = (
+        f"raw data directory {path} not found; set $VAE_JAX_SHARED_DATA to the "
+        "directory holding mnist/, binarized_mnist/ and frey_face/"
+    )
+    if os.environ.get("CI", "").lower() == "true":
+      pytest.fail(f"CI=true and {message}", pytrace=False)
+    pytest.skip(message)
+  return path
+
+
+@pytest.fixture(scope="session")
+def tfds_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+  return tmp_path_factory.mktemp("tfds_data")
+
+
+@pytest.fixture(scope="session")
+def mnist(shared_data_dir: Path, tfds_data_dir: Path) -> data.Dataset:
+  # The root: load_dataset picks its mnist/ subdirectory.
+  return data.load_dataset("mnist", data_dir=tfds_data_dir, manual_dir=shared_data_dir)
+
+
+@pytest.fixture(scope="session")
+def binarized_mnist(shared_data_dir: Path, tfds_data_dir: Path) -> data.Dataset:
+  # Only .amat.gz files are there: load_dataset decompresses them for TFDS.
+  return data.load_dataset(
+      "binarized_mnist", data_dir=tfds_data_dir,
+      manual_dir=shared_data_dir / "binarized_mnist",
+  )
+
+
+@pytest.fixture(scope="session")
+def frey_face(shared_data_dir: Path, tfds_data_dir: Path) -> data.Dataset:
+  return data.load_dataset(
+      "frey_face", data_dir=tfds_data_dir, manual_dir=shared_data_dir / "frey_face"
+  )
+

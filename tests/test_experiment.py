@@ -1,0 +1,87 @@
+"""Whole runs in a work directory: files, resume, divergence, settings checks."""
+
+import json
+import os
+
+import chex
+import numpy as np
+import pytest
+
+from vae_jax import experiment, models, training
+from vae_jax.metrics import read_metrics
+
+DATA_DIM = 16
+
+
+def _data():
+  rng = np.random.default_rng(0)
+  train = (rng.uniform(size=(300, DATA_DIM)) < 0.3).astype(np.float32)
+  test = (rng.uniform(size=(60, DATA_DIM)) < 0.3).astype(np.float32)
+  return train, test
+
+
+def _run(workdir, num_epochs, config=None, latent_dim=2, **run_kwargs):
+  model = models.make_vae(DATA_DIM, latent_dim, hidden_sizes=(8,))
+  config = config or training.TrainConfig(
+      batch_size=50, optimizer="adam", learning_rate=1e-2
+  )
+  run = experiment.RunConfig(str(workdir), num_epochs=num_epochs, **run_kwargs)
+  return experiment.train_and_evaluate(
+      model, config, run, *_data(), image_shape=(4, 4), log=lambda line: None
+  )
+
+
+def test_run_writes_metrics_checkpoints_and_figures(tmp_path):
+  state = _run(tmp_path, num_epochs=4, eval_every=2)
+  assert int(state.step) == 4 * (300 // 50)
+  records = read_metrics(tmp_path / "metrics.jsonl")
+  assert [r["epoch"] for r in records] == [0, 2, 4]
+  assert [r["samples_seen"] for r in records] == [0, 600, 1200]
+  for record in records[1:]:
+    assert record["examples_per_second"] > 0
+    assert record["seconds"] > 0
+    assert np.isfinite(record["train_bound"]) and np.isfinite(record["test_bound"])
+  # Adam at this rate must improve on the initial bound within 4 epochs.
+  assert records[-1]["test_bound"] > records[0]["test_bound"]
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["0", "12", "24"]
+  for figure in ("samples", "reconstructions", "learning_curve", "manifold"):
+    assert (tmp_path / f"{figure}.png").stat().st_size > 1000, figure
+  settings = json.loads((tmp_path / "run_config.json").read_text())
+  assert settings["decoder"]["data_dim"] == DATA_DIM
+
+
+def test_resumed_run_ends_bitwise_equal_to_an_uninterrupted_one(tmp_path):
+  uninterrupted = _run(tmp_path / "straight", num_epochs=4)
+  _run(tmp_path / "resumed", num_epochs=2)
+  resumed = _run(tmp_path / "resumed", num_epochs=4)
+  chex.assert_trees_all_equal(uninterrupted, resumed)
+  records = read_metrics(tmp_path / "resumed" / "metrics.jsonl")
+  assert [r["epoch"] for r in records] == [0, 1, 2, 3, 4]
+
+
+def test_no_manifold_figure_unless_latent_space_is_2d(tmp_path):
+  _run(tmp_path, num_epochs=1, latent_dim=3)
+  assert not (tmp_path / "manifold.png").exists()
+  assert (tmp_path / "samples.png").exists()
+
+
+def test_divergence_stops_with_a_clear_error_and_keeps_the_last_checkpoint(tmp_path):
+  _run(tmp_path, num_epochs=1)
+  exploding = training.TrainConfig(batch_size=50, optimizer="sgd", learning_rate=1e30)
+  with pytest.raises(ValueError, match=r"other settings(.|\n)*train.learning_rate: saved 0.01, now 1e\+30"):
+    _run(tmp_path, num_epochs=3, config=exploding)
+  fresh = tmp_path / "fresh"
+  with pytest.raises(experiment.TrainingDivergedError, match="last good checkpoint"):
+    _run(fresh, num_epochs=3, config=exploding)
+  assert os.listdir(fresh / "checkpoints") == ["0"]
+
+
+def test_bad_training_data_is_named(tmp_path):
+  model = models.make_vae(DATA_DIM, 2, hidden_sizes=(8,))
+  train, test = _data()
+  test = test * 255
+  with pytest.raises(ValueError, match=r"test_data: Bernoulli targets must lie in \[0, 1\]"):
+    experiment.train_and_evaluate(
+        model, training.TrainConfig(batch_size=50), experiment.RunConfig(str(tmp_path), 1),
+        train, test, (4, 4),
+    )

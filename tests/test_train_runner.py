@@ -1,0 +1,97 @@
+"""`python -m experiments.train` end to end, as a user runs it."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import chex
+import jax
+import pytest
+
+from vae_jax import experiment, models, training
+from vae_jax.checkpoints import Checkpointer
+from vae_jax.metrics import read_metrics
+
+REPO = Path(__file__).resolve().parents[1]
+DIGITS_FLAGS = ["--dataset=digits", "--latent_dim=2", "--hidden_sizes=32", "--batch_size=100"]
+
+
+def _train(*args, check=True):
+  return subprocess.run(
+      [sys.executable, "-m", "experiments.train", *args],
+      cwd=REPO, capture_output=True, text=True, timeout=300, check=check,
+  )
+
+
+def _final_params(workdir):
+  model = models.make_vae(64, 2, hidden_sizes=(32,))
+  template = training.init_train_state(model, training.TrainConfig(), jax.random.key(0))
+  with Checkpointer(Path(workdir) / "checkpoints") as checkpointer:
+    return checkpointer.restore(template)
+
+
+def test_runner_on_digits_writes_its_files_and_resumes_as_a_no_op(tmp_path):
+  workdir = tmp_path / "run"
+  result = _train(*DIGITS_FLAGS, "--num_epochs=4", "--eval_every=2", f"--workdir={workdir}")
+  assert "samples/s" in result.stderr and "ETA" in result.stderr
+  for name in ("flags.txt", "run_config.json", "metrics.jsonl", "samples.png",
+               "reconstructions.png", "learning_curve.png", "manifold.png"):
+    assert (workdir / name).is_file(), name
+  assert "--dataset=digits" in (workdir / "flags.txt").read_text()
+  records = read_metrics(workdir / "metrics.jsonl")
+  assert [r["epoch"] for r in records] == [0, 2, 4]
+  assert [r["samples_seen"] for r in records] == [0, 3000, 6000]
+  assert records[-1]["test_bound"] > records[0]["test_bound"]
+  assert json.loads((workdir / "run_config.json").read_text())["encoder"]["latent_dim"] == 2
+  again = _train(*DIGITS_FLAGS, "--num_epochs=4", "--eval_every=2", f"--workdir={workdir}")
+  assert "nothing to do" in again.stderr
+  assert len(read_metrics(workdir / "metrics.jsonl")) == 3
+
+
+def test_sigkilled_run_resumes_to_the_same_parameters_as_an_uninterrupted_one(tmp_path):
+  flags = [*DIGITS_FLAGS, "--num_epochs=12", "--eval_every=1"]
+  _train(*flags, f"--workdir={tmp_path / 'straight'}")
+  killed = tmp_path / "killed"
+  process = subprocess.Popen(
+      [sys.executable, "-m", "experiments.train", *flags, f"--workdir={killed}"],
+      cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+  )
+  deadline = time.monotonic() + 240
+  while time.monotonic() < deadline and process.poll() is None:
+    metrics = killed / "metrics.jsonl"
+    if metrics.exists() and len(read_metrics(metrics)) >= 4:
+      break
+    time.sleep(0.05)
+  assert process.poll() is None, "the run ended before it could be killed"
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  records_at_kill = read_metrics(killed / "metrics.jsonl")
+  assert 0 < records_at_kill[-1]["epoch"] < 12
+  resumed = _train(*flags, f"--workdir={killed}")
+  assert "Resumed from the checkpoint" in resumed.stderr
+  chex.assert_trees_all_equal(_final_params(tmp_path / "straight"), _final_params(killed))
+  epochs = [r["epoch"] for r in read_metrics(killed / "metrics.jsonl")]
+  assert epochs == list(range(13))
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--dataset=cifar"], "dataset"),
+        (["--hidden_sizes=500,abc"], "--hidden_sizes must be comma-separated positive integers"),
+        (["--num_epochs=0"], "num_epochs"),
+        (["--num_epochs=3", "--num_steps=5"], "at most one of --num_epochs"),
+        (["--estimator=C"], "estimator"),
+        (["--binarization=dynamic", "--likelihood=gaussian"], "--binarization=dynamic needs"),
+        (["--batch_size=5000"], "--batch_size=5000 exceeds the 1500"),
+    ],
+)
+def test_bad_flags_fail_at_start_naming_the_flag(tmp_path, flags, message):
+  result = _train(*flags, f"--workdir={tmp_path}", check=False)
+  assert result.returncode != 0
+  assert message in result.stderr, result.stderr[-2000:]
+  assert not (tmp_path / "checkpoints").exists()

@@ -1,0 +1,210 @@
+"""`load_dataset`: a named data set as flat float32 arrays in [0, 1].
+
+Data sets (`DATASETS`):
+
+  name             train / validation / test   image  likelihood  values
+  digits           1500 / - / 297              8x8    bernoulli   grey, k/16
+  mnist            60000 / - / 10000           28x28  bernoulli   grey, k/255
+  fashion_mnist    60000 / - / 10000           28x28  bernoulli   grey, k/255
+  binarized_mnist  50000 / 10000 / 10000       28x28  bernoulli   exactly 0/1
+  frey_face        1765 / - / 200              28x20  gaussian    grey, k/255
+
+* `digits` is scikit-learn's bundled copy of the UCI optical digits test set
+  (1797 handwritten digits reduced to 8x8 counts 0..16): always available, no
+  download, no TensorFlow. Split: the first 1500 images train, the last 297
+  test; fixed by position rather than by an RNG so that it is the same on
+  every machine and library version. Both parts hold every class (27 to 33
+  test images per digit).
+* `mnist`, `fashion_mnist`, `binarized_mnist` are the TFDS data sets of those
+  names with their own splits. `mnist` keeps grey levels; dynamic binarisation
+  is the trainer's job (`vae_jax.data.binarize`). `binarized_mnist` is
+  Larochelle's fixed binarisation; its TFDS "validation" split is exposed as
+  `Dataset.validation` (train on `train`, or on train + validation for all
+  60000 MNIST training digits).
+* `frey_face` is the TFDS builder in `vae_jax.data.frey_face`; its test split
+  is the last 200 video frames (see that module for why).
+
+TFDS data sets are prepared once into `data_dir` (argument, else
+`$TFDS_DATA_DIR`, else TFDS's default `~/tensorflow_datasets`) and read from
+there afterwards. Raw files for offline preparation come from `manual_dir`
+(argument, else `$VAE_JAX_MANUAL_DIR`); see `vae_jax.data.tfds_prepare`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+
+import numpy as np
+
+from vae_jax.data import tfds_prepare
+from vae_jax.data.errors import DataError
+
+DATA_DIR_ENV = "TFDS_DATA_DIR"
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Dataset:
+  """A data set of flattened images.
+
+  Attributes:
+    name: one of `DATASETS`.
+    train: [num_train, data_dim] float32 in [0, 1].
+    test: [num_test, data_dim] float32 in [0, 1].
+    image_shape: (height, width); height * width == data_dim.
+    likelihood: default decoder, "bernoulli" or "gaussian".
+    validation: [num_validation, data_dim] float32 in [0, 1], or None when
+      the data set defines no validation split.
+  """
+
+  name: str
+  train: np.ndarray
+  test: np.ndarray
+  image_shape: tuple[int, int]
+  likelihood: str
+  validation: np.ndarray | None = None
+
+  @property
+  def data_dim(self) -> int:
+    return self.train.shape[1]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Spec:
+  image_shape: tuple[int, int]
+  likelihood: str
+  # Split name -> expected number of examples; also which splits to load.
+  num_examples: Mapping[str, int]
+  # Raw value that means intensity 1.0.
+  max_value: float
+  binary: bool = False
+
+
+_MNIST_LIKE = _Spec((28, 28), "bernoulli", {"train": 60_000, "test": 10_000}, 255.0)
+_SPECS: dict[str, _Spec] = {
+    "digits": _Spec((8, 8), "bernoulli", {"train": 1500, "test": 297}, 16.0),
+    "mnist": _MNIST_LIKE,
+    "fashion_mnist": _MNIST_LIKE,
+    "binarized_mnist": _Spec(
+        (28, 28), "bernoulli",
+        {"train": 50_000, "validation": 10_000, "test": 10_000}, 1.0, binary=True,
+    ),
+    # Must agree with the split in `vae_jax.data.frey_face`.
+    "frey_face": _Spec((28, 20), "gaussian", {"train": 1765, "test": 200}, 255.0),
+}
+DATASETS: tuple[str, ...] = tuple(_SPECS)
+_DIGITS_NUM_TRAIN = 1500
+
+
+def check_split(
+    x: np.ndarray,
+    *,
+    name: str,
+    split: str,
+    num_examples: int,
+    data_dim: int,
+    binary: bool = False,
+) -> None:
+  """Raises `DataError` unless x is [num_examples, data_dim] float32 in [0, 1].
+
+  Args:
+    x: [num_examples, data_dim] the loaded split.
+    name: data set name, for messages.
+    split: split name, for messages.
+    num_examples: expected number of rows.
+    data_dim: expected number of columns.
+    binary: whether every value must be exactly 0 or 1.
+  """
+  where = f"{name}[{split}]"
+  if x.shape != (num_examples, data_dim) or x.dtype != np.float32:
+    raise DataError(
+        f"{where}: expected float32 of shape {(num_examples, data_dim)}, got "
+        f"{x.dtype} of shape {x.shape}. The prepared data is not the expected "
+        "data set; delete it from the TFDS data_dir and prepare it again."
+    )
+  if not np.all(np.isfinite(x)):
+    raise DataError(f"{where}: {np.sum(~np.isfinite(x))} values are NaN or inf.")
+  low, high = float(x.min()), float(x.max())
+  if low < 0.0 or high > 1.0:
+    raise DataError(f"{where}: values span [{low}, {high}], expected [0, 1].")
+  if binary and not np.all((x == 0.0) | (x == 1.0)):
+    raise DataError(f"{where}: values other than 0 and 1 in a binary data set.")
+
+
+def _raw_digits() -> dict[str, np.ndarray]:
+  """{"train": [1500, 64], "test": [297, 64]} float64 counts 0..16."""
+  # Imported here: scikit-learn is slow to import and only digits needs it.
+  from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
+
+  x = load_digits().data
+  return {"train": x[:_DIGITS_NUM_TRAIN], "test": x[_DIGITS_NUM_TRAIN:]}
+
+
+def _raw_tfds(
+    name: str,
+    splits: tuple[str, ...],
+    data_dir: str | os.PathLike[str] | None,
+    manual_dir: str | os.PathLike[str] | None,
+) -> dict[str, np.ndarray]:
+  """{split: [num_examples, height, width, 1] uint8} read from TFDS."""
+  tfds = tfds_prepare.import_tfds()
+  if name == "frey_face":
+    from vae_jax.data.frey_face import FreyFace  # pylint: disable=g-import-not-at-top
+
+    builder = FreyFace(data_dir=data_dir)
+  else:
+    builder = tfds.builder(name, data_dir=data_dir)
+  tfds_prepare.prepare(builder, manual_dir)
+  return {split: tfds_prepare.read_images(builder, split) for split in splits}
+
+
+def load_dataset(
+    name: str,
+    *,
+    data_dir: str | os.PathLike[str] | None = None,
+    manual_dir: str | os.PathLike[str] | None = None,
+) -> Dataset:
+  """Loads a data set by name, preparing it with TFDS first if needed.
+
+  Args:
+    name: one of `DATASETS`.
+    data_dir: where TFDS keeps prepared data; default `$TFDS_DATA_DIR`, else
+      TFDS's default (~/tensorflow_datasets). Unused for "digits".
+    manual_dir: raw files for offline preparation (the files themselves, or
+      a root with one subdirectory per data set); default
+      `$VAE_JAX_MANUAL_DIR`, else TFDS downloads them. Only read when the
+      data set is not prepared in `data_dir` yet. Unused for "digits".
+
+  Returns:
+    The `Dataset`, every split checked for shape and value range.
+
+  Raises:
+    DataError: unknown name; missing, corrupt or undownloadable raw files;
+      prepared data of the wrong shape or range.
+  """
+  if name not in _SPECS:
+    raise DataError(f"Unknown data set {name!r}; valid names: {', '.join(DATASETS)}.")
+  spec = _SPECS[name]
+  splits = tuple(spec.num_examples)
+  if name == "digits":
+    raw = _raw_digits()
+  else:
+    raw = _raw_tfds(name, splits, data_dir or os.environ.get(DATA_DIR_ENV), manual_dir)
+  data_dim = spec.image_shape[0] * spec.image_shape[1]
+  arrays = {}
+  for split in splits:
+    x = raw[split].reshape(len(raw[split]), -1).astype(np.float32) / np.float32(spec.max_value)
+    check_split(
+        x, name=name, split=split, num_examples=spec.num_examples[split],
+        data_dim=data_dim, binary=spec.binary,
+    )
+    arrays[split] = x
+  return Dataset(
+      name=name,
+      train=arrays["train"],
+      test=arrays["test"],
+      image_shape=spec.image_shape,
+      likelihood=spec.likelihood,
+      validation=arrays.get("validation"),
+  )

@@ -1,0 +1,302 @@
+"""A whole training run in a work directory: resume, evaluate, log, checkpoint, plot.
+
+`train_and_evaluate` is what `python -m experiments.train` calls once the
+flags are parsed; it takes plain values, so notebooks and scripts can call it
+too. The work directory holds:
+
+  run_config.json   the model and optimiser settings (a resumed run must match)
+  metrics.jsonl     one record per evaluation (see `vae_jax.metrics`)
+  checkpoints/      orbax checkpoints of the `TrainState`, the last few kept
+  *.png             samples, reconstructions, learning curve, 2-D manifold
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from typing import Any, Callable
+
+import jax
+import numpy as np
+
+from vae_jax import api, figures, training
+from vae_jax.checkpoints import Checkpointer
+from vae_jax.data.transforms import binarize
+from vae_jax.metrics import MetricsWriter, ProgressLogger, read_metrics
+from vae_jax.models import VAE
+
+# The evaluation data of a dynamically binarised set is binarised once, with
+# this fixed key, so that runs with different seeds are scored on the same bits.
+EVAL_BINARIZATION_SEED = 0
+NUM_FIGURE_EXAMPLES = 50
+MANIFOLD_GRID_SIZE = 20
+
+
+class TrainingDivergedError(RuntimeError):
+  """The bound became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+  """Where and for how long to train.
+
+  Attributes:
+    workdir: the run directory; an existing run there is resumed.
+    num_epochs: total passes over the training set (a resumed run trains
+      only the missing ones).
+    eval_every: evaluate, checkpoint and log every this many epochs.
+    seed: seeds parameters, shuffling, binarisation and the noise eps.
+    keep_checkpoints: how many recent checkpoints to keep.
+    eval_batch_size: examples per evaluation batch.
+  """
+
+  workdir: str
+  num_epochs: int
+  eval_every: int = 1
+  seed: int = 0
+  keep_checkpoints: int = 3
+  eval_batch_size: int = 1000
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+  """{"train": {"learning_rate": 0.1}} -> {"train.learning_rate": 0.1}."""
+  flat = {}
+  for name, value in tree.items():
+    if isinstance(value, dict):
+      flat.update(_flatten(value, f"{prefix}{name}."))
+    else:
+      flat[prefix + name] = value
+  return flat
+
+
+def _check_run_config(workdir: str, description: dict[str, Any]) -> None:
+  """Writes the run's settings, or checks them against a run being resumed."""
+  path = os.path.join(workdir, "run_config.json")
+  if os.path.exists(path):
+    with open(path, encoding="utf-8") as f:
+      saved = json.load(f)
+    saved, now = _flatten(saved), _flatten(description)
+    differences = [
+        f"{name}: saved {saved.get(name)!r}, now {now.get(name)!r}"
+        for name in sorted(saved.keys() | now.keys())
+        if saved.get(name) != now.get(name)
+    ]
+    if differences:
+      raise ValueError(
+          f"{workdir} holds a run with other settings; use another --workdir or "
+          "the same settings. Differences:\n  " + "\n  ".join(differences)
+      )
+    return
+  with open(path + ".tmp", "w", encoding="utf-8") as f:
+    json.dump(description, f, indent=2, sort_keys=True)
+  os.replace(path + ".tmp", path)
+
+
+def _module_settings(module) -> dict[str, Any]:
+  return {
+      field.name: getattr(module, field.name)
+      for field in dataclasses.fields(module)
+      if field.name not in ("parent", "name")
+  }
+
+
+def describe(model: VAE, config: training.TrainConfig, seed: int) -> dict[str, Any]:
+  """The settings that define a run, as they read back from JSON."""
+  settings = {
+      "encoder": _module_settings(model.encoder),
+      "decoder": _module_settings(model.decoder),
+      "likelihood": model.likelihood,
+      "train": dataclasses.asdict(config),
+      "seed": seed,
+  }
+  return json.loads(json.dumps(settings))
+
+
+def _images(flat: np.ndarray, image_shape: tuple[int, int]) -> np.ndarray:
+  return np.clip(np.asarray(flat, np.float32), 0.0, 1.0).reshape(-1, *image_shape)
+
+
+def write_figures(
+    model: VAE,
+    params: Any,
+    test_data: np.ndarray,
+    image_shape: tuple[int, int],
+    workdir: str,
+    key: jax.Array,
+) -> list[str]:
+  """Samples, reconstructions (posterior means), learning curve, 2-D manifold."""
+  sample_key, _ = jax.random.split(key)
+  paths = [
+      figures.plot_image_grid(
+          _images(api.sample(model, params, sample_key, NUM_FIGURE_EXAMPLES), image_shape),
+          os.path.join(workdir, "samples.png"),
+      )
+  ]
+  originals = test_data[:20]
+  mean, _ = api.encode(model, params, originals)
+  reconstructions = api.decode_mean(model, params, mean)
+  paths.append(
+      figures.plot_reconstructions(
+          _images(originals, image_shape),
+          _images(reconstructions, image_shape),
+          os.path.join(workdir, "reconstructions.png"),
+      )
+  )
+  metrics_path = os.path.join(workdir, "metrics.jsonl")
+  paths.append(
+      figures.plot_learning_curve(
+          read_metrics(metrics_path), os.path.join(workdir, "learning_curve.png")
+      )
+  )
+  if model.latent_dim == 2:
+    grid = figures.manifold_grid(
+        lambda z: api.decode_mean(model, params, z), MANIFOLD_GRID_SIZE, image_shape
+    )
+    paths.append(
+        figures.plot_manifold(
+            np.clip(grid, 0.0, 1.0), MANIFOLD_GRID_SIZE, os.path.join(workdir, "manifold.png")
+        )
+    )
+  return paths
+
+
+def train_and_evaluate(
+    model: VAE,
+    config: training.TrainConfig,
+    run: RunConfig,
+    train_data: np.ndarray,
+    test_data: np.ndarray,
+    image_shape: tuple[int, int],
+    log: Callable[[str], None] = print,
+) -> training.TrainState:
+  """Trains `model` on `train_data`, resuming from `run.workdir` if possible.
+
+  Args:
+    model: the VAE.
+    config: optimisation settings.
+    run: work directory, budget, seed.
+    train_data: [N, data_dim]; test_data: [N_test, data_dim]. Grey levels in
+      [0, 1] when `config.dynamic_binarization`.
+    image_shape: (height, width) of one example, for figures.
+    log: receives human-readable progress lines.
+
+  Returns:
+    The final train state.
+
+  Raises:
+    TrainingDivergedError: the bound became NaN/inf; the checkpoint of the
+      last evaluation is kept and a rerun resumes from it.
+  """
+  for name, data in (("train_data", train_data), ("test_data", test_data)):
+    try:
+      api.check_data(data, model)
+    except (ValueError, TypeError) as error:
+      raise type(error)(f"{name}: {error}") from None
+  os.makedirs(run.workdir, exist_ok=True)
+  _check_run_config(run.workdir, describe(model, config, run.seed))
+
+  num_train = train_data.shape[0]
+  steps_per_epoch = num_train // max(config.batch_size, 1)
+  train_epoch = training.make_train_epoch(model, config, num_train)
+  evaluate = training.make_evaluate(
+      model,
+      config.estimator,
+      config.num_samples,
+      run.eval_batch_size,
+  )
+  train_data = jax.device_put(train_data)
+  eval_sets = {"train": train_data, "test": jax.device_put(test_data)}
+  if config.dynamic_binarization:
+    eval_key = jax.random.key(EVAL_BINARIZATION_SEED)
+    eval_sets = {
+        name: binarize(jax.random.fold_in(eval_key, i), data)
+        for i, (name, data) in enumerate(eval_sets.items())
+    }
+  eval_key = jax.random.key(run.seed + 1)
+
+  def evaluation(state):
+    return {
+        f"{name}_bound": float(evaluate(state.params, data, eval_key))
+        for name, data in eval_sets.items()
+    }
+
+  state = training.init_train_state(model, config, jax.random.key(run.seed))
+  with Checkpointer(
+      os.path.join(run.workdir, "checkpoints"), max_to_keep=run.keep_checkpoints
+  ) as checkpointer:
+    resume_step = checkpointer.latest_step()
+    if resume_step is not None:
+      state = checkpointer.restore(state)
+      log(f"Resumed from the checkpoint at step {resume_step} in {run.workdir}.")
+    metrics_path = os.path.join(run.workdir, "metrics.jsonl")
+    previous = read_metrics(metrics_path) if os.path.exists(metrics_path) else []
+    previous = [r for r in previous if resume_step is not None and r["step"] <= resume_step]
+    train_seconds = previous[-1]["seconds"] if previous else 0.0
+
+    started = time.perf_counter()
+    # Compiling ahead keeps compilation out of the first epoch's throughput.
+    train_epoch = train_epoch.lower(state, train_data).compile()
+    log(f"Compiled the training epoch in {time.perf_counter() - started:.1f} s.")
+    start_epoch = int(state.step) // steps_per_epoch
+    total_steps = run.num_epochs * steps_per_epoch
+    progress = ProgressLogger(
+        total_steps,
+        steps_per_epoch * run.eval_every,
+        start_step=int(state.step),
+        start_samples=int(state.step) * config.batch_size,
+        print_fn=log,
+    )
+    with MetricsWriter(run.workdir, resume_step=resume_step) as writer:
+      if resume_step is None:
+        writer.write(0, {"epoch": 0, "samples_seen": 0, **evaluation(state),
+                         "seconds": 0.0, "examples_per_second": None})
+        checkpointer.save(0, state)
+      if start_epoch >= run.num_epochs:
+        log(f"{run.workdir} is already trained for {start_epoch} epochs; nothing to do.")
+      round_bounds, round_seconds = [], 0.0
+      for epoch in range(start_epoch + 1, run.num_epochs + 1):
+        started = time.perf_counter()
+        state, bounds = train_epoch(state, train_data)
+        bounds = np.asarray(bounds)  # waits for the epoch to finish
+        round_seconds += time.perf_counter() - started
+        round_bounds.append(bounds)
+        if not np.all(np.isfinite(bounds)):
+          raise TrainingDivergedError(
+              f"The training bound became {bounds[~np.isfinite(bounds)][0]} in epoch "
+              f"{epoch}; stopping. The last good checkpoint (step "
+              f"{checkpointer.latest_step()}) is kept in {run.workdir}; lower the "
+              "learning rate or set a variance floor, then rerun to resume."
+          )
+        if epoch % run.eval_every and epoch != run.num_epochs:
+          continue
+        step = int(state.step)
+        scores = evaluation(state)
+        if not all(math.isfinite(v) for v in scores.values()):
+          raise TrainingDivergedError(
+              f"The evaluated bound is not finite after epoch {epoch}: {scores}. "
+              f"The last good checkpoint (step {checkpointer.latest_step()}) is kept."
+          )
+        train_seconds += round_seconds
+        examples = sum(b.size for b in round_bounds) * config.batch_size
+        checkpointer.save(step, state)
+        writer.write(step, {
+            "epoch": epoch,
+            "samples_seen": step * config.batch_size,
+            **scores,
+            "train_minibatch_bound": float(np.mean(np.concatenate(round_bounds))),
+            "seconds": train_seconds,
+            "examples_per_second": examples / round_seconds,
+        })
+        progress(step, step * config.batch_size, scores["train_bound"])
+        log(f"epoch {epoch}: train bound {scores['train_bound']:.2f}, "
+            f"test bound {scores['test_bound']:.2f} nats per example")
+        round_bounds, round_seconds = [], 0.0
+  written = write_figures(
+      model, state.params, np.asarray(eval_sets["test"]), image_shape, run.workdir,
+      jax.random.key(run.seed + 2),
+  )
+  log("Figures: " + ", ".join(written))
+  return state

@@ -1,0 +1,264 @@
+"""PNG figures of the paper: samples, reconstructions, learning curves, manifold.
+
+Figures are drawn on `matplotlib.figure.Figure` objects rendered by the Agg
+canvas, without pyplot: no display is needed, no backend is switched
+globally, and no figure outlives its function.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.scipy.stats import norm
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+_DPI = 100
+# Display inches per tile of an image grid: 28x28 MNIST digits get ~2x zoom,
+# up to a width that still fits a screen or a page.
+_INCHES_PER_TILE = 0.6
+_MAX_WIDTH_INCHES = 12.0
+
+
+def _check_images(images: np.ndarray, name: str = "images") -> np.ndarray:
+  images = np.asarray(images, dtype=np.float32)
+  if images.ndim != 3 or images.shape[0] == 0:
+    raise ValueError(
+        f"{name} must have shape [n, height, width] with n > 0, got"
+        f" {images.shape}."
+    )
+  return images
+
+
+def _tile(images: np.ndarray, ncols: int, pad: int) -> np.ndarray:
+  """Lays out images row-major on a canvas.
+
+  Args:
+    images: [n, height, width].
+    ncols: Tiles per row; the last row is padded with blank tiles.
+    pad: Pixels of white space between tiles.
+
+  Returns:
+    [nrows * (height + pad) - pad, ncols * (width + pad) - pad].
+  """
+  n, height, width = images.shape
+  nrows = math.ceil(n / ncols)
+  canvas = np.ones(
+      (nrows * (height + pad) - pad, ncols * (width + pad) - pad),
+      dtype=np.float32,
+  )
+  for index, image in enumerate(images):
+    row, col = divmod(index, ncols)
+    top, left = row * (height + pad), col * (width + pad)
+    canvas[top : top + height, left : left + width] = image
+  return canvas
+
+
+def _save(fig: Figure, path: str | os.PathLike[str]) -> str:
+  # Attaching the canvas renders with Agg whatever the default backend is.
+  FigureCanvasAgg(fig)
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.savefig(path, format="png", dpi=_DPI)
+  return os.fspath(path)
+
+
+def _mosaic_figure(canvas: np.ndarray, ncols: int, title: str) -> Figure:
+  """A figure showing `canvas` ([rows, cols] in [0, 1]) in gray, no ticks."""
+  width = min(_MAX_WIDTH_INCHES, max(4.0, _INCHES_PER_TILE * ncols))
+  # 0.5 inch above the image for the title.
+  height = width * canvas.shape[0] / canvas.shape[1] + 0.5
+  fig = Figure(figsize=(width, height), dpi=_DPI, layout="constrained")
+  ax = fig.add_subplot()
+  # Values outside [0, 1] (e.g. Gaussian decoder means) saturate.
+  ax.imshow(canvas, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+  ax.set_xticks([])
+  ax.set_yticks([])
+  ax.set_title(title)
+  return fig
+
+
+def plot_image_grid(
+    images: np.ndarray,
+    path: str | os.PathLike[str],
+    ncols: int = 10,
+    title: str = "Samples from the generative model",
+) -> str:
+  """Writes `images` ([n, height, width], in [0, 1]) as a grid; returns `path`."""
+  images = _check_images(images)
+  ncols = min(ncols, images.shape[0])
+  fig = _mosaic_figure(_tile(images, ncols, pad=1), ncols, title)
+  return _save(fig, path)
+
+
+def plot_reconstructions(
+    originals: np.ndarray,
+    reconstructions: np.ndarray,
+    path: str | os.PathLike[str],
+    ncols: int = 10,
+    title: str = "Data and reconstructions",
+) -> str:
+  """Writes originals above their reconstructions; returns `path`.
+
+  Args:
+    originals: [n, height, width] in [0, 1].
+    reconstructions: [n, height, width] in [0, 1], same order.
+    path: PNG file to write.
+    ncols: Pairs per row; with more than `ncols` pairs, blocks of an originals
+      row followed by a reconstructions row are stacked.
+    title: Figure title.
+  """
+  originals = _check_images(originals, "originals")
+  reconstructions = _check_images(reconstructions, "reconstructions")
+  if originals.shape != reconstructions.shape:
+    raise ValueError(
+        f"originals {originals.shape} and reconstructions"
+        f" {reconstructions.shape} must have the same shape."
+    )
+  n, height, width = originals.shape
+  ncols = min(ncols, n)
+  num_blocks = math.ceil(n / ncols)
+  blank = np.ones((num_blocks * ncols - n, height, width), np.float32)
+  originals = np.concatenate([originals, blank]).reshape(
+      num_blocks, ncols, height, width
+  )
+  reconstructions = np.concatenate([reconstructions, blank]).reshape(
+      num_blocks, ncols, height, width
+  )
+  interleaved = np.stack([originals, reconstructions], axis=1).reshape(
+      -1, height, width
+  )
+  fig = _mosaic_figure(_tile(interleaved, ncols, pad=1), ncols, title)
+  ax = fig.axes[0]
+  row_centers = (np.arange(2 * num_blocks) * (height + 1)) + (height - 1) / 2
+  ax.set_yticks(row_centers, ["data", "recon."] * num_blocks)
+  # Row labels only: tick marks would clutter the image grid.
+  ax.tick_params(axis="y", length=0)
+  return _save(fig, path)
+
+
+def _finite_points(
+    records: Sequence[Mapping[str, Any]], key: str
+) -> tuple[np.ndarray, np.ndarray]:
+  """(samples_seen, records[key]) over records where both are plottable."""
+  points = sorted(
+      (float(r["samples_seen"]), float(r[key]))
+      for r in records
+      if r.get(key) is not None
+      and r.get("samples_seen") is not None
+      and math.isfinite(r[key])
+      # A log axis cannot show the evaluation before any training.
+      and r["samples_seen"] > 0
+  )
+  return np.array([x for x, _ in points]), np.array([y for _, y in points])
+
+
+def learning_curve_figure(
+    records: Sequence[Mapping[str, Any]],
+    title: str = "Variational lower bound",
+) -> Figure:
+  """Lower bound per example vs. training samples evaluated, log x-axis.
+
+  Args:
+    records: Dicts with `samples_seen` and `train_bound` and/or `test_bound`
+      (nats per example); records missing a value, or with `None`/NaN, are
+      left out of that curve. Order does not matter.
+    title: Figure title.
+
+  Raises:
+    ValueError: if no record has a plottable bound.
+  """
+  fig = Figure(figsize=(6.4, 4.8), dpi=_DPI, layout="constrained")
+  ax = fig.add_subplot()
+  plotted = False
+  for key, label, style in (
+      ("train_bound", "train", "-"),
+      ("test_bound", "test", "--"),
+  ):
+    x, y = _finite_points(records, key)
+    if x.size:
+      ax.plot(x, y, style, label=label)
+      plotted = True
+  if not plotted:
+    raise ValueError(
+        "No record has samples_seen > 0 and a finite train_bound or"
+        " test_bound."
+    )
+  ax.set_xscale("log")
+  ax.set_xlabel("Training samples evaluated")
+  ax.set_ylabel("Lower bound per example (nats)")
+  ax.set_title(title)
+  ax.grid(True, which="both", alpha=0.3)
+  ax.legend()
+  return fig
+
+
+def plot_learning_curve(
+    records: Sequence[Mapping[str, Any]],
+    path: str | os.PathLike[str],
+    title: str = "Variational lower bound",
+) -> str:
+  """Writes `learning_curve_figure(records, title)` to `path`; returns it."""
+  return _save(learning_curve_figure(records, title), path)
+
+
+def manifold_latents(grid_size: int) -> jax.Array:
+  """Latent coordinates of the paper's Fig. 4 grid.
+
+  The probabilities i / (grid_size + 1), i = 1..grid_size, equally spaced in
+  the open interval (0, 1), are mapped through the standard normal inverse
+  CDF, so that each cell covers equal prior mass.
+
+  Returns:
+    [grid_size**2, 2] float32, row-major over the displayed grid: z_1 grows
+    left to right along a row, z_2 grows bottom to top, as on a plot.
+  """
+  if grid_size < 1:
+    raise ValueError(f"grid_size must be >= 1, got {grid_size}.")
+  quantiles = jnp.arange(1, grid_size + 1, dtype=jnp.float32) / (grid_size + 1)
+  coordinates = norm.ppf(quantiles)
+  z2, z1 = jnp.meshgrid(coordinates[::-1], coordinates, indexing="ij")
+  return jnp.stack([z1.ravel(), z2.ravel()], axis=-1)
+
+
+def manifold_grid(
+    decode_mean_fn: Callable[[jax.Array], jax.Array],
+    grid_size: int,
+    image_shape: tuple[int, int],
+) -> np.ndarray:
+  """Decodes the `manifold_latents` grid of a model with a 2-D latent space.
+
+  Args:
+    decode_mean_fn: z [n, 2] -> decoder means [n, height * width].
+    grid_size: Tiles per side.
+    image_shape: (height, width) of one image.
+
+  Returns:
+    [grid_size**2, height, width], in `manifold_latents` order.
+  """
+  means = np.asarray(decode_mean_fn(manifold_latents(grid_size)))
+  return means.reshape(grid_size * grid_size, *image_shape)
+
+
+def plot_manifold(
+    images: np.ndarray,
+    grid_size: int,
+    path: str | os.PathLike[str],
+    title: str = "Learned data manifold",
+) -> str:
+  """Writes `manifold_grid` output ([grid_size**2, h, w]) as a square grid."""
+  images = _check_images(images)
+  if images.shape[0] != grid_size * grid_size:
+    raise ValueError(
+        f"Expected grid_size**2 = {grid_size**2} images, got {images.shape[0]}."
+    )
+  fig = _mosaic_figure(_tile(images, grid_size, pad=0), grid_size, title)
+  ax = fig.axes[0]
+  ax.set_xlabel("$z_1$ (increasing to the right)")
+  ax.set_ylabel("$z_2$ (increasing upwards)")
+  return _save(fig, path)

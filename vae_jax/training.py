@@ -1,0 +1,215 @@
+"""AEVB training: train state, optimiser, jitted step, scanned epoch, evaluation.
+
+Knows nothing of flags or files: `experiments/train.py` drives it. The data
+set is an on-device array `[num_examples, data_dim]`; one epoch (shuffle,
+optional dynamic binarisation, every minibatch step) is a single compiled
+`lax.scan`, so Python is not in the inner loop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from vae_jax import api, estimators
+from vae_jax.data.transforms import binarize
+from vae_jax.models import VAE
+
+Array = jax.Array
+Params = Any
+
+OPTIMIZERS = ("adagrad", "adam", "sgd")
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a run needs to continue bit for bit: a pytree.
+
+  The PRNG key is kept as raw key data (uint32) so that it checkpoints as a
+  plain array.
+  """
+
+  step: Array  # int32 scalar: minibatch updates so far
+  params: Params
+  opt_state: optax.OptState
+  key_data: Array  # jax.random.key_data of the training key
+
+  @property
+  def key(self) -> Array:
+    return jax.random.wrap_key_data(self.key_data)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """How to optimise. Defaults are the paper's MNIST settings (Sec. 5).
+
+  Attributes:
+    estimator: "A", "B" or "iwae" (see `vae_jax.estimators`).
+    num_samples: L, samples of z per example per step.
+    batch_size: M, examples per minibatch.
+    optimizer: "adagrad" (the paper), "adam" or "sgd".
+    learning_rate: step size (the paper: 0.01, 0.02 or 0.1 with Adagrad).
+    adagrad_initial_accumulator: starting value of Adagrad's sum of squared
+      gradients; classic Adagrad starts at 0, optax's default is 0.1.
+    weight_prior: add the paper's N(0, I) prior on all parameters (MAP, acts
+      as weight decay), scaled by M/N per minibatch.
+    prior_stddev: standard deviation of that prior.
+    dynamic_binarization: re-draw binary data from grey levels every epoch.
+  """
+
+  estimator: str = "B"
+  num_samples: int = 1
+  batch_size: int = 100
+  optimizer: str = "adagrad"
+  learning_rate: float = 0.02
+  adagrad_initial_accumulator: float = 0.0
+  weight_prior: bool = False
+  prior_stddev: float = 1.0
+  dynamic_binarization: bool = False
+
+  def __post_init__(self):
+    if self.optimizer not in OPTIMIZERS:
+      raise ValueError(
+          f"Unknown optimizer {self.optimizer!r}; choose one of {list(OPTIMIZERS)}."
+      )
+    for name in ("batch_size", "num_samples"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
+    if not self.learning_rate > 0:
+      raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}.")
+    if self.adagrad_initial_accumulator < 0:
+      raise ValueError(
+          "adagrad_initial_accumulator must be >= 0, got "
+          f"{self.adagrad_initial_accumulator}."
+      )
+    if not self.prior_stddev > 0:
+      raise ValueError(f"prior_stddev must be > 0, got {self.prior_stddev}.")
+
+
+def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
+  """The optax transformation named by the config (it minimises the loss)."""
+  if config.optimizer == "adagrad":
+    return optax.adagrad(
+        config.learning_rate,
+        initial_accumulator_value=config.adagrad_initial_accumulator,
+        eps=1e-8,
+    )
+  if config.optimizer == "adam":
+    return optax.adam(config.learning_rate)
+  return optax.sgd(config.learning_rate)
+
+
+def init_train_state(
+    model: VAE, config: TrainConfig, key: Array
+) -> TrainState:
+  """Fresh parameters and optimiser state; `key` seeds both and the run."""
+  init_key, run_key = jax.random.split(key)
+  params = api.init_params(model, init_key)
+  return TrainState(
+      step=jnp.zeros((), jnp.int32),
+      params=params,
+      opt_state=make_optimizer(config).init(params),
+      key_data=jax.random.key_data(run_key),
+  )
+
+
+def make_train_step(
+    model: VAE, config: TrainConfig, num_train: int
+) -> Callable[[TrainState, Array, Array], tuple[TrainState, Array]]:
+  """Returns `train_step(state, batch, key) -> (state, mean bound)`.
+
+  batch: [M, data_dim]; the mean bound (nats per example) is of the batch
+  before the update, without the weight prior.
+  """
+  elbo = api.make_elbo(model, config.estimator, config.num_samples)
+  optimizer = make_optimizer(config)
+
+  def loss_fn(params, batch, key):
+    bounds = elbo(params, batch, key)
+    if config.weight_prior:
+      objective = estimators.map_objective(
+          bounds, params, num_train, config.prior_stddev
+      )
+    else:
+      objective = jnp.mean(bounds)
+    return -objective, jnp.mean(bounds)
+
+  def train_step(state: TrainState, batch: Array, key: Array):
+    grads, bound = jax.grad(loss_fn, has_aux=True)(state.params, batch, key)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    return (
+        state.replace(step=state.step + 1, params=params, opt_state=opt_state),
+        bound,
+    )
+
+  return train_step
+
+
+def make_train_epoch(
+    model: VAE, config: TrainConfig, num_train: int
+) -> Callable[[TrainState, Array], tuple[TrainState, Array]]:
+  """Returns a jitted `train_epoch(state, train_data) -> (state, bounds)`.
+
+  train_data: [N, data_dim] on device. One epoch shuffles it with the state's
+  key, binarises it if configured, and scans `train_step` over N // M
+  minibatches (the last N % M examples of the permutation sit out this
+  epoch). bounds: [N // M] per-step mean bounds in nats.
+  """
+  if num_train < config.batch_size:
+    raise ValueError(
+        f"batch_size {config.batch_size} exceeds the {num_train} training examples."
+    )
+  num_batches = num_train // config.batch_size
+  train_step = make_train_step(model, config, num_train)
+
+  def train_epoch(state: TrainState, train_data: Array):
+    key, shuffle_key, binarize_key, step_key = jax.random.split(state.key, 4)
+    order = jax.random.permutation(shuffle_key, train_data.shape[0])
+    batches = train_data[order[: num_batches * config.batch_size]]
+    if config.dynamic_binarization:
+      batches = binarize(binarize_key, batches)
+    batches = batches.reshape(num_batches, config.batch_size, -1)
+    step_keys = jax.random.split(step_key, num_batches)
+    state, bounds = jax.lax.scan(
+        lambda s, inputs: train_step(s, *inputs), state, (batches, step_keys)
+    )
+    return state.replace(key_data=jax.random.key_data(key)), bounds
+
+  return jax.jit(train_epoch, donate_argnums=0)
+
+
+def make_evaluate(
+    model: VAE,
+    estimator: str = "B",
+    num_samples: int = 1,
+    batch_size: int = 1000,
+) -> Callable[[Params, Array, Array], Array]:
+  """Returns a jitted `evaluate(params, data, key) -> mean bound` (nats).
+
+  data: [N, data_dim]; every example counts once: the data is padded to a
+  whole number of batches and the padding is masked out. With a fixed key
+  the result is deterministic.
+  """
+  elbo = api.make_elbo(model, estimator, num_samples)
+
+  def evaluate(params: Params, data: Array, key: Array) -> Array:
+    num_examples = data.shape[0]
+    size = min(batch_size, num_examples)
+    num_batches = math.ceil(num_examples / size)
+    padding = num_batches * size - num_examples
+    # Padding repeats real rows (padding < size <= num_examples) so that every
+    # value stays a valid input.
+    padded = jnp.concatenate([data, data[:padding]]) if padding else data
+    batches = padded.reshape(num_batches, size, -1)
+    keys = jax.random.split(key, num_batches)
+    bounds = jax.lax.map(lambda inputs: elbo(params, *inputs), (batches, keys))
+    return jnp.mean(bounds.reshape(-1)[:num_examples])
+
+  return jax.jit(evaluate)
