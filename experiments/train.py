@@ -15,7 +15,7 @@ import os
 
 from absl import app, flags, logging
 
-from vae_jax import data, experiment, models, training
+from vae_jax import data, estimators, experiment, models, training
 
 _DATASET = flags.DEFINE_enum("dataset", "digits", data.DATASETS, "Data set.")
 _TFDS_DATA_DIR = flags.DEFINE_string(
@@ -42,7 +42,9 @@ _BINARIZATION = flags.DEFINE_enum(
     "binarization", None, ["dynamic", "none"],
     "dynamic: re-draw binary pixels from grey levels every epoch; none: train on the "
     "values as they are. Default: dynamic for mnist and fashion_mnist.")
-_ESTIMATOR = flags.DEFINE_enum("estimator", "B", ["A", "B", "iwae"], "SGVB estimator.")
+_ESTIMATOR = flags.DEFINE_enum(
+    "estimator", "B", list(estimators.ESTIMATORS),
+    "Bound estimator: A, B, iwae, or A's gradient variants stl, score, score_baseline.")
 _NUM_SAMPLES = flags.DEFINE_integer(
     "num_samples", 1, "L, samples of z per example.", lower_bound=1)
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 100, "Minibatch size M.", lower_bound=1)
@@ -94,21 +96,29 @@ def _num_epochs(num_train: int, batch_size: int) -> int:
   return _NUM_EPOCHS.value or DEFAULT_NUM_EPOCHS
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  dataset = data.load_dataset(
-      _DATASET.value, data_dir=_TFDS_DATA_DIR.value, manual_dir=_TFDS_MANUAL_DIR.value
-  )
+def dataset_from_flags() -> data.Dataset:
+  """Loads --dataset, turning a data error into a one-line fatal message."""
+  try:
+    return data.load_dataset(
+        _DATASET.value, data_dir=_TFDS_DATA_DIR.value, manual_dir=_TFDS_MANUAL_DIR.value
+    )
+  except data.DataError as error:
+    raise SystemExit(f"FATAL: cannot load --dataset={_DATASET.value}: {error}") from None
+
+
+def run_from_flags(
+    dataset: data.Dataset,
+) -> tuple[models.VAE, training.TrainConfig, experiment.RunConfig]:
+  """The model, optimiser settings and run settings the flags describe."""
   likelihood = _LIKELIHOOD.value or dataset.likelihood
   binarization = _BINARIZATION.value or (
       "dynamic" if _DATASET.value in ("mnist", "fashion_mnist") else "none"
   )
   if binarization == "dynamic" and likelihood != "bernoulli":
-    raise app.UsageError("--binarization=dynamic needs --likelihood=bernoulli.")
+    raise SystemExit("FATAL: --binarization=dynamic needs --likelihood=bernoulli.")
   if dataset.train.shape[0] < _BATCH_SIZE.value:
-    raise app.UsageError(
-        f"--batch_size={_BATCH_SIZE.value} exceeds the {dataset.train.shape[0]} "
+    raise SystemExit(
+        f"FATAL: --batch_size={_BATCH_SIZE.value} exceeds the {dataset.train.shape[0]} "
         f"training examples of {_DATASET.value}.")
   model = models.make_vae(
       dataset.train.shape[1],
@@ -129,20 +139,27 @@ def main(argv):
       weight_prior=_WEIGHT_PRIOR.value,
       dynamic_binarization=binarization == "dynamic",
   )
-  workdir = _WORKDIR.value or os.path.join("runs", _DATASET.value)
   run = experiment.RunConfig(
-      workdir=workdir,
+      workdir=_WORKDIR.value or os.path.join("runs", _DATASET.value),
       num_epochs=_num_epochs(dataset.train.shape[0], config.batch_size),
       eval_every=_EVAL_EVERY.value,
       seed=_SEED.value,
       keep_checkpoints=_KEEP_CHECKPOINTS.value,
   )
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "flags.txt"), "w", encoding="utf-8") as f:
+  return model, config, run
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  dataset = dataset_from_flags()
+  model, config, run = run_from_flags(dataset)
+  os.makedirs(run.workdir, exist_ok=True)
+  with open(os.path.join(run.workdir, "flags.txt"), "w", encoding="utf-8") as f:
     f.write(flags.FLAGS.flags_into_string())
   logging.info("Training %s on %s (%d train / %d test) for %d epochs in %s",
-               likelihood, _DATASET.value, dataset.train.shape[0],
-               dataset.test.shape[0], run.num_epochs, workdir)
+               model.likelihood, _DATASET.value, dataset.train.shape[0],
+               dataset.test.shape[0], run.num_epochs, run.workdir)
   experiment.train_and_evaluate(
       model, config, run, dataset.train, dataset.test, dataset.image_shape,
       log=logging.info,

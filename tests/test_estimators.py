@@ -1,19 +1,9 @@
-"""Estimators A, B and IWAE in a linear-Gaussian model where everything is analytic.
-
-Model: z ~ N(0, I_k), x | z ~ N(W z + b, s^2 I_D). Then
-  log p(x) = log N(x; b, W W^T + s^2 I),
-  p(z | x) = N(V W^T (x - b) / s^2, V) with V = (I + W^T W / s^2)^-1,
-and for q(z|x) = N(m, diag v) the ELBO is
-  -D/2 log(2 pi s^2) - (|x - W m - b|^2 + sum_j v_j |W_:j|^2) / (2 s^2) - KL(q || p(z)).
-The encoder is affine, m = A x + a, with a free log-variance vector, so the
-exact posterior is reachable when W has orthogonal columns (V diagonal).
+"""Estimators A, B and IWAE in the linear-Gaussian model of `linear_gaussian.py`.
 
 Tolerances are Monte-Carlo standard errors: a mean over n draws is compared
 with its target within z standard errors, z chosen for a family-wise false
 alarm rate of 1e-3 over all the comparisons a test makes (Bonferroni).
 """
-
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -21,75 +11,19 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from vae_jax import distributions, estimators
-
-LATENT_DIM, DATA_DIM, BATCH = 3, 6, 4
-NOISE_STD = 0.7
-
-
-def _z_score(num_comparisons: int, false_alarm: float = 1e-3) -> float:
-  return float(stats.norm.isf(false_alarm / (2 * num_comparisons)))
-
-
-def encode_fn(params, x):
-  return params["enc_A"] @ x + params["enc_a"], params["enc_logvar"]
-
-
-def log_likelihood_fn(params, x, z):
-  mean = params["W"] @ z + params["b"]
-  logvar = jnp.full_like(x, 2.0 * np.log(NOISE_STD))
-  return distributions.gaussian_log_prob(mean, logvar, x)
-
-
-def analytic_elbo(params, x):
-  """Exact ELBO per example. x: [batch, D] -> [batch]."""
-  mean, logvar = jax.vmap(encode_fn, in_axes=(None, 0))(params, x)
-  W, b = params["W"], params["b"]
-  residual = x - mean @ W.T - b
-  column_norms = jnp.sum(W**2, axis=0)
-  expected_log_lik = -0.5 * DATA_DIM * jnp.log(2 * jnp.pi * NOISE_STD**2) - (
-      jnp.sum(residual**2, -1) + jnp.exp(logvar) @ column_norms
-  ) / (2 * NOISE_STD**2)
-  return expected_log_lik - distributions.kl_standard_normal(mean, logvar)
-
-
-def log_marginal(params, x):
-  W, b = np.asarray(params["W"]), np.asarray(params["b"])
-  cov = W @ W.T + NOISE_STD**2 * np.eye(DATA_DIM)
-  return stats.multivariate_normal(b, cov).logpdf(np.asarray(x))
-
-
-def _orthogonal_decoder(rng):
-  q, _ = np.linalg.qr(rng.normal(size=(DATA_DIM, LATENT_DIM)))
-  return q * np.array([2.0, 1.0, 0.5]), rng.normal(size=DATA_DIM)
-
-
-def random_params(rng):
-  W, b = _orthogonal_decoder(rng)
-  return {
-      "W": jnp.asarray(W),
-      "b": jnp.asarray(b),
-      "enc_A": jnp.asarray(rng.normal(0.0, 0.3, size=(LATENT_DIM, DATA_DIM))),
-      "enc_a": jnp.asarray(rng.normal(0.0, 0.3, size=LATENT_DIM)),
-      "enc_logvar": jnp.asarray(rng.normal(-1.0, 0.3, size=LATENT_DIM)),
-  }
-
-
-def exact_posterior_params(rng):
-  W, b = _orthogonal_decoder(rng)
-  posterior_var = 1.0 / (1.0 + np.sum(W**2, axis=0) / NOISE_STD**2)
-  gain = (posterior_var[:, None] * W.T) / NOISE_STD**2
-  return {
-      "W": jnp.asarray(W),
-      "b": jnp.asarray(b),
-      "enc_A": jnp.asarray(gain),
-      "enc_a": jnp.asarray(-gain @ b),
-      "enc_logvar": jnp.asarray(np.log(posterior_var)),
-  }
-
-
-def data(rng):
-  return jnp.asarray(rng.normal(size=(BATCH, DATA_DIM)))
+from linear_gaussian import (
+    BATCH,
+    LATENT_DIM,
+    analytic_elbo,
+    data,
+    encode_fn,
+    exact_posterior_params,
+    log_likelihood_fn,
+    log_marginal,
+    random_params,
+    z_score,
+)
+from vae_jax import estimators
 
 
 def draw_bounds(estimator, params, x, num_draws, num_samples=1, seed=0):
@@ -120,7 +54,7 @@ def test_estimator_mean_is_the_analytic_elbo(name, num_samples):
   bounds = draw_bounds(estimators.ESTIMATORS[name], params, x, num_draws, num_samples)
   standard_error = bounds.std(0) / np.sqrt(num_draws)
   gap = np.abs(bounds.mean(0) - analytic_elbo(params, x))
-  assert np.all(gap < _z_score(BATCH) * standard_error), (gap, standard_error)
+  assert np.all(gap < z_score(BATCH) * standard_error), (gap, standard_error)
   assert np.all(standard_error > 0)
 
 
@@ -153,7 +87,7 @@ def test_at_the_exact_posterior_estimator_b_is_unbiased_for_log_marginal():
   # B keeps Monte-Carlo noise from log p(x|z) even here, unlike A.
   assert np.all(standard_error > 1e-3)
   gap = np.abs(bounds.mean(0) - log_marginal(params, x))
-  assert np.all(gap < _z_score(BATCH) * standard_error), (gap, standard_error)
+  assert np.all(gap < z_score(BATCH) * standard_error), (gap, standard_error)
 
 
 def test_iwae_bound_lies_between_elbo_and_log_marginal_and_tightens_with_k():
@@ -203,7 +137,7 @@ def test_mean_reparameterised_gradient_is_the_analytic_elbo_gradient(name):
   )
   exact = jax.grad(lambda p: jnp.sum(analytic_elbo(p, x)))(params)
   num_components = sum(leaf.size for leaf in jax.tree_util.tree_leaves(params))
-  z = _z_score(num_components)
+  z = z_score(num_components)
   for name_, draws in grads.items():
     standard_error = draws.std(0) / np.sqrt(num_draws)
     gap = np.abs(draws.mean(0) - exact[name_])

@@ -88,6 +88,8 @@ def test_sigkilled_run_resumes_to_the_same_parameters_as_an_uninterrupted_one(tm
         (["--estimator=C"], "estimator"),
         (["--binarization=dynamic", "--likelihood=gaussian"], "--binarization=dynamic needs"),
         (["--batch_size=5000"], "--batch_size=5000 exceeds the 1500"),
+        (["--dataset=mnist", "--tfds_manual_dir=/nonexistent/raw"],
+         "cannot load --dataset=mnist: mnist: manual directory /nonexistent/raw"),
     ],
 )
 def test_bad_flags_fail_at_start_naming_the_flag(tmp_path, flags, message):
@@ -95,3 +97,24 @@ def test_bad_flags_fail_at_start_naming_the_flag(tmp_path, flags, message):
   assert result.returncode != 0
   assert message in result.stderr, result.stderr[-2000:]
   assert not (tmp_path / "checkpoints").exists()
+
+
+def test_estimator_variance_runner_at_toy_size(tmp_path):
+  result = subprocess.run(
+      [sys.executable, "-m", "experiments.estimator_variance", *DIGITS_FLAGS,
+       f"--workdir={tmp_path}", "--stages=0,1500", "--estimators=A,B,score",
+       "--sample_counts=1,4", "--num_examples=5", "--num_draws=10", "--num_repetitions=2"],
+      cwd=REPO, capture_output=True, text=True, timeout=300, check=True,
+  )
+  outdir = tmp_path / "variance"
+  rows = json.loads((outdir / "results.json").read_text())["rows"]
+  assert len(rows) == 2 * 3 * 2
+  assert {(r["stage"], r["estimator"], r["num_samples"]) for r in rows} == {
+      (s, e, L) for s in (0, 1500) for e in ("A", "B", "score") for L in (1, 4)}
+  assert all(r["encoder_variance"] > 0 and r["encoder_variance_ci"] >= 0 for r in rows)
+  assert rows[-1]["step"] == 15  # 1500 examples at M=100
+  assert (outdir / "results.csv").read_text().startswith("stage,step,estimator,num_samples")
+  assert "| score | 4 |" in (outdir / "table.md").read_text()
+  assert "After 1,500 training examples" in result.stdout
+  for stage in (0, 1500):
+    assert (outdir / f"variance_stage_{stage}.png").stat().st_size > 1000

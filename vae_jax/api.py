@@ -135,13 +135,34 @@ def kl_divergence(model: VAE, params: Params, x: Array) -> Array:
   return distributions.kl_standard_normal(mean, logvar)
 
 
+def model_functions(
+    model: VAE,
+) -> tuple[estimators.EncodeFn, estimators.LogLikelihoodFn]:
+  """The pair of pure functions `vae_jax.estimators` works with.
+
+  Returns:
+    encode_fn(params, x [data_dim]) -> (mean, logvar) [latent_dim] each, and
+    log_likelihood_fn(params, x [data_dim], z [latent_dim]) -> scalar nats.
+  """
+
+  def encode_fn(params: Params, x: Array) -> tuple[Array, Array]:
+    return model.apply(params, x, method=VAE.encode)
+
+  def log_likelihood_fn(params: Params, x: Array, z: Array) -> Array:
+    return model.apply(params, x, z, method=VAE.log_likelihood)
+
+  return encode_fn, log_likelihood_fn
+
+
 def make_elbo(model: VAE, estimator: str = "B", num_samples: int = 1) -> ElboFn:
   """Returns `elbo(params, x, key) -> [batch]`, the per-example bound in nats.
 
   Args:
     model: a `VAE` (see `vae_jax.make_vae`).
-    estimator: "A" (eq. 6), "B" (eq. 7) or "iwae" (importance-weighted bound
-      with k = num_samples).
+    estimator: "A" (eq. 6), "B" (eq. 7), "iwae" (importance-weighted bound
+      with k = num_samples), or one of A's variants that differ only in
+      their gradients: "stl", "score", "score_baseline" (see
+      `vae_jax.estimators`).
     num_samples: L >= 1, samples of z per example.
 
   The returned function takes params (from `init_params`), x [batch,
@@ -158,12 +179,7 @@ def make_elbo(model: VAE, estimator: str = "B", num_samples: int = 1) -> ElboFn:
   if num_samples < 1:
     raise ValueError(f"num_samples (L) must be >= 1, got {num_samples}.")
   per_example = estimators.ESTIMATORS[estimator]
-
-  def encode_fn(params: Params, x: Array) -> tuple[Array, Array]:
-    return model.apply(params, x, method=VAE.encode)
-
-  def log_likelihood_fn(params: Params, x: Array, z: Array) -> Array:
-    return model.apply(params, x, z, method=VAE.log_likelihood)
+  encode_fn, log_likelihood_fn = model_functions(model)
 
   def elbo(params: Params, x: Array, key: Array) -> Array:
     check_data(x, model)

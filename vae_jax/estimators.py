@@ -14,8 +14,11 @@ Per example, with z_l = mu(x) + sigma(x) * eps_l and eps_l ~ N(0, I):
   A (eq. 6):  (1/L) sum_l [log p(x, z_l) - log q(z_l | x)]
   B (eq. 7):  -KL(q(z|x) || p(z)) + (1/L) sum_l log p(x | z_l)
   IWAE:       log (1/L) sum_l p(x, z_l) / q(z_l | x)   (Burda et al., 2016)
-All three are in nats; A and B are unbiased for the ELBO, IWAE is a tighter
-bound that is biased for it.
+All are in nats; A and B are unbiased for the ELBO, IWAE is a tighter bound
+that is biased for it. Three more objectives share A's value and differ only
+in their gradients: "sticking the landing" and the score-function (REINFORCE)
+estimator with and without a baseline; `per_example_gradients` returns any
+estimator's gradient for each example separately, for variance studies.
 """
 
 from __future__ import annotations
@@ -137,10 +140,100 @@ def iwae_bound(
   return jax.nn.logsumexp(log_w) - math.log(log_w.shape[0])
 
 
+def estimator_stl(
+    encode_fn: EncodeFn,
+    log_likelihood_fn: LogLikelihoodFn,
+    params: Params,
+    x: Array,
+    eps: Array,
+) -> Array:
+  """"Sticking the landing" (Roeder et al., 2017): A with q's score term stopped.
+
+  The value equals estimator A's. In the gradient, log q(z|x) is
+  differentiated only through z, not through q's parameters; that drops a
+  term whose expectation is zero, so the gradient stays unbiased and its
+  variance vanishes as q approaches the exact posterior.
+  """
+  mean, logvar, z, log_px_given_z = _posterior_samples(
+      encode_fn, log_likelihood_fn, params, x, eps
+  )
+  frozen_mean, frozen_logvar = jax.lax.stop_gradient((mean, logvar))
+  log_qz = distributions.gaussian_log_prob(frozen_mean, frozen_logvar, z)
+  return jnp.mean(
+      log_px_given_z + distributions.standard_normal_log_prob(z) - log_qz
+  )
+
+
+def _score_function(
+    encode_fn: EncodeFn,
+    log_likelihood_fn: LogLikelihoodFn,
+    params: Params,
+    x: Array,
+    eps: Array,
+    use_baseline: bool,
+) -> Array:
+  """Surrogate whose value is A's and whose gradient is REINFORCE's.
+
+  z is sampled but not differentiated through. The encoder's gradient is
+  (1/L) sum_l (log w_l - b) grad log q(z_l|x) + grad(-log q(z_l|x)); the
+  decoder's is (1/L) sum_l grad log p(x|z_l). The baseline b, when used, is
+  log w at z = mean(x): it does not depend on the sampled z_l, so it leaves
+  the estimator unbiased and removes most of the scale of log w.
+  """
+  mean, logvar = encode_fn(params, x)
+  z = jax.lax.stop_gradient(distributions.reparameterize(mean, logvar, eps))
+  log_px_given_z = jax.vmap(log_likelihood_fn, in_axes=(None, None, 0))(
+      params, x, z
+  )
+  log_qz = distributions.gaussian_log_prob(mean, logvar, z)
+  log_w = log_px_given_z + distributions.standard_normal_log_prob(z) - log_qz
+  signal = log_w
+  if use_baseline:
+    baseline = (
+        log_likelihood_fn(params, x, mean)
+        + distributions.standard_normal_log_prob(mean)
+        - distributions.gaussian_log_prob(mean, logvar, mean)
+    )
+    signal = log_w - baseline
+  score_term = jax.lax.stop_gradient(signal) * log_qz
+  return jnp.mean(log_w + score_term - jax.lax.stop_gradient(score_term))
+
+
+def score_function(
+    encode_fn: EncodeFn,
+    log_likelihood_fn: LogLikelihoodFn,
+    params: Params,
+    x: Array,
+    eps: Array,
+) -> Array:
+  """The naive score-function (REINFORCE) estimator, as a surrogate (value: A)."""
+  return _score_function(
+      encode_fn, log_likelihood_fn, params, x, eps, use_baseline=False
+  )
+
+
+def score_function_baseline(
+    encode_fn: EncodeFn,
+    log_likelihood_fn: LogLikelihoodFn,
+    params: Params,
+    x: Array,
+    eps: Array,
+) -> Array:
+  """Score-function estimator with the baseline log w(mean(x)) (value: A)."""
+  return _score_function(
+      encode_fn, log_likelihood_fn, params, x, eps, use_baseline=True
+  )
+
+
+# Every entry is a per-example objective: its value estimates a bound and its
+# gradient is the named gradient estimator.
 ESTIMATORS: dict[str, PerExampleEstimator] = {
     "A": estimator_a,
     "B": estimator_b,
     "iwae": iwae_bound,
+    "stl": estimator_stl,
+    "score": score_function,
+    "score_baseline": score_function_baseline,
 }
 
 
@@ -169,6 +262,32 @@ def batch_bound(
       encode_fn, log_likelihood_fn, params, x_i, eps_i
   )
   return jax.vmap(per_example, in_axes=(0, 1))(x, eps)
+
+
+def per_example_gradients(
+    estimator: PerExampleEstimator,
+    encode_fn: EncodeFn,
+    log_likelihood_fn: LogLikelihoodFn,
+    params: Params,
+    x: Array,
+    eps: Array,
+) -> tuple[Array, Params]:
+  """Each example's bound estimate and its gradient: vmap of value_and_grad.
+
+  Args:
+    estimator, encode_fn, log_likelihood_fn, params: as for `batch_bound`.
+    x: [batch, data_dim].
+    eps: [L, batch, latent_dim].
+
+  Returns:
+    (bounds [batch], gradients: a pytree like params with a leading [batch]).
+  """
+  chex.assert_rank([x, eps], [2, 3])
+  chex.assert_equal(eps.shape[1], x.shape[0])
+  value_and_grad = jax.value_and_grad(
+      lambda p, x_i, eps_i: estimator(encode_fn, log_likelihood_fn, p, x_i, eps_i)
+  )
+  return jax.vmap(value_and_grad, in_axes=(None, 0, 1))(params, x, eps)
 
 
 def gaussian_weight_log_prior(params: Params, stddev: float = 1.0) -> Array:

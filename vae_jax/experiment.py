@@ -145,12 +145,13 @@ def write_figures(
           os.path.join(workdir, "reconstructions.png"),
       )
   )
-  metrics_path = os.path.join(workdir, "metrics.jsonl")
-  paths.append(
-      figures.plot_learning_curve(
-          read_metrics(metrics_path), os.path.join(workdir, "learning_curve.png")
-      )
-  )
+  records = read_metrics(os.path.join(workdir, "metrics.jsonl"))
+  if any(record["samples_seen"] > 0 for record in records):
+    paths.append(
+        figures.plot_learning_curve(
+            records, os.path.join(workdir, "learning_curve.png")
+        )
+    )
   if model.latent_dim == 2:
     grid = figures.manifold_grid(
         lambda z: api.decode_mean(model, params, z), MANIFOLD_GRID_SIZE, image_shape

@@ -262,3 +262,47 @@ def plot_manifold(
   ax.set_xlabel("$z_1$ (increasing to the right)")
   ax.set_ylabel("$z_2$ (increasing upwards)")
   return _save(fig, path)
+
+
+VARIANCE_PANELS = (
+    ("bound_variance", "Var[bound estimate] (nats$^2$)"),
+    ("encoder_variance", "tr Cov[encoder gradient]"),
+    ("decoder_variance", "tr Cov[decoder gradient]"),
+)
+
+
+def plot_variance_vs_samples(
+    rows: Sequence[Mapping[str, Any]],
+    path: str | os.PathLike[str],
+    title: str = "Estimator variance",
+) -> str:
+  """Variance against L on log-log axes, one line per estimator.
+
+  Args:
+    rows: dicts with `estimator`, `num_samples` (L) and, for each key of
+      `VARIANCE_PANELS`, a value and `<key>_ci` (95% half-width, drawn as
+      error bars). Rows of one stage only.
+    path: where to write the PNG.
+    title: figure title.
+  """
+  fig = Figure(figsize=(15, 4.5), dpi=_DPI, layout="constrained")
+  axes = fig.subplots(1, len(VARIANCE_PANELS))
+  for ax, (key, label) in zip(axes, VARIANCE_PANELS):
+    for estimator in dict.fromkeys(r["estimator"] for r in rows):
+      points = sorted(
+          (r["num_samples"], r[key], r[f"{key}_ci"])
+          for r in rows
+          if r["estimator"] == estimator and r[key] > 0
+      )
+      if points:
+        L, value, ci = (np.array(column, float) for column in zip(*points))
+        ax.errorbar(L, value, yerr=np.nan_to_num(ci), marker="o", capsize=3,
+                    label=estimator)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("Samples per example L")
+    ax.set_ylabel(label)
+    ax.grid(True, which="both", alpha=0.3)
+  axes[0].legend()
+  fig.suptitle(title)
+  return _save(fig, path)
