@@ -65,3 +65,14 @@ def frey_face(shared_data_dir: Path, tfds_data_dir: Path) -> data.Dataset:
       "frey_face", data_dir=tfds_data_dir, manual_dir=shared_data_dir / "frey_face"
   )
 
+
+
+_PREPARED_DATA_FIXTURES = {"mnist", "binarized_mnist", "frey_face", "tfds_data_dir"}
+
+
+def pytest_collection_modifyitems(items):
+  """Keeps every test that needs a TFDS-prepared data set on one xdist worker,
+  so each data set is prepared once per run, not once per worker."""
+  for item in items:
+    if _PREPARED_DATA_FIXTURES & set(getattr(item, "fixturenames", ())):
+      item.add_marker(pytest.mark.xdist_group("tfds"))

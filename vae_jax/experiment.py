@@ -255,7 +255,7 @@ def train_and_evaluate(
         writer.write(0, {"epoch": 0, "samples_seen": 0, **evaluation(state),
                          "seconds": 0.0, "examples_per_second": None})
         checkpointer.save(0, state)
-      if start_epoch >= run.num_epochs:
+      if resume_step is not None and start_epoch >= run.num_epochs:
         log(f"{run.workdir} is already trained for {start_epoch} epochs; nothing to do.")
       round_bounds, round_seconds = [], 0.0
       for epoch in range(start_epoch + 1, run.num_epochs + 1):
