@@ -12,6 +12,8 @@ dir, offline, from those files.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 from pathlib import Path
 
@@ -41,38 +43,46 @@ def shared_data_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def tfds_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-  return tmp_path_factory.mktemp("tfds_data")
+  """One TFDS data dir for the whole run, shared by all xdist workers (whose
+  base temp dirs are siblings), so that each data set is prepared once."""
+  root = tmp_path_factory.getbasetemp()
+  if os.environ.get("PYTEST_XDIST_WORKER"):
+    root = root.parent
+  path = root / "tfds_data"
+  path.mkdir(exist_ok=True)
+  return path
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: Path):
+  """Lets one process at a time prepare a data set; the others then read it."""
+  with open(lock_path, "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _load(name: str, data_dir: Path, manual_dir: Path) -> data.Dataset:
+  with _exclusive(data_dir / f"{name}.lock"):
+    return data.load_dataset(name, data_dir=data_dir, manual_dir=manual_dir)
 
 
 @pytest.fixture(scope="session")
 def mnist(shared_data_dir: Path, tfds_data_dir: Path) -> data.Dataset:
   # The root: load_dataset picks its mnist/ subdirectory.
-  return data.load_dataset("mnist", data_dir=tfds_data_dir, manual_dir=shared_data_dir)
+  return _load("mnist", tfds_data_dir, shared_data_dir)
 
 
 @pytest.fixture(scope="session")
 def binarized_mnist(shared_data_dir: Path, tfds_data_dir: Path) -> data.Dataset:
   # Only .amat.gz files are there: load_dataset decompresses them for TFDS.
-  return data.load_dataset(
-      "binarized_mnist", data_dir=tfds_data_dir,
-      manual_dir=shared_data_dir / "binarized_mnist",
-  )
+  return _load("binarized_mnist", tfds_data_dir, shared_data_dir / "binarized_mnist")
 
 
 @pytest.fixture(scope="session")
 def frey_face(shared_data_dir: Path, tfds_data_dir: Path) -> data.Dataset:
-  return data.load_dataset(
-      "frey_face", data_dir=tfds_data_dir, manual_dir=shared_data_dir / "frey_face"
-  )
+  return _load("frey_face", tfds_data_dir, shared_data_dir / "frey_face")
 
 
-
-_PREPARED_DATA_FIXTURES = {"mnist", "binarized_mnist", "frey_face", "tfds_data_dir"}
-
-
-def pytest_collection_modifyitems(items):
-  """Keeps every test that needs a TFDS-prepared data set on one xdist worker,
-  so each data set is prepared once per run, not once per worker."""
-  for item in items:
-    if _PREPARED_DATA_FIXTURES & set(getattr(item, "fixturenames", ())):
-      item.add_marker(pytest.mark.xdist_group("tfds"))

@@ -51,7 +51,7 @@ class _DropOrbaxInfo(logging.Filter):
 
 @contextlib.contextmanager
 def _quiet_orbax() -> Iterator[None]:
-  # Scoped to a single orbax call so that no logging configuration outlives it.
+  # Scoped to an open Checkpointer so that no logging configuration outlives it.
   logger = logging.getLogger("absl")
   log_filter = _DropOrbaxInfo()
   logger.addFilter(log_filter)
@@ -176,19 +176,22 @@ class Checkpointer:
         # Removes `*.orbax-checkpoint-tmp` leftovers of a killed run.
         cleanup_tmp_directories=True,
     )
-    with _quiet_orbax():
-      # Registering the handler up front lets a fresh manager read metadata
-      # of checkpoints written by an earlier process before any restore.
-      registry = ocp.handlers.create_default_handler_registry(
-          **{
-              ocp.checkpoint_manager.DEFAULT_ITEM_NAME: (
-                  ocp.StandardCheckpointHandler()
-              )
-          }
-      )
-      self._manager = ocp.CheckpointManager(
-          os.path.abspath(directory), options=options, handler_registry=registry
-      )
+    # Orbax logs from background threads too (e.g. the clean-up of temporary
+    # directories), so its INFO records are dropped while this object is open.
+    self._quiet = _quiet_orbax()
+    self._quiet.__enter__()
+    # Registering the handler up front lets a fresh manager read metadata
+    # of checkpoints written by an earlier process before any restore.
+    registry = ocp.handlers.create_default_handler_registry(
+        **{
+            ocp.checkpoint_manager.DEFAULT_ITEM_NAME: (
+                ocp.StandardCheckpointHandler()
+            )
+        }
+    )
+    self._manager = ocp.CheckpointManager(
+        os.path.abspath(directory), options=options, handler_registry=registry
+    )
 
   @property
   def directory(self) -> str:
@@ -227,11 +230,10 @@ class Checkpointer:
           f"Cannot save step {step}: {self.directory} already holds the newer"
           f" step {steps[-1]}. Restore it, or use a fresh directory."
       )
-    with _quiet_orbax():
-      saved = self._manager.save(
-          step, args=ocp.args.StandardSave(state), force=force
-      )
-      self._manager.wait_until_finished()
+    saved = self._manager.save(
+        step, args=ocp.args.StandardSave(state), force=force
+    )
+    self._manager.wait_until_finished()
     return saved
 
   def restore(self, template: PyTree, step: int | None = None) -> PyTree:
@@ -259,13 +261,11 @@ class Checkpointer:
           f"No checkpoint for step {step} in {self.directory}; available"
           f" steps: {available}."
       )
-    with _quiet_orbax():
-      stored = self._manager.metadata(step).item_metadata.tree
+    stored = self._manager.metadata(step).item_metadata.tree
     self._raise_on_mismatch(step, _stored_leaf_differences(stored, template))
-    with _quiet_orbax():
-      restored = self._manager.restore(
-          step, args=ocp.args.StandardRestore(template)
-      )
+    restored = self._manager.restore(
+        step, args=ocp.args.StandardRestore(template)
+    )
     self._raise_on_mismatch(
         step, _restored_dtype_differences(restored, template)
     )
@@ -280,8 +280,10 @@ class Checkpointer:
 
   def close(self) -> None:
     """Waits for pending deletions and releases orbax resources."""
-    with _quiet_orbax():
+    try:
       self._manager.close()
+    finally:
+      self._quiet.__exit__(None, None, None)
 
   def __enter__(self) -> Checkpointer:
     return self
