@@ -1,0 +1,166 @@
+r"""Training and evaluation speed: `python -m experiments.benchmark [flags]`.
+
+Times, on the default JAX device, the jitted train step and the scanned epoch
+(`vae_jax.training.make_train_epoch`) of an MLP VAE across batch sizes,
+estimators and L, plus whole-set evaluation, and compares the matmul FLOP rate
+they reach with the device's own float32 matmul rate measured here. Prints a
+markdown table and writes JSON (--output).
+
+Data are random binary vectors: speed does not depend on their values, and no
+data set has to be prepared. The defaults are the paper's MNIST model
+(784-500-20, tanh, Bernoulli, N = 60000).
+
+Example:
+  python -m experiments.benchmark --batch_sizes=100,1000 --estimators=A,B --sample_counts=1,10
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+
+from vae_jax import estimators, models, training
+
+_DATA_DIM = flags.DEFINE_integer("data_dim", 784, "D.", lower_bound=1)
+_HIDDEN = flags.DEFINE_integer("hidden_size", 500, "Hidden width H (one layer).", lower_bound=1)
+_LATENT_DIM = flags.DEFINE_integer("latent_dim", 20, "J.", lower_bound=1)
+_NUM_TRAIN = flags.DEFINE_integer("num_train", 60000, "Examples per epoch N.", lower_bound=1)
+_NUM_EVAL = flags.DEFINE_integer("num_eval", 10000, "Examples evaluated.", lower_bound=1)
+_BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["100"], "Minibatch sizes M.")
+_ESTIMATORS = flags.DEFINE_list("estimators", ["B"], "Estimators to time.")
+_SAMPLE_COUNTS = flags.DEFINE_list("sample_counts", ["1"], "Values of L.")
+_EVAL_SAMPLE_COUNTS = flags.DEFINE_list(
+    "eval_sample_counts", ["1", "100"], "L (k) of the evaluated bound (IWAE for L > 1).")
+_REPEATS = flags.DEFINE_integer("repeats", 5, "Timed repetitions (median reported).", lower_bound=1)
+_OUTPUT = flags.DEFINE_string("output", "benchmark.json", "Where to write the JSON results.")
+
+flags.register_validator(
+    "estimators", lambda names: bool(names) and set(names) <= set(estimators.ESTIMATORS),
+    message=f"--estimators must be names from {sorted(estimators.ESTIMATORS)}.")
+for _name in ("batch_sizes", "sample_counts", "eval_sample_counts"):
+  flags.register_validator(
+      _name, lambda values: bool(values) and all(v.isdigit() and int(v) > 0 for v in values),
+      message=f"--{_name} must be comma-separated positive integers.")
+
+
+def matmul_flops_per_example(data_dim: int, hidden: int, latent: int, num_samples: int) -> float:
+  """Forward + backward matmul FLOPs of one example (backward = 2 x forward).
+
+  Encoder D->H->2J once, decoder J->H->D once per sample. For the paper's
+  MNIST model at L = 1 this is 4.88 MFLOP.
+  """
+  encoder = data_dim * hidden + hidden * 2 * latent
+  decoder = latent * hidden + hidden * data_dim
+  return 3 * 2 * (encoder + num_samples * decoder)
+
+
+def _median_seconds(fn, repeats: int) -> float:
+  times = []
+  for _ in range(repeats):
+    started = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - started)
+  return statistics.median(times)
+
+
+def matmul_rate(repeats: int, size: int = 2048) -> float:
+  """The device's float32 matmul rate in FLOP/s, on square [size, size] inputs."""
+  a, b = (jax.random.normal(k, (size, size), jnp.float32) for k in jax.random.split(jax.random.key(0)))
+  product = jax.jit(jnp.matmul).lower(a, b).compile()
+  jax.block_until_ready(product(a, b))
+  return 2 * size**3 / _median_seconds(lambda: product(a, b), repeats)
+
+
+def _peak_memory_bytes() -> int | None:
+  stats = jax.devices()[0].memory_stats()  # None on CPU
+  return stats.get("peak_bytes_in_use") if stats else None
+
+
+def time_training(model, data, batch_size, estimator, num_samples, repeats, ceiling):
+  config = training.TrainConfig(batch_size=batch_size, estimator=estimator, num_samples=num_samples)
+  state = training.init_train_state(model, config, jax.random.key(0))
+  started = time.perf_counter()
+  epoch = training.make_train_epoch(model, config, data.shape[0]).lower(state, data).compile()
+  compile_seconds = time.perf_counter() - started
+  step = jax.jit(training.make_train_step(model, config, data.shape[0]))
+  batch, key = data[:batch_size], jax.random.key(1)
+  jax.block_until_ready(step(state, batch, key))
+
+  def run_epoch():
+    nonlocal state
+    state, bounds = epoch(state, data)
+    return bounds
+
+  run_epoch()  # warm-up
+  epoch_seconds = _median_seconds(run_epoch, repeats)
+  step_seconds = _median_seconds(lambda: step(state, batch, key), repeats)
+  examples = (data.shape[0] // batch_size) * batch_size
+  flops = matmul_flops_per_example(model.data_dim, _HIDDEN.value, model.latent_dim, num_samples)
+  return {
+      "batch_size": batch_size, "estimator": estimator, "num_samples": num_samples,
+      "compile_seconds": compile_seconds,
+      "epoch_ms": 1e3 * epoch_seconds,
+      "epoch_examples_per_second": examples / epoch_seconds,
+      "step_examples_per_second": batch_size / step_seconds,
+      "fraction_of_matmul_rate": examples * flops / epoch_seconds / ceiling,
+  }
+
+
+def time_evaluation(model, params, data, num_samples, repeats):
+  estimator = "B" if num_samples == 1 else "iwae"
+  evaluate = training.make_evaluate(model, estimator, num_samples, batch_size=min(1000, data.shape[0]))
+  key = jax.random.key(2)
+  jax.block_until_ready(evaluate(params, data, key))
+  seconds = _median_seconds(lambda: evaluate(params, data, key), repeats)
+  return {"estimator": estimator, "num_samples": num_samples,
+          "examples_per_second": data.shape[0] / seconds}
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  model = models.make_vae(_DATA_DIM.value, _LATENT_DIM.value, hidden_sizes=(_HIDDEN.value,))
+  rng = np.random.default_rng(0)
+  data = jnp.asarray(rng.integers(0, 2, (_NUM_TRAIN.value, _DATA_DIM.value)), jnp.float32)
+  eval_data = data[: _NUM_EVAL.value]
+  ceiling = matmul_rate(_REPEATS.value)
+  train_rows = [
+      time_training(model, data, int(m), e, int(L), _REPEATS.value, ceiling)
+      for m in _BATCH_SIZES.value for e in _ESTIMATORS.value for L in _SAMPLE_COUNTS.value
+  ]
+  params = training.init_train_state(model, training.TrainConfig(), jax.random.key(0)).params
+  eval_rows = [time_evaluation(model, params, eval_data, int(k), _REPEATS.value)
+               for k in _EVAL_SAMPLE_COUNTS.value]
+  device = jax.devices()[0]
+  results = {
+      "device": f"{device.platform}: {device.device_kind}",
+      "model": f"{_DATA_DIM.value}-{_HIDDEN.value}-{_LATENT_DIM.value}",
+      "matmul_flops_per_second": ceiling,
+      "peak_memory_bytes": _peak_memory_bytes(),
+      "train": train_rows,
+      "eval": eval_rows,
+  }
+  with open(_OUTPUT.value, "w", encoding="utf-8") as f:
+    json.dump(results, f, indent=2)
+  print(f"Device {results['device']}; model {results['model']}; float32 matmul rate "
+        f"{ceiling / 1e9:.1f} GFLOP/s; peak device memory "
+        f"{results['peak_memory_bytes'] or 'n/a (not reported on CPU)'}\n")
+  print("| M | estimator | L | compile s | ms/epoch | examples/s (epoch) | examples/s (step) | of matmul rate |")
+  print("|---:|---|---:|---:|---:|---:|---:|---:|")
+  for r in train_rows:
+    print(f"| {r['batch_size']} | {r['estimator']} | {r['num_samples']} | {r['compile_seconds']:.1f} | "
+          f"{r['epoch_ms']:.0f} | {r['epoch_examples_per_second']:,.0f} | "
+          f"{r['step_examples_per_second']:,.0f} | {100 * r['fraction_of_matmul_rate']:.0f}% |")
+  print("\n| evaluation | k | examples/s |\n|---|---:|---:|")
+  for r in eval_rows:
+    print(f"| {r['estimator']} | {r['num_samples']} | {r['examples_per_second']:,.0f} |")
+
+
+if __name__ == "__main__":
+  app.run(main)

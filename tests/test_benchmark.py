@@ -1,0 +1,35 @@
+"""`python -m experiments.benchmark` at toy size, and its FLOP count."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from experiments.benchmark import matmul_flops_per_example
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_flop_count_of_the_papers_mnist_model():
+  # Issue 5 quotes about 4.9 MFLOP per example for 784-500-20 at L = 1.
+  assert matmul_flops_per_example(784, 500, 20, 1) == 3 * 2 * (784 * 500 + 500 * 40 + 20 * 500 + 500 * 784)
+  assert abs(matmul_flops_per_example(784, 500, 20, 1) - 4.88e6) < 0.01e6
+
+
+def test_benchmark_runs_and_reports_every_configuration(tmp_path):
+  output = tmp_path / "bench.json"
+  result = subprocess.run(
+      [sys.executable, "-m", "experiments.benchmark", "--data_dim=16", "--hidden_size=8",
+       "--latent_dim=2", "--num_train=400", "--num_eval=100", "--batch_sizes=100",
+       "--estimators=A,B", "--sample_counts=1,3", "--eval_sample_counts=1,5", "--repeats=1",
+       f"--output={output}"],
+      cwd=REPO, capture_output=True, text=True, timeout=300, check=True,
+  )
+  results = json.loads(output.read_text())
+  assert results["matmul_flops_per_second"] > 0
+  assert {(r["batch_size"], r["estimator"], r["num_samples"]) for r in results["train"]} == {
+      (100, e, L) for e in ("A", "B") for L in (1, 3)}
+  for row in results["train"]:
+    assert row["epoch_examples_per_second"] > 0 and 0 < row["fraction_of_matmul_rate"]
+  assert [r["estimator"] for r in results["eval"]] == ["B", "iwae"]
+  assert "| 100 | B | 3 |" in result.stdout
