@@ -160,7 +160,8 @@ def make_train_epoch(
   train_data: [N, data_dim] on device. One epoch shuffles it with the state's
   key, binarises it if configured, and scans `train_step` over N // M
   minibatches (the last N % M examples of the permutation sit out this
-  epoch). bounds: [N // M] per-step mean bounds in nats.
+  epoch). bounds: [N // M] per-step mean bounds in nats. The input state's
+  buffers are donated to the output: use only the returned state afterwards.
   """
   if num_train < config.batch_size:
     raise ValueError(
