@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 
+import jax
 from absl import app, flags, logging
 
 from vae_jax import data, estimators, experiment, models, training
@@ -70,6 +71,9 @@ _EVAL_EVERY = flags.DEFINE_integer(
 _KEEP_CHECKPOINTS = flags.DEFINE_integer(
     "keep_checkpoints", 3, "How many recent checkpoints to keep.", lower_bound=1)
 _SEED = flags.DEFINE_integer("seed", 0, "Random seed.")
+_NUM_DEVICES = flags.DEFINE_integer(
+    "num_devices", 1, "Local devices to split each minibatch over (data-parallel); "
+    "0 means all. --batch_size must be a multiple of it.", lower_bound=0)
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Run directory (default: runs/<dataset>); an existing run is resumed.")
 
@@ -145,7 +149,16 @@ def run_from_flags(
       eval_every=_EVAL_EVERY.value,
       seed=_SEED.value,
       keep_checkpoints=_KEEP_CHECKPOINTS.value,
+      num_devices=_NUM_DEVICES.value or jax.local_device_count(),
   )
+  if _BATCH_SIZE.value % run.num_devices:
+    raise SystemExit(
+        f"FATAL: --batch_size={_BATCH_SIZE.value} is not a multiple of the "
+        f"{run.num_devices} devices of --num_devices.")
+  if run.num_devices > jax.local_device_count():
+    raise SystemExit(
+        f"FATAL: --num_devices={run.num_devices} exceeds the "
+        f"{jax.local_device_count()} local devices.")
   return model, config, run
 
 

@@ -51,6 +51,7 @@ class RunConfig:
     seed: seeds parameters, shuffling, binarisation and the noise eps.
     keep_checkpoints: how many recent checkpoints to keep.
     eval_batch_size: examples per evaluation batch.
+    num_devices: local devices to split each minibatch over (data-parallel).
   """
 
   workdir: str
@@ -59,6 +60,7 @@ class RunConfig:
   seed: int = 0
   keep_checkpoints: int = 3
   eval_batch_size: int = 1000
+  num_devices: int = 1
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -201,15 +203,17 @@ def train_and_evaluate(
 
   num_train = train_data.shape[0]
   steps_per_epoch = num_train // max(config.batch_size, 1)
-  train_epoch = training.make_train_epoch(model, config, num_train)
+  mesh = training.make_mesh(run.num_devices) if run.num_devices > 1 else None
+  train_epoch = training.make_train_epoch(model, config, num_train, mesh)
   evaluate = training.make_evaluate(
       model,
       config.estimator,
       config.num_samples,
       run.eval_batch_size,
   )
-  train_data = jax.device_put(train_data)
-  eval_sets = {"train": train_data, "test": jax.device_put(test_data)}
+  place = jax.device_put if mesh is None else lambda tree: training.replicate(tree, mesh)
+  train_data = place(train_data)
+  eval_sets = {"train": train_data, "test": place(test_data)}
   if config.dynamic_binarization:
     eval_key = jax.random.key(EVAL_BINARIZATION_SEED)
     eval_sets = {
@@ -232,6 +236,7 @@ def train_and_evaluate(
     if resume_step is not None:
       state = checkpointer.restore(state)
       log(f"Resumed from the checkpoint at step {resume_step} in {run.workdir}.")
+    state = place(state)
     metrics_path = os.path.join(run.workdir, "metrics.jsonl")
     previous = read_metrics(metrics_path) if os.path.exists(metrics_path) else []
     previous = [r for r in previous if resume_step is not None and r["step"] <= resume_step]

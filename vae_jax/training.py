@@ -15,7 +15,9 @@ from typing import Any, Callable
 import flax
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
+from jax.sharding import NamedSharding, PartitionSpec
 
 from vae_jax import api, estimators
 from vae_jax.data.transforms import binarize
@@ -152,8 +154,30 @@ def make_train_step(
   return train_step
 
 
+BATCH_AXIS = "batch"
+
+
+def make_mesh(num_devices: int) -> jax.sharding.Mesh:
+  """A 1-D mesh over the first `num_devices` local devices, axis `BATCH_AXIS`."""
+  available = jax.local_devices()
+  if not 1 <= num_devices <= len(available):
+    raise ValueError(
+        f"num_devices must be in [1, {len(available)}] (the local devices), "
+        f"got {num_devices}."
+    )
+  return jax.sharding.Mesh(np.array(available[:num_devices]), (BATCH_AXIS,))
+
+
+def replicate(tree: Any, mesh: jax.sharding.Mesh) -> Any:
+  """Places every array of a pytree on all devices of the mesh."""
+  return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
+
+
 def make_train_epoch(
-    model: VAE, config: TrainConfig, num_train: int
+    model: VAE,
+    config: TrainConfig,
+    num_train: int,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> Callable[[TrainState, Array], tuple[TrainState, Array]]:
   """Returns a jitted `train_epoch(state, train_data) -> (state, bounds)`.
 
@@ -162,10 +186,21 @@ def make_train_epoch(
   minibatches (the last N % M examples of the permutation sit out this
   epoch). bounds: [N // M] per-step mean bounds in nats. The input state's
   buffers are donated to the output: use only the returned state afterwards.
+
+  With a `mesh`, training is data-parallel: every minibatch is split along
+  the mesh's batch axis, state and data are expected replicated (`replicate`),
+  and XLA sums the gradients across devices. The noise and the permutation do
+  not depend on the mesh, so the result equals the single-device one up to
+  the order of floating-point sums.
   """
   if num_train < config.batch_size:
     raise ValueError(
         f"batch_size {config.batch_size} exceeds the {num_train} training examples."
+    )
+  if mesh is not None and config.batch_size % mesh.size:
+    raise ValueError(
+        f"batch_size {config.batch_size} must be a multiple of the {mesh.size} "
+        "devices it is split over."
     )
   num_batches = num_train // config.batch_size
   train_step = make_train_step(model, config, num_train)
@@ -177,6 +212,10 @@ def make_train_epoch(
     if config.dynamic_binarization:
       batches = binarize(binarize_key, batches)
     batches = batches.reshape(num_batches, config.batch_size, -1)
+    if mesh is not None:
+      batches = jax.lax.with_sharding_constraint(
+          batches, NamedSharding(mesh, PartitionSpec(None, BATCH_AXIS))
+      )
     step_keys = jax.random.split(step_key, num_batches)
     state, bounds = jax.lax.scan(
         lambda s, inputs: train_step(s, *inputs), state, (batches, step_keys)
