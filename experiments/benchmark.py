@@ -37,13 +37,16 @@ _ESTIMATORS = flags.DEFINE_list("estimators", ["B"], "Estimators to time.")
 _SAMPLE_COUNTS = flags.DEFINE_list("sample_counts", ["1"], "Values of L.")
 _EVAL_SAMPLE_COUNTS = flags.DEFINE_list(
     "eval_sample_counts", ["1", "100"], "L (k) of the evaluated bound (IWAE for L > 1).")
+_NUM_RUNS = flags.DEFINE_list(
+    "num_runs", ["1"], "Numbers of independent runs trained as one vmapped program "
+    "(first batch size and estimator, L = 1); runs/s is compared with one run.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed repetitions (median reported).", lower_bound=1)
 _OUTPUT = flags.DEFINE_string("output", "benchmark.json", "Where to write the JSON results.")
 
 flags.register_validator(
     "estimators", lambda names: bool(names) and set(names) <= set(estimators.ESTIMATORS),
     message=f"--estimators must be names from {sorted(estimators.ESTIMATORS)}.")
-for _name in ("batch_sizes", "sample_counts", "eval_sample_counts"):
+for _name in ("batch_sizes", "sample_counts", "eval_sample_counts", "num_runs"):
   flags.register_validator(
       _name, lambda values: bool(values) and all(v.isdigit() and int(v) > 0 for v in values),
       message=f"--{_name} must be comma-separated positive integers.")
@@ -112,6 +115,22 @@ def time_training(model, data, batch_size, estimator, num_samples, repeats, ceil
   }
 
 
+def time_runs(model, data, batch_size, estimator, num_runs, repeats):
+  """Seconds per epoch of `num_runs` vmapped runs."""
+  config = training.TrainConfig(batch_size=batch_size, estimator=estimator)
+  keys = jax.random.split(jax.random.key(0), num_runs)
+  state = training.init_train_states(model, config, keys)
+  epoch = training.make_train_epoch(model, config, data.shape[0], multi_run=True)
+
+  def run_epoch():
+    nonlocal state
+    state, bounds = epoch(state, data)
+    return bounds
+
+  run_epoch()  # compiles and warms up
+  return {"num_runs": num_runs, "epoch_ms": 1e3 * _median_seconds(run_epoch, repeats)}
+
+
 def time_evaluation(model, params, data, num_samples, repeats):
   estimator = "B" if num_samples == 1 else "iwae"
   evaluate = training.make_evaluate(model, estimator, num_samples, batch_size=min(1000, data.shape[0]))
@@ -134,6 +153,8 @@ def main(argv):
       time_training(model, data, int(m), e, int(L), _REPEATS.value, ceiling)
       for m in _BATCH_SIZES.value for e in _ESTIMATORS.value for L in _SAMPLE_COUNTS.value
   ]
+  run_rows = [time_runs(model, data, int(_BATCH_SIZES.value[0]), _ESTIMATORS.value[0], int(r),
+                        _REPEATS.value) for r in _NUM_RUNS.value]
   params = training.init_train_state(model, training.TrainConfig(), jax.random.key(0)).params
   eval_rows = [time_evaluation(model, params, eval_data, int(k), _REPEATS.value)
                for k in _EVAL_SAMPLE_COUNTS.value]
@@ -145,6 +166,7 @@ def main(argv):
       "peak_memory_bytes": _peak_memory_bytes(),
       "train": train_rows,
       "eval": eval_rows,
+      "runs": run_rows,
   }
   with open(_OUTPUT.value, "w", encoding="utf-8") as f:
     json.dump(results, f, indent=2)
@@ -157,6 +179,12 @@ def main(argv):
     print(f"| {r['batch_size']} | {r['estimator']} | {r['num_samples']} | {r['compile_seconds']:.1f} | "
           f"{r['epoch_ms']:.0f} | {r['epoch_examples_per_second']:,.0f} | "
           f"{r['step_examples_per_second']:,.0f} | {100 * r['fraction_of_matmul_rate']:.0f}% |")
+  one_run_ms = next((r["epoch_ms"] for r in run_rows if r["num_runs"] == 1), None)
+  print(f"\n| runs (M={_BATCH_SIZES.value[0]}, {_ESTIMATORS.value[0]}) | ms/epoch | runs/s | vs one run |")
+  print("|---:|---:|---:|---:|")
+  for r in run_rows:
+    speedup = f"{r['num_runs'] * one_run_ms / r['epoch_ms']:.2f}x" if one_run_ms else "n/a"
+    print(f"| {r['num_runs']} | {r['epoch_ms']:.0f} | {1e3 * r['num_runs'] / r['epoch_ms']:.3f} | {speedup} |")
   print("\n| evaluation | k | examples/s |\n|---|---:|---:|")
   for r in eval_rows:
     print(f"| {r['estimator']} | {r['num_samples']} | {r['examples_per_second']:,.0f} |")

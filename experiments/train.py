@@ -71,6 +71,9 @@ _EVAL_EVERY = flags.DEFINE_integer(
 _KEEP_CHECKPOINTS = flags.DEFINE_integer(
     "keep_checkpoints", 3, "How many recent checkpoints to keep.", lower_bound=1)
 _SEED = flags.DEFINE_integer("seed", 0, "Random seed.")
+_NUM_SEEDS = flags.DEFINE_integer(
+    "num_seeds", 1, "Independent runs with seeds --seed, --seed+1, ... trained together as "
+    "one vmapped program; metrics.jsonl has each run's bounds.", lower_bound=1)
 _NUM_DEVICES = flags.DEFINE_integer(
     "num_devices", 1, "Local devices to split each minibatch over (data-parallel); "
     "0 means all. --batch_size must be a multiple of it.", lower_bound=0)
@@ -150,7 +153,10 @@ def run_from_flags(
       seed=_SEED.value,
       keep_checkpoints=_KEEP_CHECKPOINTS.value,
       num_devices=_NUM_DEVICES.value or jax.local_device_count(),
+      num_runs=_NUM_SEEDS.value,
   )
+  if run.num_runs > 1 and run.num_devices > 1:
+    raise SystemExit("FATAL: --num_seeds > 1 and --num_devices > 1 cannot be combined yet.")
   if _BATCH_SIZE.value % run.num_devices:
     raise SystemExit(
         f"FATAL: --batch_size={_BATCH_SIZE.value} is not a multiple of the "

@@ -22,6 +22,7 @@ def test_benchmark_runs_and_reports_every_configuration(tmp_path):
       [sys.executable, "-m", "experiments.benchmark", "--data_dim=16", "--hidden_size=8",
        "--latent_dim=2", "--num_train=400", "--num_eval=100", "--batch_sizes=100",
        "--estimators=A,B", "--sample_counts=1,3", "--eval_sample_counts=1,5", "--repeats=1",
+       "--num_runs=1,3",
        f"--output={output}"],
       cwd=REPO, capture_output=True, text=True, timeout=300, check=True,
   )
@@ -33,3 +34,6 @@ def test_benchmark_runs_and_reports_every_configuration(tmp_path):
     assert row["epoch_examples_per_second"] > 0 and 0 < row["fraction_of_matmul_rate"]
   assert [r["estimator"] for r in results["eval"]] == ["B", "iwae"]
   assert "| 100 | B | 3 |" in result.stdout
+  assert [r["num_runs"] for r in results["runs"]] == [1, 3]
+  assert all(r["epoch_ms"] > 0 for r in results["runs"])
+  assert "vs one run" in result.stdout

@@ -4,6 +4,7 @@ import json
 import os
 
 import chex
+import jax
 import numpy as np
 import pytest
 
@@ -85,3 +86,17 @@ def test_bad_training_data_is_named(tmp_path):
         model, training.TrainConfig(batch_size=50), experiment.RunConfig(str(tmp_path), 1),
         train, test, (4, 4),
     )
+
+
+def test_multi_run_logs_each_run_and_its_first_run_is_the_single_run(tmp_path):
+  single = _run(tmp_path / "single", num_epochs=2)
+  multi = _run(tmp_path / "multi", num_epochs=2, num_runs=2)
+  chex.assert_trees_all_close(
+      single.params, jax.tree_util.tree_map(lambda a: a[0], multi.params), rtol=1e-5, atol=1e-6)
+  last_single = read_metrics(tmp_path / "single" / "metrics.jsonl")[-1]
+  last_multi = read_metrics(tmp_path / "multi" / "metrics.jsonl")[-1]
+  assert np.isclose(last_multi["test_bound_run0"], last_single["test_bound"], rtol=1e-5)
+  assert last_multi["test_bound_run1"] != last_multi["test_bound_run0"]
+  assert np.isclose(last_multi["test_bound"],
+                    (last_multi["test_bound_run0"] + last_multi["test_bound_run1"]) / 2)
+  assert (tmp_path / "multi" / "samples.png").exists()

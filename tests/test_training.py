@@ -110,3 +110,25 @@ def test_batch_larger_than_training_set_is_an_error():
   model, _, _, _ = _setup()
   with pytest.raises(ValueError, match="batch_size 100 exceeds the 43"):
     training.make_train_epoch(model, training.TrainConfig(batch_size=100), 43)
+
+
+def test_multi_run_epoch_trains_each_run_as_if_alone():
+  model, config, _, data = _setup(optimizer="adam", learning_rate=1e-2, dynamic_binarization=True)
+  keys = jax.random.split(jax.random.key(7), 3)
+  states = training.init_train_states(model, config, keys)
+  epoch = training.make_train_epoch(model, config, 43, multi_run=True)
+  for _ in range(2):
+    states, bounds = epoch(states, data)
+  assert bounds.shape == (3, 5)
+  evaluate = training.make_evaluate(model, multi_run=True)
+  scores = evaluate(states.params, data, jax.random.key(8))
+  assert scores.shape == (3,)
+  single_epoch = training.make_train_epoch(model, config, 43)
+  for i, key in enumerate(keys):
+    state = training.init_train_state(model, config, key)
+    for _ in range(2):
+      state, _ = single_epoch(state, data)
+    chex.assert_trees_all_close(
+        state.params, jax.tree_util.tree_map(lambda a: a[i], states.params), rtol=1e-5, atol=1e-6)
+    assert np.isclose(training.make_evaluate(model)(state.params, data, jax.random.key(8)),
+                      scores[i], rtol=1e-5)

@@ -52,6 +52,9 @@ class RunConfig:
     keep_checkpoints: how many recent checkpoints to keep.
     eval_batch_size: examples per evaluation batch.
     num_devices: local devices to split each minibatch over (data-parallel).
+    num_runs: independent runs (seeds seed, seed + 1, ...) trained together
+      by one vmapped program; metrics give their mean and each run's bound,
+      examples_per_second counts every run's examples, figures show run 0.
   """
 
   workdir: str
@@ -61,6 +64,7 @@ class RunConfig:
   keep_checkpoints: int = 3
   eval_batch_size: int = 1000
   num_devices: int = 1
+  num_runs: int = 1
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -97,6 +101,11 @@ def _check_run_config(workdir: str, description: dict[str, Any]) -> None:
   os.replace(path + ".tmp", path)
 
 
+def completed_steps(state: training.TrainState) -> int:
+  """Minibatch updates done; the runs of a multi-run state move in lockstep."""
+  return int(np.max(state.step))
+
+
 def _module_settings(module) -> dict[str, Any]:
   return {
       field.name: getattr(module, field.name)
@@ -105,7 +114,9 @@ def _module_settings(module) -> dict[str, Any]:
   }
 
 
-def describe(model: VAE, config: training.TrainConfig, seed: int) -> dict[str, Any]:
+def describe(
+    model: VAE, config: training.TrainConfig, seed: int, num_runs: int = 1
+) -> dict[str, Any]:
   """The settings that define a run, as they read back from JSON."""
   settings = {
       "encoder": _module_settings(model.encoder),
@@ -113,6 +124,7 @@ def describe(model: VAE, config: training.TrainConfig, seed: int) -> dict[str, A
       "likelihood": model.likelihood,
       "train": dataclasses.asdict(config),
       "seed": seed,
+      "num_runs": num_runs,
   }
   return json.loads(json.dumps(settings))
 
@@ -199,17 +211,19 @@ def train_and_evaluate(
     except (ValueError, TypeError) as error:
       raise type(error)(f"{name}: {error}") from None
   os.makedirs(run.workdir, exist_ok=True)
-  _check_run_config(run.workdir, describe(model, config, run.seed))
+  _check_run_config(run.workdir, describe(model, config, run.seed, run.num_runs))
 
   num_train = train_data.shape[0]
   steps_per_epoch = num_train // max(config.batch_size, 1)
   mesh = training.make_mesh(run.num_devices) if run.num_devices > 1 else None
-  train_epoch = training.make_train_epoch(model, config, num_train, mesh)
+  multi_run = run.num_runs > 1
+  train_epoch = training.make_train_epoch(model, config, num_train, mesh, multi_run)
   evaluate = training.make_evaluate(
       model,
       config.estimator,
       config.num_samples,
       run.eval_batch_size,
+      multi_run,
   )
   place = jax.device_put if mesh is None else lambda tree: training.replicate(tree, mesh)
   train_data = place(train_data)
@@ -223,12 +237,22 @@ def train_and_evaluate(
   eval_key = jax.random.key(run.seed + 1)
 
   def evaluation(state):
-    return {
-        f"{name}_bound": float(evaluate(state.params, data, eval_key))
-        for name, data in eval_sets.items()
-    }
+    """{"train_bound": ..., "test_bound": ...}: means over the runs, and with
+    several runs also each run's, as "train_bound_run<i>"."""
+    scores = {}
+    for name, data in eval_sets.items():
+      bounds = np.atleast_1d(np.asarray(evaluate(state.params, data, eval_key)))
+      scores[f"{name}_bound"] = float(bounds.mean())
+      if multi_run:
+        scores.update({f"{name}_bound_run{i}": float(b) for i, b in enumerate(bounds)})
+    return scores
 
-  state = training.init_train_state(model, config, jax.random.key(run.seed))
+  if multi_run:
+    # Run i is seeded with seed + i: run 0 is the single run with this seed.
+    keys = jax.numpy.stack([jax.random.key(run.seed + i) for i in range(run.num_runs)])
+    state = training.init_train_states(model, config, keys)
+  else:
+    state = training.init_train_state(model, config, jax.random.key(run.seed))
   with Checkpointer(
       os.path.join(run.workdir, "checkpoints"), max_to_keep=run.keep_checkpoints
   ) as checkpointer:
@@ -246,13 +270,14 @@ def train_and_evaluate(
     # Compiling ahead keeps compilation out of the first epoch's throughput.
     train_epoch = train_epoch.lower(state, train_data).compile()
     log(f"Compiled the training epoch in {time.perf_counter() - started:.1f} s.")
-    start_epoch = int(state.step) // steps_per_epoch
+    start_step = completed_steps(state)
+    start_epoch = start_step // steps_per_epoch
     total_steps = run.num_epochs * steps_per_epoch
     progress = ProgressLogger(
         total_steps,
         steps_per_epoch * run.eval_every,
-        start_step=int(state.step),
-        start_samples=int(state.step) * config.batch_size,
+        start_step=start_step,
+        start_samples=start_step * config.batch_size,
         print_fn=log,
     )
     with MetricsWriter(run.workdir, resume_step=resume_step) as writer:
@@ -278,7 +303,7 @@ def train_and_evaluate(
           )
         if epoch % run.eval_every and epoch != run.num_epochs:
           continue
-        step = int(state.step)
+        step = completed_steps(state)
         scores = evaluation(state)
         if not all(math.isfinite(v) for v in scores.values()):
           raise TrainingDivergedError(
@@ -300,8 +325,11 @@ def train_and_evaluate(
         log(f"epoch {epoch}: train bound {scores['train_bound']:.2f}, "
             f"test bound {scores['test_bound']:.2f} nats per example")
         round_bounds, round_seconds = [], 0.0
+  first_run_params = (
+      jax.tree_util.tree_map(lambda leaf: leaf[0], state.params) if multi_run else state.params
+  )
   written = write_figures(
-      model, state.params, np.asarray(eval_sets["test"]), image_shape, run.workdir,
+      model, first_run_params, np.asarray(eval_sets["test"]), image_shape, run.workdir,
       jax.random.key(run.seed + 2),
   )
   log("Figures: " + ", ".join(written))

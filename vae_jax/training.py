@@ -121,6 +121,13 @@ def init_train_state(
   )
 
 
+def init_train_states(
+    model: VAE, config: TrainConfig, keys: Array
+) -> TrainState:
+  """Independent runs' states stacked on a leading axis: keys [num_runs]."""
+  return jax.vmap(lambda key: init_train_state(model, config, key))(keys)
+
+
 def make_train_step(
     model: VAE, config: TrainConfig, num_train: int
 ) -> Callable[[TrainState, Array, Array], tuple[TrainState, Array]]:
@@ -178,6 +185,7 @@ def make_train_epoch(
     config: TrainConfig,
     num_train: int,
     mesh: jax.sharding.Mesh | None = None,
+    multi_run: bool = False,
 ) -> Callable[[TrainState, Array], tuple[TrainState, Array]]:
   """Returns a jitted `train_epoch(state, train_data) -> (state, bounds)`.
 
@@ -192,7 +200,13 @@ def make_train_epoch(
   and XLA sums the gradients across devices. The noise and the permutation do
   not depend on the mesh, so the result equals the single-device one up to
   the order of floating-point sums.
+
+  With `multi_run`, the state has a leading [num_runs] axis (see
+  `init_train_states`) and one compiled program trains every run on the same
+  data with its own key: bounds are then [num_runs, N // M].
   """
+  if mesh is not None and multi_run:
+    raise ValueError("Data-parallel (mesh) and multi-run training cannot be combined yet.")
   if num_train < config.batch_size:
     raise ValueError(
         f"batch_size {config.batch_size} exceeds the {num_train} training examples."
@@ -222,6 +236,8 @@ def make_train_epoch(
     )
     return state.replace(key_data=jax.random.key_data(key)), bounds
 
+  if multi_run:
+    train_epoch = jax.vmap(train_epoch, in_axes=(0, None))
   return jax.jit(train_epoch, donate_argnums=0)
 
 
@@ -230,12 +246,14 @@ def make_evaluate(
     estimator: str = "B",
     num_samples: int = 1,
     batch_size: int = 1000,
+    multi_run: bool = False,
 ) -> Callable[[Params, Array, Array], Array]:
   """Returns a jitted `evaluate(params, data, key) -> mean bound` (nats).
 
   data: [N, data_dim]; every example counts once: the data is padded to a
   whole number of batches and the padding is masked out. With a fixed key
-  the result is deterministic.
+  the result is deterministic. With `multi_run`, params have a leading
+  [num_runs] axis and the result is [num_runs].
   """
   elbo = api.make_elbo(model, estimator, num_samples)
 
@@ -252,4 +270,6 @@ def make_evaluate(
     bounds = jax.lax.map(lambda inputs: elbo(params, *inputs), (batches, keys))
     return jnp.mean(bounds.reshape(-1)[:num_examples])
 
+  if multi_run:
+    evaluate = jax.vmap(evaluate, in_axes=(0, None, None))
   return jax.jit(evaluate)
