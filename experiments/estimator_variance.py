@@ -66,10 +66,6 @@ def _parse_stages(values: list[str]) -> list[int]:
   return stages
 
 
-FIGURES = ("bound_variance", "encoder_variance", "decoder_variance", "total_variance",
-           "encoder_snr", "decoder_snr", "total_snr", "seconds_per_gradient", "bound_mean")
-
-
 def _train_to(stage_epochs, model, config, run, dataset):
   """The train state after `stage_epochs` epochs, training or restoring it."""
   state = experiment.train_and_evaluate(
@@ -137,8 +133,8 @@ def main(argv):
         )
         row = {"stage": stage, "step": int(state.step), "estimator": estimator,
                "num_samples": num_samples}
-        for name in FIGURES:
-          row[name], row[f"{name}_ci"] = results[name]
+        for name, (mean, half_width) in results.items():
+          row[name], row[f"{name}_ci"] = mean, half_width
         rows.append(row)
         logging.info("stage %d %s L=%d: Var[bound] %.3g, tr Cov enc %.3g, dec %.3g",
                      stage, estimator, num_samples, row["bound_variance"],

@@ -154,6 +154,19 @@ def model_functions(
   return encode_fn, log_likelihood_fn
 
 
+def check_estimator(estimator: str, num_samples: int) -> None:
+  """Raises a ValueError/TypeError for an unknown estimator name or L < 1."""
+  if estimator not in estimators.ESTIMATORS:
+    raise ValueError(
+        f"Unknown estimator {estimator!r}; choose one of "
+        f"{sorted(estimators.ESTIMATORS)}."
+    )
+  if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)):
+    raise TypeError(f"num_samples must be an int, got {num_samples!r}.")
+  if num_samples < 1:
+    raise ValueError(f"num_samples (L) must be >= 1, got {num_samples}.")
+
+
 def make_elbo(model: VAE, estimator: str = "B", num_samples: int = 1) -> ElboFn:
   """Returns `elbo(params, x, key) -> [batch]`, the per-example bound in nats.
 
@@ -169,15 +182,7 @@ def make_elbo(model: VAE, estimator: str = "B", num_samples: int = 1) -> ElboFn:
   data_dim] and a PRNG key; it draws eps [L, batch, latent_dim] from the key
   and vmaps the per-example estimator over the batch and the decoder over L.
   """
-  if estimator not in estimators.ESTIMATORS:
-    raise ValueError(
-        f"Unknown estimator {estimator!r}; choose one of "
-        f"{sorted(estimators.ESTIMATORS)}."
-    )
-  if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)):
-    raise TypeError(f"num_samples must be an int, got {num_samples!r}.")
-  if num_samples < 1:
-    raise ValueError(f"num_samples (L) must be >= 1, got {num_samples}.")
+  check_estimator(estimator, num_samples)
   per_example = estimators.ESTIMATORS[estimator]
   encode_fn, log_likelihood_fn = model_functions(model)
 

@@ -70,6 +70,17 @@ def _posterior_samples(
   return mean, logvar, z, log_px_given_z
 
 
+def _log_weight(
+    log_px_given_z: Array, z: Array, mean: Array, logvar: Array
+) -> Array:
+  """log p(x|z) + log p(z) - log q(z|x) for z [..., latent] -> [...]."""
+  return (
+      log_px_given_z
+      + distributions.standard_normal_log_prob(z)
+      - distributions.gaussian_log_prob(mean, logvar, z)
+  )
+
+
 def log_importance_weights(
     encode_fn: EncodeFn,
     log_likelihood_fn: LogLikelihoodFn,
@@ -91,9 +102,7 @@ def log_importance_weights(
   mean, logvar, z, log_px_given_z = _posterior_samples(
       encode_fn, log_likelihood_fn, params, x, eps
   )
-  log_pz = distributions.standard_normal_log_prob(z)
-  log_qz = distributions.gaussian_log_prob(mean, logvar, z)
-  return log_px_given_z + log_pz - log_qz
+  return _log_weight(log_px_given_z, z, mean, logvar)
 
 
 def estimator_a(
@@ -158,10 +167,7 @@ def estimator_stl(
       encode_fn, log_likelihood_fn, params, x, eps
   )
   frozen_mean, frozen_logvar = jax.lax.stop_gradient((mean, logvar))
-  log_qz = distributions.gaussian_log_prob(frozen_mean, frozen_logvar, z)
-  return jnp.mean(
-      log_px_given_z + distributions.standard_normal_log_prob(z) - log_qz
-  )
+  return jnp.mean(_log_weight(log_px_given_z, z, frozen_mean, frozen_logvar))
 
 
 def _score_function(
@@ -186,14 +192,10 @@ def _score_function(
       params, x, z
   )
   log_qz = distributions.gaussian_log_prob(mean, logvar, z)
-  log_w = log_px_given_z + distributions.standard_normal_log_prob(z) - log_qz
+  log_w = _log_weight(log_px_given_z, z, mean, logvar)
   signal = log_w
   if use_baseline:
-    baseline = (
-        log_likelihood_fn(params, x, mean)
-        + distributions.standard_normal_log_prob(mean)
-        - distributions.gaussian_log_prob(mean, logvar, mean)
-    )
+    baseline = _log_weight(log_likelihood_fn(params, x, mean), mean, mean, logvar)
     signal = log_w - baseline
   score_term = jax.lax.stop_gradient(signal) * log_qz
   return jnp.mean(log_w + score_term - jax.lax.stop_gradient(score_term))
@@ -237,6 +239,14 @@ ESTIMATORS: dict[str, PerExampleEstimator] = {
 }
 
 
+def _over_batch(per_example, params: Params, x: Array, eps: Array):
+  """vmaps per_example(params, x_i [data_dim], eps_i [L, latent]) over x
+  [batch, data_dim] and eps [L, batch, latent]."""
+  chex.assert_rank([x, eps], [2, 3])
+  chex.assert_equal(eps.shape[1], x.shape[0])
+  return jax.vmap(per_example, in_axes=(None, 0, 1))(params, x, eps)
+
+
 def batch_bound(
     estimator: PerExampleEstimator,
     encode_fn: EncodeFn,
@@ -256,12 +266,10 @@ def batch_bound(
   Returns:
     [batch] per-example bound estimates in nats.
   """
-  chex.assert_rank([x, eps], [2, 3])
-  chex.assert_equal(eps.shape[1], x.shape[0])
-  per_example = lambda x_i, eps_i: estimator(
-      encode_fn, log_likelihood_fn, params, x_i, eps_i
+  return _over_batch(
+      lambda p, x_i, eps_i: estimator(encode_fn, log_likelihood_fn, p, x_i, eps_i),
+      params, x, eps,
   )
-  return jax.vmap(per_example, in_axes=(0, 1))(x, eps)
 
 
 def per_example_gradients(
@@ -282,12 +290,12 @@ def per_example_gradients(
   Returns:
     (bounds [batch], gradients: a pytree like params with a leading [batch]).
   """
-  chex.assert_rank([x, eps], [2, 3])
-  chex.assert_equal(eps.shape[1], x.shape[0])
-  value_and_grad = jax.value_and_grad(
-      lambda p, x_i, eps_i: estimator(encode_fn, log_likelihood_fn, p, x_i, eps_i)
+  return _over_batch(
+      jax.value_and_grad(
+          lambda p, x_i, eps_i: estimator(encode_fn, log_likelihood_fn, p, x_i, eps_i)
+      ),
+      params, x, eps,
   )
-  return jax.vmap(value_and_grad, in_axes=(None, 0, 1))(params, x, eps)
 
 
 def gaussian_weight_log_prior(params: Params, stddev: float = 1.0) -> Array:

@@ -142,10 +142,9 @@ def write_figures(
     key: jax.Array,
 ) -> list[str]:
   """Samples, reconstructions (posterior means), learning curve, 2-D manifold."""
-  sample_key, _ = jax.random.split(key)
   paths = [
       figures.plot_image_grid(
-          _images(api.sample(model, params, sample_key, NUM_FIGURE_EXAMPLES), image_shape),
+          _images(api.sample(model, params, key, NUM_FIGURE_EXAMPLES), image_shape),
           os.path.join(workdir, "samples.png"),
       )
   ]
@@ -214,7 +213,7 @@ def train_and_evaluate(
   _check_run_config(run.workdir, describe(model, config, run.seed, run.num_runs))
 
   num_train = train_data.shape[0]
-  steps_per_epoch = num_train // max(config.batch_size, 1)
+  steps_per_epoch = num_train // config.batch_size
   mesh = training.make_mesh(run.num_devices) if run.num_devices > 1 else None
   multi_run = run.num_runs > 1
   train_epoch = training.make_train_epoch(model, config, num_train, mesh, multi_run)
@@ -261,11 +260,6 @@ def train_and_evaluate(
       state = checkpointer.restore(state)
       log(f"Resumed from the checkpoint at step {resume_step} in {run.workdir}.")
     state = place(state)
-    metrics_path = os.path.join(run.workdir, "metrics.jsonl")
-    previous = read_metrics(metrics_path) if os.path.exists(metrics_path) else []
-    previous = [r for r in previous if resume_step is not None and r["step"] <= resume_step]
-    train_seconds = previous[-1]["seconds"] if previous else 0.0
-
     started = time.perf_counter()
     # Compiling ahead keeps compilation out of the first epoch's throughput.
     train_epoch = train_epoch.lower(state, train_data).compile()
@@ -281,6 +275,9 @@ def train_and_evaluate(
         print_fn=log,
     )
     with MetricsWriter(run.workdir, resume_step=resume_step) as writer:
+      # The writer has dropped the records a killed run logged after the checkpoint.
+      previous = read_metrics(writer.path) if resume_step is not None else []
+      train_seconds = previous[-1]["seconds"] if previous else 0.0
       if resume_step is None:
         writer.write(0, {"epoch": 0, "samples_seen": 0, **evaluation(state),
                          "seconds": 0.0, "examples_per_second": None})

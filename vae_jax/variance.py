@@ -71,7 +71,7 @@ def make_gradient_moments(
   """
   if num_draws < 2:
     raise ValueError(f"num_draws must be >= 2 to estimate a variance, got {num_draws}.")
-  api.make_elbo(model, estimator, num_samples)  # validates the names and L
+  api.check_estimator(estimator, num_samples)
   encode_fn, log_likelihood_fn = api.model_functions(model)
   per_example = estimators.ESTIMATORS[estimator]
 
