@@ -77,6 +77,10 @@ _NUM_SEEDS = flags.DEFINE_integer(
 _NUM_DEVICES = flags.DEFINE_integer(
     "num_devices", 1, "Local devices to split each minibatch over (data-parallel); "
     "0 means all. --batch_size must be a multiple of it.", lower_bound=0)
+_LOG_LIKELIHOOD_SAMPLES = flags.DEFINE_integer(
+    "log_likelihood_samples", 0,
+    "k of the importance-sampled test log-likelihood estimate (5000 is the standard "
+    "metric) logged after the last epoch; 0 skips it.", lower_bound=0)
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Run directory (default: runs/<dataset>); an existing run is resumed.")
 
@@ -154,6 +158,7 @@ def run_from_flags(
       keep_checkpoints=_KEEP_CHECKPOINTS.value,
       num_devices=_NUM_DEVICES.value or jax.local_device_count(),
       num_runs=_NUM_SEEDS.value,
+      log_likelihood_samples=_LOG_LIKELIHOOD_SAMPLES.value,
   )
   if run.num_runs > 1 and run.num_devices > 1:
     raise SystemExit("FATAL: --num_seeds > 1 and --num_devices > 1 cannot be combined yet.")

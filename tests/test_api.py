@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from scipy import special, stats
 
 import vae_jax
 from vae_jax import distributions
@@ -199,3 +200,71 @@ def test_check_data_is_usable_on_its_own(bernoulli_setup):
   vae_jax.check_data(np.ones((3, DATA_DIM), np.float32), model)
   with pytest.raises(ValueError, match="NaN"):
     vae_jax.check_data(np.full((3, DATA_DIM), np.nan, np.float32), model)
+
+
+def _log_weights_by_hand(model, params, x, eps):
+  """log p(x, z) - log q(z|x) for eps [k, batch, latent] -> [k, batch], float64."""
+  mean, logvar = vae_jax.encode(model, params, x)
+  z = mean + jnp.exp(0.5 * logvar) * eps
+  log_w = (
+      distributions.bernoulli_log_prob(vae_jax.decode(model, params, z), x)
+      + distributions.standard_normal_log_prob(z)
+      - distributions.gaussian_log_prob(mean, logvar, z)
+  )
+  return np.asarray(log_w, np.float64)
+
+
+@pytest.mark.parametrize("samples_per_pass", [4, 5, 12, 100])
+def test_log_likelihood_estimate_combines_its_passes_exactly(samples_per_pass):
+  """k = 12 log-weights drawn 4 at a time (5 rounds down to 4, the largest
+  divisor of 12; 12 and 100 mean one pass) must give the logmeanexp of all 12."""
+  model = _model(init="flax")
+  params = vae_jax.init_params(model, jax.random.key(0))
+  x, key = _data("bernoulli"), jax.random.key(6)
+  estimate = vae_jax.make_log_likelihood_estimate(model, 12, samples_per_pass)(params, x, key)
+  per_pass = 4 if samples_per_pass < 12 else 12
+  eps = jnp.concatenate([
+      jax.random.normal(k, (per_pass, BATCH, LATENT_DIM))
+      for k in jax.random.split(key, 12 // per_pass)])
+  log_w = _log_weights_by_hand(model, params, x, eps)
+  expected = special.logsumexp(log_w, axis=0) - np.log(12)
+  assert estimate.shape == (BATCH,)
+  np.testing.assert_allclose(estimate, expected, rtol=1e-5)
+
+
+def test_log_likelihood_estimate_at_k_5000_matches_quadrature_within_its_standard_error():
+  """With one latent dimension, log p(x) = log int p(x|z) N(z; 0, 1) dz is
+  computed to high precision on a grid. The k = 5000 estimate must agree
+  within its Monte-Carlo error: its delta-method standard error
+  sqrt(v / k) plus its bias v / (2k), with v the relative variance of the
+  importance weights estimated from the same k draws."""
+  model = vae_jax.make_vae(DATA_DIM, 1, hidden_sizes=(16,), init="flax")
+  params = vae_jax.init_params(model, jax.random.key(1))
+  x, key, k = _data("bernoulli", seed=3), jax.random.key(7), 5000
+  estimate = np.asarray(vae_jax.make_log_likelihood_estimate(model, k)(params, x, key))
+
+  grid = np.linspace(-12.0, 12.0, 24001)
+  logits = vae_jax.decode(model, params, jnp.asarray(grid[:, None, None], jnp.float32))
+  log_joint = (np.asarray(distributions.bernoulli_log_prob(logits, x), np.float64)
+               + stats.norm.logpdf(grid)[:, None])
+  exact = special.logsumexp(log_joint, axis=0) + np.log(grid[1] - grid[0])
+
+  eps = jnp.concatenate([jax.random.normal(kk, (100, BATCH, 1)) for kk in jax.random.split(key, 50)])
+  log_w = _log_weights_by_hand(model, params, x, eps)
+  weights = np.exp(log_w - log_w.max(0))
+  relative_variance = weights.var(0) / weights.mean(0) ** 2
+  standard_error = np.sqrt(relative_variance / k)
+  bias = relative_variance / (2 * k)
+  z = stats.norm.isf(1e-3 / (2 * BATCH))
+  assert np.all(np.abs(estimate + bias - exact) < z * standard_error + 1e-4), (
+      estimate, exact, standard_error)
+  assert np.all(estimate <= exact + z * standard_error)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [({"num_samples": 0}, "num_samples"), ({"samples_per_pass": 0}, "samples_per_pass")],
+)
+def test_bad_log_likelihood_estimate_arguments(bernoulli_setup, kwargs, message):
+  with pytest.raises(ValueError, match=message):
+    vae_jax.make_log_likelihood_estimate(bernoulli_setup[0], **kwargs)

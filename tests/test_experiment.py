@@ -33,7 +33,7 @@ def _run(workdir, num_epochs, config=None, latent_dim=2, **run_kwargs):
 
 
 def test_run_writes_metrics_checkpoints_and_figures(tmp_path):
-  state = _run(tmp_path, num_epochs=4, eval_every=2)
+  state = _run(tmp_path, num_epochs=4, eval_every=2, log_likelihood_samples=50)
   assert int(state.step) == 4 * (300 // 50)
   records = read_metrics(tmp_path / "metrics.jsonl")
   assert [r["epoch"] for r in records] == [0, 2, 4]
@@ -44,6 +44,13 @@ def test_run_writes_metrics_checkpoints_and_figures(tmp_path):
     assert np.isfinite(record["train_bound"]) and np.isfinite(record["test_bound"])
   # Adam at this rate must improve on the initial bound within 4 epochs.
   assert records[-1]["test_bound"] > records[0]["test_bound"]
+  # The k = 50 estimate of log p(x) is logged once, at the end, with the run's
+  # evaluation key (seed + 1).
+  assert [("test_log_likelihood" in r) for r in records] == [False, False, True]
+  model = models.make_vae(DATA_DIM, 2, hidden_sizes=(8,))
+  estimate = training.make_evaluate(model, "iwae", 50)(
+      state.params, _data()[1], jax.random.key(1))
+  assert np.isclose(records[-1]["test_log_likelihood"], training.mean_nats(estimate))
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["0", "12", "24"]
   for figure in ("samples", "reconstructions", "learning_curve", "manifold"):
     assert (tmp_path / f"{figure}.png").stat().st_size > 1000, figure

@@ -13,6 +13,7 @@ from vae_jax.api import (
     init_params,
     kl_divergence,
     make_elbo,
+    make_log_likelihood_estimate,
     sample,
 )
 from vae_jax.models import VAE, make_vae
@@ -26,6 +27,7 @@ __all__ = [
     "init_params",
     "kl_divergence",
     "make_elbo",
+    "make_log_likelihood_estimate",
     "make_vae",
     "sample",
 ]

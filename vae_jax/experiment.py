@@ -55,6 +55,9 @@ class RunConfig:
     num_runs: independent runs (seeds seed, seed + 1, ...) trained together
       by one vmapped program; metrics give their mean and each run's bound,
       examples_per_second counts every run's examples, figures show run 0.
+    log_likelihood_samples: k of the importance-sampled test log-likelihood
+      (`api.make_log_likelihood_estimate`) logged after the last epoch as
+      "test_log_likelihood"; 0 skips it.
   """
 
   workdir: str
@@ -65,6 +68,7 @@ class RunConfig:
   eval_batch_size: int = 1000
   num_devices: int = 1
   num_runs: int = 1
+  log_likelihood_samples: int = 0
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -235,15 +239,26 @@ def train_and_evaluate(
     }
   eval_key = jax.random.key(run.seed + 1)
 
-  def evaluation(state):
+  log_likelihood = training.make_evaluate(
+      model, "iwae", run.log_likelihood_samples, run.eval_batch_size, multi_run
+  ) if run.log_likelihood_samples else None
+
+  def evaluation(state, final=False):
     """{"train_bound": ..., "test_bound": ...}: means over the runs, and with
-    several runs also each run's, as "train_bound_run<i>"."""
+    several runs also each run's, as "train_bound_run<i>". With `final`, also
+    the test log-likelihood estimate if configured."""
     scores = {}
-    for name, data in eval_sets.items():
-      bounds = np.atleast_1d(np.asarray(evaluate(state.params, data, eval_key)))
-      scores[f"{name}_bound"] = float(bounds.mean())
+
+    def record(name, values):
+      means = np.atleast_1d(training.mean_nats(values))
+      scores[name] = float(means.mean())
       if multi_run:
-        scores.update({f"{name}_bound_run{i}": float(b) for i, b in enumerate(bounds)})
+        scores.update({f"{name}_run{i}": float(m) for i, m in enumerate(means)})
+
+    for name, data in eval_sets.items():
+      record(f"{name}_bound", evaluate(state.params, data, eval_key))
+    if final and log_likelihood is not None:
+      record("test_log_likelihood", log_likelihood(state.params, eval_sets["test"], eval_key))
     return scores
 
   if multi_run:
@@ -301,7 +316,7 @@ def train_and_evaluate(
         if epoch % run.eval_every and epoch != run.num_epochs:
           continue
         step = completed_steps(state)
-        scores = evaluation(state)
+        scores = evaluation(state, final=epoch == run.num_epochs)
         if not all(math.isfinite(v) for v in scores.values()):
           raise TrainingDivergedError(
               f"The evaluated bound is not finite after epoch {epoch}: {scores}. "
@@ -320,7 +335,9 @@ def train_and_evaluate(
         })
         progress(step, step * config.batch_size, scores["train_bound"])
         log(f"epoch {epoch}: train bound {scores['train_bound']:.2f}, "
-            f"test bound {scores['test_bound']:.2f} nats per example")
+            f"test bound {scores['test_bound']:.2f} nats per example"
+            + (f", test log-likelihood {scores['test_log_likelihood']:.2f} (k = "
+               f"{run.log_likelihood_samples})" if "test_log_likelihood" in scores else ""))
         round_bounds, round_seconds = [], 0.0
   first_run_params = (
       jax.tree_util.tree_map(lambda leaf: leaf[0], state.params) if multi_run else state.params

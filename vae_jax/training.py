@@ -247,15 +247,24 @@ def make_evaluate(
     num_samples: int = 1,
     batch_size: int = 1000,
     multi_run: bool = False,
+    samples_per_pass: int = 100,
 ) -> Callable[[Params, Array, Array], Array]:
-  """Returns a jitted `evaluate(params, data, key) -> mean bound` (nats).
+  """Returns a jitted `evaluate(params, data, key) -> [N]` bounds in nats.
 
-  data: [N, data_dim]; every example counts once: the data is padded to a
-  whole number of batches and the padding is masked out. With a fixed key
-  the result is deterministic. With `multi_run`, params have a leading
-  [num_runs] axis and the result is [num_runs].
+  data: [N, data_dim]; one value per example, computed `batch_size` examples
+  at a time inside one compiled program (the data is padded to whole
+  batches and the padding dropped). With a fixed key the result is
+  deterministic. Average it with `mean_nats`, which sums in float64.
+
+  estimator "iwae" gives the importance-sampled log-likelihood estimate with
+  k = `num_samples` (`api.make_log_likelihood_estimate`), drawn
+  `samples_per_pass` at a time so that k = 5000 fits in memory. With
+  `multi_run`, params have a leading [num_runs] axis and so does the result.
   """
-  elbo = api.make_elbo(model, estimator, num_samples)
+  if estimator == "iwae":
+    bound = api.make_log_likelihood_estimate(model, num_samples, samples_per_pass)
+  else:
+    bound = api.make_elbo(model, estimator, num_samples)
 
   def evaluate(params: Params, data: Array, key: Array) -> Array:
     num_examples = data.shape[0]
@@ -267,9 +276,14 @@ def make_evaluate(
     padded = jnp.concatenate([data, data[:padding]]) if padding else data
     batches = padded.reshape(num_batches, size, -1)
     keys = jax.random.split(key, num_batches)
-    bounds = jax.lax.map(lambda inputs: elbo(params, *inputs), (batches, keys))
-    return jnp.mean(bounds.reshape(-1)[:num_examples])
+    bounds = jax.lax.map(lambda inputs: bound(params, *inputs), (batches, keys))
+    return bounds.reshape(-1)[:num_examples]
 
   if multi_run:
     evaluate = jax.vmap(evaluate, in_axes=(0, None, None))
   return jax.jit(evaluate)
+
+
+def mean_nats(bounds: Array) -> np.ndarray:
+  """Mean over the last axis, summed in float64: [..., N] -> [...]."""
+  return np.mean(np.asarray(bounds, np.float64), axis=-1)
