@@ -16,7 +16,11 @@ Example:
 
 from __future__ import annotations
 
+import collections
+import glob
 import json
+import os
+import re
 import statistics
 import time
 
@@ -47,6 +51,10 @@ _NUM_RUNS = flags.DEFINE_list(
     "(first batch size and estimator, L = 1); runs/s is compared with one run.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed repetitions (median reported).", lower_bound=1)
 _OUTPUT = flags.DEFINE_string("output", "benchmark.json", "Where to write the JSON results.")
+_PROFILE_DIR = flags.DEFINE_string(
+    "profile_dir", None, "If set, trace one epoch of the first configuration (first batch "
+    "size, estimator and L) into this directory (open it with Perfetto or TensorBoard) and "
+    "print where the epoch's time goes.")
 
 flags.register_validator(
     "estimators", lambda names: bool(names) and set(names) <= set(estimators.ESTIMATORS),
@@ -136,6 +144,86 @@ def time_runs(model, data, batch_size, estimator, num_runs, repeats):
   return {"num_runs": num_runs, "epoch_ms": 1e3 * _median_seconds(run_epoch, repeats)}
 
 
+# Ops are put in these groups by their compiled HLO line: matmuls first, then
+# the `jax.named_scope`s of `vae_jax.training`, then JAX's PRNG functions.
+_MATMUL = re.compile(r" dot\(|gemm|cublas|__onednn|ynn_fusion")
+_SCOPES = {"optimizer_update": "optimizer update", "shuffle_and_binarize": "shuffle, binarise"}
+_RANDOM = re.compile(r"threefry|_uniform|_normal|random_bits")
+
+
+def op_category(hlo_line: str) -> str:
+  """The group of one compiled HLO instruction, from its text."""
+  name = re.search(r'op_name="([^"]*)"', hlo_line)
+  name = name.group(1) if name else ""
+  if _MATMUL.search(hlo_line):
+    return "matmuls"
+  for scope, category in _SCOPES.items():
+    if scope in name:
+      return category
+  if _RANDOM.search(name):
+    return "random numbers"
+  if re.search(r" (while|conditional)\(", hlo_line):
+    return "loop control"
+  if re.search(r" copy\(", hlo_line):
+    return "copies"
+  return "other ops (elementwise, reductions)"
+
+
+def _exclusive_ns(events) -> dict[str, int]:
+  """Time per event name on one timeline, minus the events nested inside it."""
+  totals, stack = collections.Counter(), []
+  for event in sorted(events, key=lambda e: (e.start_ns, -e.duration_ns)):
+    while stack and stack[-1].end_ns <= event.start_ns:
+      stack.pop()
+    if stack:
+      totals[stack[-1].name] -= event.duration_ns
+    totals[event.name] += event.duration_ns
+    stack.append(event)
+  return totals
+
+
+def device_op_times(profile) -> dict[str, int]:
+  """Exclusive nanoseconds per HLO op: the GPU's "XLA Ops" line, else the
+  CPU's XLA thread-pool lines."""
+  gpu = [line for plane in profile.planes if plane.name.startswith("/device:GPU")
+         for line in plane.lines if line.name == "XLA Ops"]
+  lines = gpu or [line for plane in profile.planes if plane.name == "/host:CPU"
+                  for line in plane.lines if "XLA" in line.name and "Client" not in line.name]
+  totals = collections.Counter()
+  for line in lines:
+    totals.update(_exclusive_ns(line.events))
+  return totals
+
+
+def profile_epoch(model, data, batch_size, estimator, num_samples, trace_dir):
+  """Traces one epoch and sorts its op time into `op_category` groups."""
+  config = training.TrainConfig(batch_size=batch_size, estimator=estimator, num_samples=num_samples)
+  state = training.init_train_state(model, config, jax.random.key(0))
+  compiled = training.make_train_epoch(model, config, data.shape[0]).lower(state, data).compile()
+  hlo = {m.group(1): line for line in compiled.as_text().splitlines()
+         if (m := re.match(r"\s*(?:ROOT )?%?([\w.\-]+) = ", line))}
+  state, _ = compiled(state, data)
+  jax.block_until_ready(state)
+  with jax.profiler.trace(trace_dir):
+    started = time.perf_counter()
+    state, bounds = compiled(state, data)
+    jax.block_until_ready(bounds)
+    wall_ns = 1e9 * (time.perf_counter() - started)
+  paths = sorted(glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True),
+                 key=os.path.getmtime)
+  times = device_op_times(jax.profiler.ProfileData.from_file(paths[-1]))
+  by_category = collections.Counter()
+  for name, ns in times.items():
+    if name in hlo:
+      by_category[op_category(hlo[name])] += ns
+  top = [(name, ns, re.search(r'op_name="([^"]*)"', hlo[name]).group(1)
+          if 'op_name="' in hlo[name] else "")
+         for name, ns in times.most_common() if name in hlo][:12]
+  return {"wall_ms": wall_ns / 1e6, "op_ms": sum(by_category.values()) / 1e6,
+          "categories": {c: ns / 1e6 for c, ns in by_category.most_common()},
+          "top_ops": [{"op": n, "ms": ns / 1e6, "source": src} for n, ns, src in top]}
+
+
 def time_evaluation(model, params, data, num_samples, repeats):
   estimator = "B" if num_samples == 1 else "iwae"
   evaluate = training.make_evaluate(model, estimator, num_samples, batch_size=min(1000, data.shape[0]),
@@ -164,6 +252,10 @@ def main(argv):
   params = training.init_train_state(model, training.TrainConfig(), jax.random.key(0)).params
   eval_rows = [time_evaluation(model, params, eval_data, int(k), _REPEATS.value)
                for k in _EVAL_SAMPLE_COUNTS.value]
+  profile = None
+  if _PROFILE_DIR.value:
+    profile = profile_epoch(model, data, int(_BATCH_SIZES.value[0]), _ESTIMATORS.value[0],
+                            int(_SAMPLE_COUNTS.value[0]), _PROFILE_DIR.value)
   device = jax.devices()[0]
   results = {
       "device": f"{device.platform}: {device.device_kind}",
@@ -173,6 +265,7 @@ def main(argv):
       "train": train_rows,
       "eval": eval_rows,
       "runs": run_rows,
+      "profile": profile,
   }
   with open(_OUTPUT.value, "w", encoding="utf-8") as f:
     json.dump(results, f, indent=2)
@@ -195,6 +288,21 @@ def main(argv):
   for r in eval_rows:
     print(f"| {r['estimator']} | {r['num_samples']} | {r['seconds']:.2f} | "
           f"{r['examples_per_second']:,.0f} |")
+  if profile:
+    print_profile(profile)
+
+
+def print_profile(profile: dict) -> None:
+  print(f"\nProfile of one epoch (M={_BATCH_SIZES.value[0]}, {_ESTIMATORS.value[0]}, "
+        f"L={_SAMPLE_COUNTS.value[0]}): {profile['wall_ms']:.0f} ms wall, "
+        f"{profile['op_ms']:.0f} ms in XLA ops (profiling adds overhead; the trace is in "
+        f"{_PROFILE_DIR.value})\n")
+  print("| where | ms | share of op time |\n|---|---:|---:|")
+  for category, ms in profile["categories"].items():
+    print(f"| {category} | {ms:.0f} | {100 * ms / profile['op_ms']:.1f}% |")
+  print("\n| op | ms | source |\n|---|---:|---|")
+  for op in profile["top_ops"]:
+    print(f"| {op['op']} | {op['ms']:.1f} | {op['source'][-90:]} |")
 
 
 if __name__ == "__main__":

@@ -149,10 +149,13 @@ def make_train_step(
       objective = jnp.mean(bounds)
     return -objective, jnp.mean(bounds)
 
+  # The named scopes label the ops in profiles (experiments/benchmark.py --profile_dir).
   def train_step(state: TrainState, batch: Array, key: Array):
-    grads, bound = jax.grad(loss_fn, has_aux=True)(state.params, batch, key)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    with jax.named_scope("bound_and_gradient"):
+      grads, bound = jax.grad(loss_fn, has_aux=True)(state.params, batch, key)
+    with jax.named_scope("optimizer_update"):
+      updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+      params = optax.apply_updates(state.params, updates)
     return (
         state.replace(step=state.step + 1, params=params, opt_state=opt_state),
         bound,
@@ -221,11 +224,12 @@ def make_train_epoch(
 
   def train_epoch(state: TrainState, train_data: Array):
     key, shuffle_key, binarize_key, step_key = jax.random.split(state.key, 4)
-    order = jax.random.permutation(shuffle_key, train_data.shape[0])
-    batches = train_data[order[: num_batches * config.batch_size]]
-    if config.dynamic_binarization:
-      batches = binarize(binarize_key, batches)
-    batches = batches.reshape(num_batches, config.batch_size, -1)
+    with jax.named_scope("shuffle_and_binarize"):
+      order = jax.random.permutation(shuffle_key, train_data.shape[0])
+      batches = train_data[order[: num_batches * config.batch_size]]
+      if config.dynamic_binarization:
+        batches = binarize(binarize_key, batches)
+      batches = batches.reshape(num_batches, config.batch_size, -1)
     if mesh is not None:
       batches = jax.lax.with_sharding_constraint(
           batches, NamedSharding(mesh, PartitionSpec(None, BATCH_AXIS))
