@@ -43,6 +43,10 @@ _BINARIZATION = flags.DEFINE_enum(
     "binarization", None, ["dynamic", "none"],
     "dynamic: re-draw binary pixels from grey levels every epoch; none: train on the "
     "values as they are. Default: dynamic for mnist and fashion_mnist.")
+_ALGORITHM = flags.DEFINE_enum(
+    "algorithm", "aevb", list(training.ALGORITHMS),
+    "aevb: ascend the bound of --estimator; wake_sleep: the paper's baseline (Hinton et "
+    "al. 1995) with the same networks, reporting the bound of --estimator.")
 _ESTIMATOR = flags.DEFINE_enum(
     "estimator", "B", list(estimators.ESTIMATORS),
     "Bound estimator: A, B, iwae, or A's gradient variants stl, score, score_baseline.")
@@ -141,6 +145,7 @@ def run_from_flags(
       min_variance=_MIN_VARIANCE.value,
   )
   config = training.TrainConfig(
+      algorithm=_ALGORITHM.value,
       estimator=_ESTIMATOR.value,
       num_samples=_NUM_SAMPLES.value,
       batch_size=_BATCH_SIZE.value,

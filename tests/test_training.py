@@ -67,6 +67,17 @@ def test_sgd_step_with_weight_prior_follows_the_map_objective_gradient():
   )
 
 
+def test_wake_sleep_step_follows_the_surrogate_and_reports_the_bound():
+  model, config, state, data = _setup(algorithm="wake_sleep", optimizer="sgd", learning_rate=0.1)
+  batch, key = data[:8], jax.random.key(3)
+  new_state, bound = training.make_train_step(model, config, 1000)(state, batch, key)
+  surrogate = vae_jax.api.make_wake_sleep_objective(model)
+  grads = jax.grad(lambda p: surrogate(p, batch, key).mean())(state.params)
+  expected = optax.apply_updates(state.params, jax.tree_util.tree_map(lambda g: 0.1 * g, grads))
+  chex.assert_trees_all_close(new_state.params, expected, rtol=1e-5, atol=1e-7)
+  assert np.isclose(bound, vae_jax.make_elbo(model, "B")(state.params, batch, key).mean())
+
+
 def test_adagrad_initial_accumulator_is_passed_to_optax():
   _, _, state, _ = _setup(optimizer="adagrad", adagrad_initial_accumulator=0.25)
   accumulators = jax.tree_util.tree_leaves(state.opt_state[0].sum_of_squares)
@@ -98,6 +109,7 @@ def test_evaluate_scores_every_example_once_whatever_the_batch_size():
     "kwargs, message",
     [
         ({"optimizer": "rmsprop"}, "Unknown optimizer 'rmsprop'"),
+        ({"algorithm": "em"}, "Unknown algorithm 'em'"),
         ({"batch_size": 0}, "batch_size"),
         ({"num_samples": 0}, "num_samples"),
         ({"learning_rate": 0.0}, "learning_rate"),

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vae_jax import distributions, estimators
+from vae_jax import distributions, estimators, wake_sleep
 from vae_jax.models import VAE
 
 Array = jax.Array
@@ -233,3 +233,28 @@ def make_log_likelihood_estimate(
     )
 
   return log_likelihood
+
+
+def make_wake_sleep_objective(model: VAE, num_samples: int = 1) -> ElboFn:
+  """Returns `objective(params, x, key) -> [batch]`, wake-sleep's surrogate.
+
+  Ascending its mean is one wake-sleep update (`vae_jax.wake_sleep`): the
+  decoder fits L posterior samples of each example, the encoder fits L
+  dreams per example. Its value is not a bound; evaluate runs with
+  `make_elbo`.
+  """
+  check_estimator("B", num_samples)
+  encode_fn, log_likelihood_fn = model_functions(model)
+
+  def sample_fn(params: Params, z: Array, key: Array) -> Array:
+    return model.apply(params, z, key, method=VAE.decode_sample)
+
+  def objective(params: Params, x: Array, key: Array) -> Array:
+    check_data(x, model)
+    eps_key, dream_key = jax.random.split(key)
+    eps = jax.random.normal(eps_key, (num_samples, x.shape[0], model.latent_dim))
+    return wake_sleep.batch_wake_sleep_surrogate(
+        encode_fn, log_likelihood_fn, sample_fn, params, x, eps, dream_key
+    )
+
+  return objective

@@ -27,6 +27,7 @@ Array = jax.Array
 Params = Any
 
 OPTIMIZERS = ("adagrad", "adam", "sgd")
+ALGORITHMS = ("aevb", "wake_sleep")
 
 
 @flax.struct.dataclass
@@ -52,6 +53,9 @@ class TrainConfig:
   """How to optimise. Defaults are the paper's MNIST settings (Sec. 5).
 
   Attributes:
+    algorithm: "aevb" ascends the bound of `estimator`; "wake_sleep" (the
+      paper's baseline, `vae_jax.wake_sleep`) follows the wake-sleep updates
+      and reports `estimator`'s bound.
     estimator: "A", "B" or "iwae" (see `vae_jax.estimators`).
     num_samples: L, samples of z per example per step.
     batch_size: M, examples per minibatch.
@@ -65,6 +69,7 @@ class TrainConfig:
     dynamic_binarization: re-draw binary data from grey levels every epoch.
   """
 
+  algorithm: str = "aevb"
   estimator: str = "B"
   num_samples: int = 1
   batch_size: int = 100
@@ -76,6 +81,10 @@ class TrainConfig:
   dynamic_binarization: bool = False
 
   def __post_init__(self):
+    if self.algorithm not in ALGORITHMS:
+      raise ValueError(
+          f"Unknown algorithm {self.algorithm!r}; choose one of {list(ALGORITHMS)}."
+      )
     if self.optimizer not in OPTIMIZERS:
       raise ValueError(
           f"Unknown optimizer {self.optimizer!r}; choose one of {list(OPTIMIZERS)}."
@@ -133,20 +142,28 @@ def make_train_step(
 ) -> Callable[[TrainState, Array, Array], tuple[TrainState, Array]]:
   """Returns `train_step(state, batch, key) -> (state, mean bound)`.
 
-  batch: [M, data_dim]; the mean bound (nats per example) is of the batch
-  before the update, without the weight prior.
+  batch: [M, data_dim]; the mean bound (nats per example, `config.estimator`)
+  is of the batch before the update, without the weight prior.
   """
   elbo = api.make_elbo(model, config.estimator, config.num_samples)
+  wake_sleep = (
+      api.make_wake_sleep_objective(model, config.num_samples)
+      if config.algorithm == "wake_sleep" else None
+  )
   optimizer = make_optimizer(config)
 
   def loss_fn(params, batch, key):
     bounds = elbo(params, batch, key)
+    per_example = bounds
+    if wake_sleep is not None:
+      bounds = jax.lax.stop_gradient(bounds)  # reported only: no backward pass
+      per_example = wake_sleep(params, batch, key)
     if config.weight_prior:
       objective = estimators.map_objective(
-          bounds, params, num_train, config.prior_stddev
+          per_example, params, num_train, config.prior_stddev
       )
     else:
-      objective = jnp.mean(bounds)
+      objective = jnp.mean(per_example)
     return -objective, jnp.mean(bounds)
 
   # The named scopes label the ops in profiles (experiments/benchmark.py --profile_dir).
