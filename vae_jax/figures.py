@@ -158,6 +158,29 @@ def _finite_points(
   return np.array([x for x, _ in points]), np.array([y for _, y in points])
 
 
+_BOUND_CURVES = (("train_bound", "train", "-"), ("test_bound", "test", "--"))
+
+
+def _draw_bound_curves(ax, records, label: str = "", color=None) -> bool:
+  """Train (solid) and test (dashed) bounds on `ax`; False if nothing drawn."""
+  plotted = False
+  for key, name, style in _BOUND_CURVES:
+    x, y = _finite_points(records, key)
+    if x.size:
+      ax.plot(x, y, style, color=color, label=f"{label} ({name})" if label else name)
+      plotted = True
+  return plotted
+
+
+def _bound_axes(ax, title: str) -> None:
+  ax.set_xscale("log")
+  ax.set_xlabel("Training samples evaluated")
+  ax.set_ylabel("Lower bound per example (nats)")
+  ax.set_title(title)
+  ax.grid(True, which="both", alpha=0.3)
+  ax.legend()
+
+
 def learning_curve_figure(
     records: Sequence[Mapping[str, Any]],
     title: str = "Variational lower bound",
@@ -175,27 +198,37 @@ def learning_curve_figure(
   """
   fig = Figure(figsize=(6.4, 4.8), dpi=_DPI, layout="constrained")
   ax = fig.add_subplot()
-  plotted = False
-  for key, label, style in (
-      ("train_bound", "train", "-"),
-      ("test_bound", "test", "--"),
-  ):
-    x, y = _finite_points(records, key)
-    if x.size:
-      ax.plot(x, y, style, label=label)
-      plotted = True
-  if not plotted:
+  if not _draw_bound_curves(ax, records):
     raise ValueError(
         "No record has samples_seen > 0 and a finite train_bound or"
         " test_bound."
     )
-  ax.set_xscale("log")
-  ax.set_xlabel("Training samples evaluated")
-  ax.set_ylabel("Lower bound per example (nats)")
-  ax.set_title(title)
-  ax.grid(True, which="both", alpha=0.3)
-  ax.legend()
+  _bound_axes(ax, title)
   return fig
+
+
+def plot_bound_comparison(
+    panels: Mapping[str, Mapping[str, Sequence[Mapping[str, Any]]]],
+    path: str | os.PathLike[str],
+    title: str,
+) -> str:
+  """The paper's Fig. 2 layout: one panel per setting, one colour per method.
+
+  Args:
+    panels: {panel title: {method label: metrics records}}, records as for
+      `learning_curve_figure`; a method without plottable records is left out.
+    path: where to write the PNG.
+    title: figure title.
+  """
+  fig = Figure(figsize=(4.2 * len(panels), 4.2), dpi=_DPI, layout="constrained")
+  axes = np.atleast_1d(fig.subplots(1, len(panels)))
+  colors = [f"C{i}" for i in range(10)]
+  for ax, (panel, methods) in zip(axes, panels.items()):
+    for color, (method, records) in zip(colors, methods.items()):
+      _draw_bound_curves(ax, records, method, color)
+    _bound_axes(ax, panel)
+  fig.suptitle(title)
+  return _save(fig, path)
 
 
 def plot_learning_curve(

@@ -1,0 +1,89 @@
+r"""The AEVB paper's Fig. 2: `python -m experiments.figure2 [flags]`.
+
+Trains AEVB and wake-sleep with the same networks for each latent size
+(--latent_dims) and plots the lower bound per example (train and test)
+against training samples evaluated, one panel per latent size. Every flag of
+`experiments.train` applies (use a preset with --flagfile); each run lives in
+<workdir>/<algorithm>_latent<J> and resumes like any run. Writes
+<workdir>/figure2.png, figure2.md (the final bounds) and figure2.json.
+
+Examples (the paper's settings; the budget is the x-axis' end):
+  python -m experiments.figure2 --flagfile=experiments/configs/figure2_mnist.flags \
+      --num_train_samples=1e7 --tfds_manual_dir=../shared/data
+  python -m experiments.figure2 --flagfile=experiments/configs/figure2_frey_face.flags
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+from absl import app, flags, logging
+
+from experiments import train as train_flags
+from vae_jax import experiment, figures, training
+from vae_jax.metrics import read_metrics
+
+_LATENT_DIMS = flags.DEFINE_list(
+    "latent_dims", ["3", "5", "10", "20", "200"], "Latent sizes J, one panel each.")
+_ALGORITHMS = flags.DEFINE_list(
+    "algorithms", ["aevb", "wake_sleep"], f"Methods compared, from {list(training.ALGORITHMS)}.")
+
+flags.register_validator(
+    "latent_dims", lambda values: bool(values) and all(v.isdigit() and int(v) > 0 for v in values),
+    message="--latent_dims must be comma-separated positive integers, e.g. 3,5,10,20,200.")
+flags.register_validator(
+    "algorithms", lambda names: bool(names) and set(names) <= set(training.ALGORITHMS),
+    message=f"--algorithms must be names from {list(training.ALGORITHMS)}.")
+
+METHOD_LABELS = {"aevb": "AEVB", "wake_sleep": "Wake-sleep"}
+
+
+def _summary_row(latent_dim: int, algorithm: str, records: list[dict]) -> dict:
+  last = records[-1]
+  return {"latent_dim": latent_dim, "algorithm": algorithm,
+          "samples_seen": last["samples_seen"], "train_bound": last["train_bound"],
+          "test_bound": last["test_bound"], "seconds": last["seconds"]}
+
+
+def _markdown(rows: list[dict], dataset: str) -> str:
+  lines = [f"Final lower bounds per example (nats), {dataset}.", "",
+           "| J | method | training samples | train bound | test bound | training s |",
+           "|---:|---|---:|---:|---:|---:|"]
+  lines += [f"| {r['latent_dim']} | {METHOD_LABELS[r['algorithm']]} | {r['samples_seen']:,} | "
+            f"{r['train_bound']:.2f} | {r['test_bound']:.2f} | {r['seconds']:.0f} |" for r in rows]
+  return "\n".join(lines) + "\n"
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  dataset = train_flags.dataset_from_flags()
+  root = flags.FLAGS.workdir or os.path.join("runs", f"figure2_{flags.FLAGS.dataset}")
+  panels, rows = {}, []
+  for latent_dim in map(int, _LATENT_DIMS.value):
+    panel = panels.setdefault(f"J = {latent_dim}", {})
+    for algorithm in _ALGORITHMS.value:
+      flags.FLAGS.latent_dim, flags.FLAGS.algorithm = latent_dim, algorithm
+      model, config, run = train_flags.run_from_flags(dataset)
+      run = dataclasses.replace(run, workdir=os.path.join(root, f"{algorithm}_latent{latent_dim}"))
+      logging.info("Fig. 2: %s with J = %d in %s", algorithm, latent_dim, run.workdir)
+      experiment.train_and_evaluate(model, config, run, dataset.train, dataset.test,
+                                    dataset.image_shape, log=logging.info)
+      records = read_metrics(os.path.join(run.workdir, "metrics.jsonl"))
+      panel[METHOD_LABELS[algorithm]] = records
+      rows.append(_summary_row(latent_dim, algorithm, records))
+  name = flags.FLAGS.dataset
+  path = figures.plot_bound_comparison(
+      panels, os.path.join(root, "figure2.png"), f"{name}: AEVB vs wake-sleep (Fig. 2)")
+  with open(os.path.join(root, "figure2.md"), "w", encoding="utf-8") as f:
+    f.write(_markdown(rows, name))
+  with open(os.path.join(root, "figure2.json"), "w", encoding="utf-8") as f:
+    json.dump(rows, f, indent=2)
+  print(_markdown(rows, name))
+  logging.info("Wrote %s", path)
+
+
+if __name__ == "__main__":
+  app.run(main)
