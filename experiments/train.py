@@ -7,6 +7,10 @@ Examples:
 
 Rerunning the same command on the same --workdir resumes from its last
 checkpoint. See README.md for the data sets and offline preparation.
+
+Multi-host data-parallel training: start the same command on every host, with
+--coordinator_address=<host 0>:<port> --num_processes=<hosts>
+--process_id=<0, 1, ...> and --num_devices=0 (every device of every host).
 """
 
 from __future__ import annotations
@@ -79,8 +83,20 @@ _NUM_SEEDS = flags.DEFINE_integer(
     "num_seeds", 1, "Independent runs with seeds --seed, --seed+1, ... trained together as "
     "one vmapped program; metrics.jsonl has each run's bounds.", lower_bound=1)
 _NUM_DEVICES = flags.DEFINE_integer(
-    "num_devices", 1, "Local devices to split each minibatch over (data-parallel); "
-    "0 means all. --batch_size must be a multiple of it.", lower_bound=0)
+    "num_devices", 1, "Devices of all processes to split each minibatch over "
+    "(data-parallel); 0 means all. --batch_size must be a multiple of it, and it of "
+    "--num_processes.", lower_bound=0)
+_COORDINATOR_ADDRESS = flags.DEFINE_string(
+    "coordinator_address", None,
+    "host:port of process 0 for multi-process training (jax.distributed.initialize); "
+    "every process gets the same value. Unset: a single process.")
+_NUM_PROCESSES = flags.DEFINE_integer(
+    "num_processes", None, "Processes of a multi-process run (with --coordinator_address).",
+    lower_bound=1)
+_PROCESS_ID = flags.DEFINE_integer(
+    "process_id", None, "This process's index in [0, --num_processes) "
+    "(with --coordinator_address); process 0 writes the files and the log.",
+    lower_bound=0)
 _LOG_LIKELIHOOD_SAMPLES = flags.DEFINE_integer(
     "log_likelihood_samples", 0,
     "k of the importance-sampled test log-likelihood estimate (5000 is the standard "
@@ -95,6 +111,31 @@ flags.register_multi_flags_validator(
     lambda values: sum(v is not None for v in values.values()) <= 1,
     message="Give at most one of --num_epochs, --num_train_samples, --num_steps.",
 )
+
+
+@flags.multi_flags_validator(["coordinator_address", "num_processes", "process_id"])
+def _check_distributed_flags(values) -> bool:
+  """The three multi-process flags come together, with a valid process id."""
+  address, num_processes, process_id = (
+      values["coordinator_address"], values["num_processes"], values["process_id"])
+  if address is None:
+    if num_processes is not None or process_id is not None:
+      raise flags.ValidationError(
+          "--num_processes and --process_id need --coordinator_address.")
+    return True
+  host, _, port = address.rpartition(":")
+  if not host or not port.isdigit():
+    raise flags.ValidationError(
+        f"--coordinator_address must be host:port, got {address!r}.")
+  if num_processes is None or process_id is None:
+    raise flags.ValidationError(
+        "--coordinator_address needs --num_processes and --process_id.")
+  if process_id >= num_processes:
+    raise flags.ValidationError(
+        f"--process_id={process_id} must be < --num_processes={num_processes}.")
+  return True
+
+
 flags.register_validator(
     "hidden_sizes",
     lambda sizes: bool(sizes) and all(s.isdigit() and int(s) > 0 for s in sizes),
@@ -161,7 +202,7 @@ def run_from_flags(
       eval_every=_EVAL_EVERY.value,
       seed=_SEED.value,
       keep_checkpoints=_KEEP_CHECKPOINTS.value,
-      num_devices=_NUM_DEVICES.value or jax.local_device_count(),
+      num_devices=_NUM_DEVICES.value or jax.device_count(),
       num_runs=_NUM_SEEDS.value,
       log_likelihood_samples=_LOG_LIKELIHOOD_SAMPLES.value,
   )
@@ -171,24 +212,46 @@ def run_from_flags(
     raise SystemExit(
         f"FATAL: --batch_size={_BATCH_SIZE.value} is not a multiple of the "
         f"{run.num_devices} devices of --num_devices.")
-  if run.num_devices > jax.local_device_count():
+  if run.num_devices > jax.device_count():
     raise SystemExit(
-        f"FATAL: --num_devices={run.num_devices} exceeds the "
-        f"{jax.local_device_count()} local devices.")
+        f"FATAL: --num_devices={run.num_devices} exceeds the {jax.device_count()} "
+        f"devices ({jax.process_count()} processes).")
+  if run.num_devices % jax.process_count():
+    raise SystemExit(
+        f"FATAL: --num_devices={run.num_devices} is not a multiple of the "
+        f"{jax.process_count()} processes; --num_devices=0 uses all "
+        f"{jax.device_count()} devices.")
   return model, config, run
+
+
+def initialize_distributed_from_flags() -> None:
+  """Joins the processes of a multi-process run; must precede any other JAX use.
+
+  On CPU, the processes' collectives go through gloo, jax's default
+  `jax_cpu_collectives_implementation` (jax 0.10).
+  """
+  if _COORDINATOR_ADDRESS.value is not None:
+    jax.distributed.initialize(
+        _COORDINATOR_ADDRESS.value,
+        num_processes=_NUM_PROCESSES.value,
+        process_id=_PROCESS_ID.value,
+    )
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  initialize_distributed_from_flags()
+  # Every process loads the whole data set: the data is replicated on every device.
   dataset = dataset_from_flags()
   model, config, run = run_from_flags(dataset)
-  os.makedirs(run.workdir, exist_ok=True)
-  with open(os.path.join(run.workdir, "flags.txt"), "w", encoding="utf-8") as f:
-    f.write(flags.FLAGS.flags_into_string())
-  logging.info("Training %s on %s (%d train / %d test) for %d epochs in %s",
-               model.likelihood, _DATASET.value, dataset.train.shape[0],
-               dataset.test.shape[0], run.num_epochs, run.workdir)
+  if jax.process_index() == 0:
+    os.makedirs(run.workdir, exist_ok=True)
+    with open(os.path.join(run.workdir, "flags.txt"), "w", encoding="utf-8") as f:
+      f.write(flags.FLAGS.flags_into_string())
+    logging.info("Training %s on %s (%d train / %d test) for %d epochs in %s",
+                 model.likelihood, _DATASET.value, dataset.train.shape[0],
+                 dataset.test.shape[0], run.num_epochs, run.workdir)
   experiment.train_and_evaluate(
       model, config, run, dataset.train, dataset.test, dataset.image_shape,
       log=logging.info,

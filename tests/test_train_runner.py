@@ -88,7 +88,7 @@ def test_sigkilled_run_resumes_to_the_same_parameters_as_an_uninterrupted_one(tm
         (["--estimator=C"], "estimator"),
         (["--binarization=dynamic", "--likelihood=gaussian"], "--binarization=dynamic needs"),
         (["--batch_size=5000"], "--batch_size=5000 exceeds the 1500"),
-        (["--num_devices=2"], "--num_devices=2 exceeds the 1 local devices"),
+        (["--num_devices=2"], "--num_devices=2 exceeds the 1 devices (1 processes)"),
         (["--dataset=mnist", "--tfds_manual_dir=/nonexistent/raw"],
          "cannot load --dataset=mnist: mnist: manual directory /nonexistent/raw"),
     ],

@@ -8,10 +8,17 @@ too. The work directory holds:
   metrics.jsonl     one record per evaluation (see `vae_jax.metrics`)
   checkpoints/      orbax checkpoints of the `TrainState`, the last few kept
   *.png             samples, reconstructions, learning curve, 2-D manifold
+
+Several processes (`jax.distributed.initialize`, one per host) call
+`train_and_evaluate` with the same arguments and work directory, which must be
+on a file system every process sees: all of them take part in training,
+evaluation and the orbax checkpoints, and process 0 alone writes the other
+files and the log lines.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -51,7 +58,8 @@ class RunConfig:
     seed: seeds parameters, shuffling, binarisation and the noise eps.
     keep_checkpoints: how many recent checkpoints to keep.
     eval_batch_size: examples per evaluation batch.
-    num_devices: local devices to split each minibatch over (data-parallel).
+    num_devices: devices to split each minibatch over (data-parallel); with
+      several processes, devices of all of them, a multiple of their number.
     num_runs: independent runs (seeds seed, seed + 1, ...) trained together
       by one vmapped program; metrics give their mean and each run's bound,
       examples_per_second counts every run's examples, figures show run 0.
@@ -82,8 +90,11 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
   return flat
 
 
-def _check_run_config(workdir: str, description: dict[str, Any]) -> None:
-  """Writes the run's settings, or checks them against a run being resumed."""
+def _check_run_config(
+    workdir: str, description: dict[str, Any], write: bool
+) -> None:
+  """Checks the settings against the run being resumed; a new run's are
+  written if `write`."""
   path = os.path.join(workdir, "run_config.json")
   if os.path.exists(path):
     with open(path, encoding="utf-8") as f:
@@ -99,6 +110,8 @@ def _check_run_config(workdir: str, description: dict[str, Any]) -> None:
           f"{workdir} holds a run with other settings; use another --workdir or "
           "the same settings. Differences:\n  " + "\n  ".join(differences)
       )
+    return
+  if not write:
     return
   with open(path + ".tmp", "w", encoding="utf-8") as f:
     json.dump(description, f, indent=2, sort_keys=True)
@@ -199,7 +212,7 @@ def train_and_evaluate(
     train_data: [N, data_dim]; test_data: [N_test, data_dim]. Grey levels in
       [0, 1] when `config.dynamic_binarization`.
     image_shape: (height, width) of one example, for figures.
-    log: receives human-readable progress lines.
+    log: receives human-readable progress lines (in process 0 only).
 
   Returns:
     The final train state.
@@ -213,12 +226,20 @@ def train_and_evaluate(
       api.check_data(data, model)
     except (ValueError, TypeError) as error:
       raise type(error)(f"{name}: {error}") from None
+  # With several processes, process 0 alone writes files and logs.
+  is_main = jax.process_index() == 0
+  log = log if is_main else (lambda line: None)
   os.makedirs(run.workdir, exist_ok=True)
-  _check_run_config(run.workdir, describe(model, config, run.seed, run.num_runs))
+  _check_run_config(
+      run.workdir, describe(model, config, run.seed, run.num_runs), write=is_main
+  )
 
   num_train = train_data.shape[0]
   steps_per_epoch = num_train // config.batch_size
-  mesh = training.make_mesh(run.num_devices) if run.num_devices > 1 else None
+  # One device of one process needs no mesh; several processes always use one
+  # (`make_mesh` rejects a device count they cannot share).
+  multi_device = run.num_devices > 1 or jax.process_count() > 1
+  mesh = training.make_mesh(run.num_devices) if multi_device else None
   multi_run = run.num_runs > 1
   train_epoch = training.make_train_epoch(model, config, num_train, mesh, multi_run)
   evaluate = training.make_evaluate(
@@ -267,6 +288,9 @@ def train_and_evaluate(
     state = training.init_train_states(model, config, keys)
   else:
     state = training.init_train_state(model, config, jax.random.key(run.seed))
+  # Placed before a restore, the state is its template, so that every process
+  # restores straight into the devices of the mesh.
+  state = place(state)
   with Checkpointer(
       os.path.join(run.workdir, "checkpoints"), max_to_keep=run.keep_checkpoints
   ) as checkpointer:
@@ -274,7 +298,6 @@ def train_and_evaluate(
     if resume_step is not None:
       state = checkpointer.restore(state)
       log(f"Resumed from the checkpoint at step {resume_step} in {run.workdir}.")
-    state = place(state)
     started = time.perf_counter()
     # Compiling ahead keeps compilation out of the first epoch's throughput.
     train_epoch = train_epoch.lower(state, train_data).compile()
@@ -289,13 +312,19 @@ def train_and_evaluate(
         start_samples=start_step * config.batch_size,
         print_fn=log,
     )
-    with MetricsWriter(run.workdir, resume_step=resume_step) as writer:
+    metrics_writer = (
+        MetricsWriter(run.workdir, resume_step=resume_step)
+        if is_main else contextlib.nullcontext()
+    )
+    with metrics_writer as writer:
       # The writer has dropped the records a killed run logged after the checkpoint.
-      previous = read_metrics(writer.path) if resume_step is not None else []
+      previous = read_metrics(writer.path) if writer and resume_step is not None else []
       train_seconds = previous[-1]["seconds"] if previous else 0.0
       if resume_step is None:
-        writer.write(0, {"epoch": 0, "samples_seen": 0, **evaluation(state),
-                         "seconds": 0.0, "examples_per_second": None})
+        scores = evaluation(state)  # every process takes part
+        if writer:
+          writer.write(0, {"epoch": 0, "samples_seen": 0, **scores,
+                           "seconds": 0.0, "examples_per_second": None})
         checkpointer.save(0, state)
       if resume_step is not None and start_epoch >= run.num_epochs:
         log(f"{run.workdir} is already trained for {start_epoch} epochs; nothing to do.")
@@ -325,26 +354,29 @@ def train_and_evaluate(
         train_seconds += round_seconds
         examples = sum(b.size for b in round_bounds) * config.batch_size
         checkpointer.save(step, state)
-        writer.write(step, {
-            "epoch": epoch,
-            "samples_seen": step * config.batch_size,
-            **scores,
-            "train_minibatch_bound": float(np.mean(np.concatenate(round_bounds))),
-            "seconds": train_seconds,
-            "examples_per_second": examples / round_seconds,
-        })
+        if writer:
+          writer.write(step, {
+              "epoch": epoch,
+              "samples_seen": step * config.batch_size,
+              **scores,
+              "train_minibatch_bound": float(np.mean(np.concatenate(round_bounds))),
+              "seconds": train_seconds,
+              "examples_per_second": examples / round_seconds,
+          })
         progress(step, step * config.batch_size, scores["train_bound"])
         log(f"epoch {epoch}: train bound {scores['train_bound']:.2f}, "
             f"test bound {scores['test_bound']:.2f} nats per example"
             + (f", test log-likelihood {scores['test_log_likelihood']:.2f} (k = "
                f"{run.log_likelihood_samples})" if "test_log_likelihood" in scores else ""))
         round_bounds, round_seconds = [], 0.0
-  first_run_params = (
-      jax.tree_util.tree_map(lambda leaf: leaf[0], state.params) if multi_run else state.params
-  )
-  written = write_figures(
-      model, first_run_params, np.asarray(eval_sets["test"]), image_shape, run.workdir,
-      jax.random.key(run.seed + 2),
-  )
-  log("Figures: " + ", ".join(written))
+  if is_main:
+    # On the host, so that plotting runs no program the other processes skip.
+    params = jax.device_get(state.params)
+    if multi_run:
+      params = jax.tree_util.tree_map(lambda leaf: leaf[0], params)
+    written = write_figures(
+        model, params, np.asarray(eval_sets["test"]), image_shape, run.workdir,
+        jax.random.key(run.seed + 2),
+    )
+    log("Figures: " + ", ".join(written))
   return state

@@ -185,19 +185,46 @@ BATCH_AXIS = "batch"
 
 
 def make_mesh(num_devices: int) -> jax.sharding.Mesh:
-  """A 1-D mesh over the first `num_devices` local devices, axis `BATCH_AXIS`."""
-  available = jax.local_devices()
-  if not 1 <= num_devices <= len(available):
+  """A 1-D mesh of `num_devices` devices of all processes, axis `BATCH_AXIS`.
+
+  Every process contributes its first `num_devices / jax.process_count()`
+  local devices, since every process must hold a part of every minibatch to
+  take part in the jitted step.
+  """
+  num_processes = jax.process_count()
+  if not 1 <= num_devices <= jax.device_count():
     raise ValueError(
-        f"num_devices must be in [1, {len(available)}] (the local devices), "
-        f"got {num_devices}."
+        f"num_devices must be in [1, {jax.device_count()}] (the devices of all "
+        f"processes), got {num_devices}."
     )
-  return jax.sharding.Mesh(np.array(available[:num_devices]), (BATCH_AXIS,))
+  if num_devices % num_processes:
+    raise ValueError(
+        f"num_devices must be a multiple of the {num_processes} processes, got "
+        f"{num_devices}."
+    )
+  per_process = num_devices // num_processes
+  devices = []
+  for process in range(num_processes):
+    local = [d for d in jax.devices() if d.process_index == process]
+    if len(local) < per_process:
+      raise ValueError(
+          f"num_devices={num_devices} needs {per_process} devices in each of the "
+          f"{num_processes} processes; process {process} has {len(local)}."
+      )
+    devices += local[:per_process]
+  return jax.sharding.Mesh(np.array(devices), (BATCH_AXIS,))
 
 
 def replicate(tree: Any, mesh: jax.sharding.Mesh) -> Any:
-  """Places every array of a pytree on all devices of the mesh."""
-  return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
+  """Places every array of a pytree on all devices of the mesh.
+
+  With several processes the mesh spans devices of other processes too: every
+  process must pass the same values, and each fills its own devices (no data
+  crosses processes).
+  """
+  return jax.make_array_from_process_local_data(
+      NamedSharding(mesh, PartitionSpec()), tree
+  )
 
 
 def make_train_epoch(
@@ -217,9 +244,12 @@ def make_train_epoch(
 
   With a `mesh`, training is data-parallel: every minibatch is split along
   the mesh's batch axis, state and data are expected replicated (`replicate`),
-  and XLA sums the gradients across devices. The noise and the permutation do
-  not depend on the mesh, so the result equals the single-device one up to
-  the order of floating-point sums.
+  and XLA sums the gradients across devices. The returned state and bounds
+  are replicated too, so that every process can read them. The mesh may span
+  several processes (`jax.distributed`): each then runs the same program on
+  the same replicated inputs. The noise and the permutation do not depend on
+  the mesh, so the result equals the single-device one up to the order of
+  floating-point sums.
 
   With `multi_run`, the state has a leading [num_runs] axis (see
   `init_train_states`) and one compiled program trains every run on the same
@@ -259,7 +289,10 @@ def make_train_epoch(
 
   if multi_run:
     train_epoch = jax.vmap(train_epoch, in_axes=(0, None))
-  return jax.jit(train_epoch, donate_argnums=0)
+  if mesh is None:
+    return jax.jit(train_epoch, donate_argnums=0)
+  replicated = NamedSharding(mesh, PartitionSpec())
+  return jax.jit(train_epoch, donate_argnums=0, out_shardings=replicated)
 
 
 def make_evaluate(
