@@ -16,6 +16,8 @@ Example:
 
 from __future__ import annotations
 
+from typing import Callable
+
 import collections
 import glob
 import json
@@ -85,12 +87,13 @@ def _median_seconds(fn, repeats: int) -> float:
   return statistics.median(times)
 
 
-def matmul_rate(repeats: int, size: int = 2048) -> float:
-  """The device's float32 matmul rate in FLOP/s, on square [size, size] inputs."""
+def make_matmul_rate(size: int = 2048, repeats: int = 3) -> Callable[[], float]:
+  """Returns `measure() -> FLOP/s`: the device's float32 matmul rate now, the
+  median over `repeats` products of square [size, size] inputs."""
   a, b = (jax.random.normal(k, (size, size), jnp.float32) for k in jax.random.split(jax.random.key(0)))
   product = jax.jit(jnp.matmul).lower(a, b).compile()
   jax.block_until_ready(product(a, b))
-  return 2 * size**3 / _median_seconds(lambda: product(a, b), repeats)
+  return lambda: 2 * size**3 / _median_seconds(lambda: product(a, b), repeats)
 
 
 def _peak_memory_bytes() -> int | None:
@@ -98,7 +101,11 @@ def _peak_memory_bytes() -> int | None:
   return stats.get("peak_bytes_in_use") if stats else None
 
 
-def time_training(model, data, batch_size, estimator, num_samples, repeats, ceiling):
+def time_training(model, data, batch_size, estimator, num_samples, repeats, matmul_rate):
+  """Epoch and step speed. The matmul rate is measured after every timed
+  epoch, so that each epoch is compared with the machine as it was then (a
+  shared machine's speed drifts between minutes); the fraction reported is
+  the median over the repeats."""
   config = training.TrainConfig(batch_size=batch_size, estimator=estimator, num_samples=num_samples)
   state = training.init_train_state(model, config, jax.random.key(0))
   started = time.perf_counter()
@@ -114,17 +121,22 @@ def time_training(model, data, batch_size, estimator, num_samples, repeats, ceil
     return bounds
 
   run_epoch()  # warm-up
-  epoch_seconds = _median_seconds(run_epoch, repeats)
-  step_seconds = _median_seconds(lambda: step(state, batch, key), repeats)
   examples = (data.shape[0] // batch_size) * batch_size
-  flops = matmul_flops_per_example(model.data_dim, _HIDDEN.value, model.latent_dim, num_samples)
+  flops = examples * matmul_flops_per_example(
+      model.data_dim, _HIDDEN.value, model.latent_dim, num_samples)
+  epoch_seconds, fractions = [], []
+  for _ in range(repeats):
+    epoch_seconds.append(_median_seconds(run_epoch, 1))
+    fractions.append(flops / epoch_seconds[-1] / matmul_rate())
+  step_seconds = _median_seconds(lambda: step(state, batch, key), repeats)
+  median_seconds = statistics.median(epoch_seconds)
   return {
       "batch_size": batch_size, "estimator": estimator, "num_samples": num_samples,
       "compile_seconds": compile_seconds,
-      "epoch_ms": 1e3 * epoch_seconds,
-      "epoch_examples_per_second": examples / epoch_seconds,
+      "epoch_ms": 1e3 * median_seconds,
+      "epoch_examples_per_second": examples / median_seconds,
       "step_examples_per_second": batch_size / step_seconds,
-      "fraction_of_matmul_rate": examples * flops / epoch_seconds / ceiling,
+      "fraction_of_matmul_rate": statistics.median(fractions),
   }
 
 
@@ -242,9 +254,9 @@ def main(argv):
   rng = np.random.default_rng(0)
   data = jnp.asarray(rng.integers(0, 2, (_NUM_TRAIN.value, _DATA_DIM.value)), jnp.float32)
   eval_data = data[: _NUM_EVAL.value]
-  ceiling = matmul_rate(_REPEATS.value)
+  matmul_rate = make_matmul_rate()
   train_rows = [
-      time_training(model, data, int(m), e, int(L), _REPEATS.value, ceiling)
+      time_training(model, data, int(m), e, int(L), _REPEATS.value, matmul_rate)
       for m in _BATCH_SIZES.value for e in _ESTIMATORS.value for L in _SAMPLE_COUNTS.value
   ]
   run_rows = [time_runs(model, data, int(_BATCH_SIZES.value[0]), _ESTIMATORS.value[0], int(r),
@@ -260,7 +272,7 @@ def main(argv):
   results = {
       "device": f"{device.platform}: {device.device_kind}",
       "model": f"{_DATA_DIM.value}-{_HIDDEN.value}-{_LATENT_DIM.value}",
-      "matmul_flops_per_second": ceiling,
+      "matmul_flops_per_second": matmul_rate(),
       "peak_memory_bytes": _peak_memory_bytes(),
       "train": train_rows,
       "eval": eval_rows,
@@ -270,9 +282,10 @@ def main(argv):
   with open(_OUTPUT.value, "w", encoding="utf-8") as f:
     json.dump(results, f, indent=2)
   print(f"Device {results['device']}; model {results['model']}; float32 matmul rate "
-        f"{ceiling / 1e9:.1f} GFLOP/s; peak device memory "
+        f"{results['matmul_flops_per_second'] / 1e9:.1f} GFLOP/s at the end; peak device memory "
         f"{results['peak_memory_bytes'] or 'n/a (not reported on CPU)'}\n")
-  print("| M | estimator | L | compile s | ms/epoch | examples/s (epoch) | examples/s (step) | of matmul rate |")
+  print("| M | estimator | L | compile s | ms/epoch | examples/s (epoch) | examples/s (step) "
+        "| of matmul rate |")
   print("|---:|---|---:|---:|---:|---:|---:|---:|")
   for r in train_rows:
     print(f"| {r['batch_size']} | {r['estimator']} | {r['num_samples']} | {r['compile_seconds']:.1f} | "
