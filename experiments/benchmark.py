@@ -156,27 +156,32 @@ def time_runs(model, data, batch_size, estimator, num_runs, repeats):
   return {"num_runs": num_runs, "epoch_ms": 1e3 * _median_seconds(run_epoch, repeats)}
 
 
-# Ops are put in these groups by their compiled HLO line: matmuls first, then
-# the `jax.named_scope`s of `vae_jax.training`, then JAX's PRNG functions.
-_MATMUL = re.compile(r" dot\(|gemm|cublas|__onednn|ynn_fusion")
+# Ops are put in these groups by their compiled HLO line: matmuls first (a dot,
+# a fusion whose root is a dot_general, a gemm library call), then the
+# `jax.named_scope`s of `vae_jax.training`, then JAX's PRNG functions.
 _SCOPES = {"optimizer_update": "optimizer update", "shuffle_and_binarize": "shuffle, binarise"}
 _RANDOM = re.compile(r"threefry|_uniform|_normal|random_bits")
+_INSTRUCTION = re.compile(r"\s*(?:ROOT )?%?[\w.\-]+ = \S+ ([\w\-]+)\(")
 
 
 def op_category(hlo_line: str) -> str:
   """The group of one compiled HLO instruction, from its text."""
+  opcode = _INSTRUCTION.match(hlo_line)
+  opcode = opcode.group(1) if opcode else ""
   name = re.search(r'op_name="([^"]*)"', hlo_line)
   name = name.group(1) if name else ""
-  if _MATMUL.search(hlo_line):
+  target = re.search(r'custom_call_target="([^"]*)"', hlo_line)
+  if (opcode == "dot" or name.rsplit("/", 1)[-1] == "dot_general"
+      or (target and re.search(r"gemm|cublas|onednn|matmul", target.group(1), re.I))):
     return "matmuls"
   for scope, category in _SCOPES.items():
     if scope in name:
       return category
   if _RANDOM.search(name):
     return "random numbers"
-  if re.search(r" (while|conditional)\(", hlo_line):
+  if opcode in ("while", "conditional"):
     return "loop control"
-  if re.search(r" copy\(", hlo_line):
+  if opcode == "copy":
     return "copies"
   return "other ops (elementwise, reductions)"
 

@@ -147,6 +147,7 @@ def _train_on_one_device(workdir: Path, num_epochs: int) -> training.TrainState:
       dataset.image_shape, log=lambda line: None)
 
 
+@pytest.mark.slow  # ~60 s; the library path is tested by default above
 def test_runner_on_two_processes_resumes_a_run_and_logs_once(tmp_path):
   # Epoch 1 on one device here, epoch 2 on 2 processes x 2 devices: the resumed
   # run restores a checkpoint saved by another topology and saves one that
