@@ -9,7 +9,7 @@ against training samples evaluated, one panel per latent size. Every flag of
 
 Examples (the paper's settings; the budget is the x-axis' end):
   python -m experiments.figure2 --flagfile=experiments/configs/figure2_mnist.flags \
-      --num_train_samples=1e7 --tfds_manual_dir=../shared/data
+      --num_train_samples=10000000 --tfds_manual_dir=../shared/data
   python -m experiments.figure2 --flagfile=experiments/configs/figure2_frey_face.flags
 """
 

@@ -69,10 +69,11 @@ _WEIGHT_PRIOR = flags.DEFINE_bool(
 _NUM_EPOCHS = flags.DEFINE_integer("num_epochs", None, "Training budget in epochs.", lower_bound=1)
 _NUM_TRAIN_SAMPLES = flags.DEFINE_integer(
     "num_train_samples", None,
-    "Training budget in examples processed (the paper's x-axis), rounded up to whole epochs.",
-    lower_bound=1)
+    "Training budget in examples processed (the paper's x-axis), rounded up to whole epochs; "
+    "replaces --num_epochs.", lower_bound=1)
 _NUM_STEPS = flags.DEFINE_integer(
-    "num_steps", None, "Training budget in minibatch updates, rounded up to whole epochs.",
+    "num_steps", None, "Training budget in minibatch updates, rounded up to whole epochs; "
+    "replaces --num_epochs.",
     lower_bound=1)
 _EVAL_EVERY = flags.DEFINE_integer(
     "eval_every", 10, "Evaluate, checkpoint and log every this many epochs.", lower_bound=1)
@@ -106,10 +107,12 @@ _WORKDIR = flags.DEFINE_string(
 
 DEFAULT_NUM_EPOCHS = 100
 
+# --num_train_samples or --num_steps, when given, replace --num_epochs, so that
+# a preset's --num_epochs can be overridden on the command line.
 flags.register_multi_flags_validator(
-    ["num_epochs", "num_train_samples", "num_steps"],
+    ["num_train_samples", "num_steps"],
     lambda values: sum(v is not None for v in values.values()) <= 1,
-    message="Give at most one of --num_epochs, --num_train_samples, --num_steps.",
+    message="Give at most one of --num_train_samples, --num_steps.",
 )
 
 

@@ -84,7 +84,7 @@ def test_sigkilled_run_resumes_to_the_same_parameters_as_an_uninterrupted_one(tm
         (["--dataset=cifar"], "dataset"),
         (["--hidden_sizes=500,abc"], "--hidden_sizes must be comma-separated positive integers"),
         (["--num_epochs=0"], "num_epochs"),
-        (["--num_epochs=3", "--num_steps=5"], "at most one of --num_epochs"),
+        (["--num_train_samples=300", "--num_steps=5"], "at most one of --num_train_samples"),
         (["--estimator=C"], "estimator"),
         (["--binarization=dynamic", "--likelihood=gaussian"], "--binarization=dynamic needs"),
         (["--batch_size=5000"], "--batch_size=5000 exceeds the 1500"),
