@@ -24,15 +24,15 @@ def test_benchmark_runs_and_reports_every_configuration(tmp_path):
   result = subprocess.run(
       [sys.executable, "-m", "experiments.benchmark", "--data_dim=16", "--hidden_size=8",
        "--latent_dim=2", "--num_train=400", "--num_eval=100", "--batch_sizes=100",
-       "--estimators=B", "--sample_counts=1,3", "--eval_sample_counts=1,5", "--repeats=1",
+       "--estimators=B", "--sample_counts=3", "--eval_sample_counts=1,5", "--repeats=1",
        "--num_runs=1,2", "--samples_per_pass=2", f"--profile_dir={tmp_path / 'trace'}",
        f"--output={output}"],
       cwd=REPO, capture_output=True, text=True, timeout=300, check=True,
   )
   results = json.loads(output.read_text())
   assert results["matmul_flops_per_second"] > 0
-  assert {(r["batch_size"], r["estimator"], r["num_samples"]) for r in results["train"]} == {
-      (100, "B", 1), (100, "B", 3)}
+  assert [(r["batch_size"], r["estimator"], r["num_samples"]) for r in results["train"]] == [
+      (100, "B", 3)]
   for row in results["train"]:
     assert row["epoch_examples_per_second"] > 0 and 0 < row["fraction_of_matmul_rate"]
   assert [r["estimator"] for r in results["eval"]] == ["B", "iwae"]
