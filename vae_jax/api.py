@@ -161,6 +161,11 @@ def check_estimator(estimator: str, num_samples: int) -> None:
         f"Unknown estimator {estimator!r}; choose one of "
         f"{sorted(estimators.ESTIMATORS)}."
     )
+  check_num_samples(num_samples)
+
+
+def check_num_samples(num_samples: int) -> None:
+  """Raises a TypeError/ValueError unless L is an int >= 1."""
   if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)):
     raise TypeError(f"num_samples must be an int, got {num_samples!r}.")
   if num_samples < 1:
@@ -188,12 +193,17 @@ def make_elbo(model: VAE, estimator: str = "B", num_samples: int = 1) -> ElboFn:
 
   def elbo(params: Params, x: Array, key: Array) -> Array:
     check_data(x, model)
-    eps = jax.random.normal(key, (num_samples, x.shape[0], model.latent_dim))
+    eps = _posterior_noise(model, key, num_samples, x.shape[0])
     return estimators.batch_bound(
         per_example, encode_fn, log_likelihood_fn, params, x, eps
     )
 
   return elbo
+
+
+def _posterior_noise(model: VAE, key: Array, num_samples: int, batch: int) -> Array:
+  """eps [L, batch, latent_dim] ~ N(0, I), the noise `make_elbo` draws from `key`."""
+  return jax.random.normal(key, (num_samples, batch, model.latent_dim))
 
 
 def _largest_divisor_at_most(n: int, limit: int) -> int:
@@ -241,9 +251,11 @@ def make_wake_sleep_objective(model: VAE, num_samples: int = 1) -> ElboFn:
   Ascending its mean is one wake-sleep update (`vae_jax.wake_sleep`): the
   decoder fits L posterior samples of each example, the encoder fits L
   dreams per example. Its value is not a bound; evaluate runs with
-  `make_elbo`.
+  `make_elbo`. The wake phase uses the same noise as `make_elbo` with the
+  same key, so a bound reported beside it scores the same z (and XLA
+  computes the shared encoder and decoder passes once).
   """
-  check_estimator("B", num_samples)
+  check_num_samples(num_samples)
   encode_fn, log_likelihood_fn = model_functions(model)
 
   def sample_fn(params: Params, z: Array, key: Array) -> Array:
@@ -251,10 +263,10 @@ def make_wake_sleep_objective(model: VAE, num_samples: int = 1) -> ElboFn:
 
   def objective(params: Params, x: Array, key: Array) -> Array:
     check_data(x, model)
-    eps_key, dream_key = jax.random.split(key)
-    eps = jax.random.normal(eps_key, (num_samples, x.shape[0], model.latent_dim))
+    eps = _posterior_noise(model, key, num_samples, x.shape[0])
     return wake_sleep.batch_wake_sleep_surrogate(
-        encode_fn, log_likelihood_fn, sample_fn, params, x, eps, dream_key
+        encode_fn, log_likelihood_fn, sample_fn, params, x, eps,
+        jax.random.fold_in(key, 1),
     )
 
   return objective
