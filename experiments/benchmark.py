@@ -101,6 +101,18 @@ def _peak_memory_bytes() -> int | None:
   return stats.get("peak_bytes_in_use") if stats else None
 
 
+def _epoch_runner(epoch, state, data) -> Callable[[], jax.Array]:
+  """`run()` trains one epoch from the state the last call left (the epoch
+  donates its input state) and returns the epoch's bounds."""
+  current = [state]
+
+  def run():
+    current[0], bounds = epoch(current[0], data)
+    return bounds
+
+  return run
+
+
 def time_training(model, data, batch_size, estimator, num_samples, repeats, matmul_rate):
   """Epoch and step speed. The matmul rate is measured after every timed
   epoch, so that each epoch is compared with the machine as it was then (a
@@ -114,12 +126,10 @@ def time_training(model, data, batch_size, estimator, num_samples, repeats, matm
   step = jax.jit(training.make_train_step(model, config, data.shape[0]))
   batch, key = data[:batch_size], jax.random.key(1)
   jax.block_until_ready(step(state, batch, key))
+  # Timed before the epochs, which donate (delete) this state's buffers.
+  step_seconds = _median_seconds(lambda: step(state, batch, key), repeats)
 
-  def run_epoch():
-    nonlocal state
-    state, bounds = epoch(state, data)
-    return bounds
-
+  run_epoch = _epoch_runner(epoch, state, data)
   run_epoch()  # warm-up
   examples = (data.shape[0] // batch_size) * batch_size
   flops = examples * matmul_flops_per_example(
@@ -128,7 +138,6 @@ def time_training(model, data, batch_size, estimator, num_samples, repeats, matm
   for _ in range(repeats):
     epoch_seconds.append(_median_seconds(run_epoch, 1))
     fractions.append(flops / epoch_seconds[-1] / matmul_rate())
-  step_seconds = _median_seconds(lambda: step(state, batch, key), repeats)
   median_seconds = statistics.median(epoch_seconds)
   return {
       "batch_size": batch_size, "estimator": estimator, "num_samples": num_samples,
@@ -147,11 +156,7 @@ def time_runs(model, data, batch_size, estimator, num_runs, repeats):
   state = training.init_train_states(model, config, keys)
   epoch = training.make_train_epoch(model, config, data.shape[0], multi_run=True)
 
-  def run_epoch():
-    nonlocal state
-    state, bounds = epoch(state, data)
-    return bounds
-
+  run_epoch = _epoch_runner(epoch, state, data)
   run_epoch()  # compiles and warms up
   return {"num_runs": num_runs, "epoch_ms": 1e3 * _median_seconds(run_epoch, repeats)}
 
