@@ -52,6 +52,10 @@ _NUM_RUNS = flags.DEFINE_list(
     "num_runs", ["1"], "Numbers of independent runs trained as one vmapped program "
     "(first batch size and estimator, L = 1); runs/s is compared with one run.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed repetitions (median reported).", lower_bound=1)
+_MATMUL_SIZE = flags.DEFINE_integer(
+    "matmul_size", 0, "Side of the square float32 product that measures the matmul ceiling; "
+    "0: 2048 on a CPU, 8192 on an accelerator (a 2048 product does not fill a GPU).",
+    lower_bound=0)
 _OUTPUT = flags.DEFINE_string("output", "benchmark.json", "Where to write the JSON results.")
 _PROFILE_DIR = flags.DEFINE_string(
     "profile_dir", None, "If set, trace one epoch of the first configuration (first batch "
@@ -87,9 +91,10 @@ def _median_seconds(fn, repeats: int) -> float:
   return statistics.median(times)
 
 
-def make_matmul_rate(size: int = 2048, repeats: int = 3) -> Callable[[], float]:
+def make_matmul_rate(size: int, repeats: int = 3) -> Callable[[], float]:
   """Returns `measure() -> FLOP/s`: the device's float32 matmul rate now, the
-  median over `repeats` products of square [size, size] inputs."""
+  median over `repeats` products of square [size, size] inputs, at JAX's
+  default matmul precision (TF32 on recent NVIDIA GPUs, as in training)."""
   a, b = (jax.random.normal(k, (size, size), jnp.float32) for k in jax.random.split(jax.random.key(0)))
   product = jax.jit(jnp.matmul).lower(a, b).compile()
   jax.block_until_ready(product(a, b))
@@ -162,11 +167,13 @@ def time_runs(model, data, batch_size, estimator, num_runs, repeats):
 
 
 # Ops are put in these groups by their compiled HLO line: matmuls first (a dot,
-# a fusion whose root is a dot_general, a gemm library call), then the
+# a fusion whose root is a dot_general, a gemm fusion or library call), then the
 # `jax.named_scope`s of `vae_jax.training`, then JAX's PRNG functions.
 _SCOPES = {"optimizer_update": "optimizer update", "shuffle_and_binarize": "shuffle, binarise"}
 _RANDOM = re.compile(r"threefry|_uniform|_normal|random_bits")
-_INSTRUCTION = re.compile(r"\s*(?:ROOT )?%?[\w.\-]+ = \S+ ([\w\-]+)\(")
+# The shape may be a tuple (a multi-output fusion): "%f = (f32[2]{0}, f32[2]{0}) fusion(".
+_INSTRUCTION = re.compile(r"\s*(?:ROOT )?%?[\w.\-]+ = (?:\([^=]*?\)|\S+) ([\w\-]+)\(")
+_GEMM = re.compile(r"gemm|cublas|onednn|matmul", re.I)
 
 
 def op_category(hlo_line: str) -> str:
@@ -176,8 +183,10 @@ def op_category(hlo_line: str) -> str:
   name = re.search(r'op_name="([^"]*)"', hlo_line)
   name = name.group(1) if name else ""
   target = re.search(r'custom_call_target="([^"]*)"', hlo_line)
+  called = re.search(r"calls=%([\w.\-]+)", hlo_line)
   if (opcode == "dot" or name.rsplit("/", 1)[-1] == "dot_general"
-      or (target and re.search(r"gemm|cublas|onednn|matmul", target.group(1), re.I))):
+      or (target and _GEMM.search(target.group(1)))
+      or (opcode == "fusion" and called and _GEMM.search(called.group(1)))):
     return "matmuls"
   for scope, category in _SCOPES.items():
     if scope in name:
@@ -186,8 +195,9 @@ def op_category(hlo_line: str) -> str:
     return "random numbers"
   if opcode in ("while", "conditional"):
     return "loop control"
-  if opcode == "copy":
-    return "copies"
+  # XLA:GPU pads operands to the matmul kernels' tile sizes (500 -> 512).
+  if opcode in ("copy", "pad") or (called and called.group(1).startswith("fused_pad")):
+    return "copies and padding"
   return "other ops (elementwise, reductions)"
 
 
@@ -204,17 +214,34 @@ def _exclusive_ns(events) -> dict[str, int]:
   return totals
 
 
-def device_op_times(profile) -> dict[str, int]:
-  """Exclusive nanoseconds per HLO op: the GPU's "XLA Ops" line, else the
-  CPU's XLA thread-pool lines."""
+def hlo_name(name: str) -> str:
+  """An HLO instruction's or GPU kernel's name in one spelling: a kernel is
+  named after its instruction with "." and "-" made "_"."""
+  return re.sub(r"[.\-]", "_", name)
+
+
+def device_op_times(profile) -> tuple[dict[str, int], dict[str, int]]:
+  """Nanoseconds and runs per HLO op (`hlo_name`): the kernels on the GPU's
+  streams, else the exclusive time on the CPU's XLA thread-pool lines."""
+  totals, counts = collections.Counter(), collections.Counter()
   gpu = [line for plane in profile.planes if plane.name.startswith("/device:GPU")
-         for line in plane.lines if line.name == "XLA Ops"]
-  lines = gpu or [line for plane in profile.planes if plane.name == "/host:CPU"
-                  for line in plane.lines if "XLA" in line.name and "Client" not in line.name]
-  totals = collections.Counter()
-  for line in lines:
-    totals.update(_exclusive_ns(line.events))
-  return totals
+         for line in plane.lines if line.name.startswith("Stream")]
+  if gpu:
+    # Kernels do not nest, but with programmatic dependent launch a kernel may
+    # start before the one before it ends: their durations are summed as they are.
+    for line in gpu:
+      for event in line.events:
+        totals[hlo_name(event.name)] += event.duration_ns
+        counts[hlo_name(event.name)] += 1
+    return totals, counts
+  for plane in profile.planes:
+    if plane.name == "/host:CPU":
+      for line in plane.lines:
+        if "XLA" in line.name and "Client" not in line.name:
+          for name, ns in _exclusive_ns(line.events).items():
+            totals[hlo_name(name)] += ns
+          counts.update(hlo_name(event.name) for event in line.events)
+  return totals, counts
 
 
 def profile_epoch(model, data, batch_size, estimator, num_samples, trace_dir):
@@ -222,7 +249,7 @@ def profile_epoch(model, data, batch_size, estimator, num_samples, trace_dir):
   config = training.TrainConfig(batch_size=batch_size, estimator=estimator, num_samples=num_samples)
   state = training.init_train_state(model, config, jax.random.key(0))
   compiled = training.make_train_epoch(model, config, data.shape[0]).lower(state, data).compile()
-  hlo = {m.group(1): line for line in compiled.as_text().splitlines()
+  hlo = {hlo_name(m.group(1)): line for line in compiled.as_text().splitlines()
          if (m := re.match(r"\s*(?:ROOT )?%?([\w.\-]+) = ", line))}
   state, _ = compiled(state, data)
   jax.block_until_ready(state)
@@ -233,7 +260,7 @@ def profile_epoch(model, data, batch_size, estimator, num_samples, trace_dir):
     wall_ns = 1e9 * (time.perf_counter() - started)
   paths = sorted(glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True),
                  key=os.path.getmtime)
-  times = device_op_times(jax.profiler.ProfileData.from_file(paths[-1]))
+  times, counts = device_op_times(jax.profiler.ProfileData.from_file(paths[-1]))
   by_category = collections.Counter()
   for name, ns in times.items():
     if name in hlo:
@@ -241,7 +268,9 @@ def profile_epoch(model, data, batch_size, estimator, num_samples, trace_dir):
   top = [(name, ns, re.search(r'op_name="([^"]*)"', hlo[name]).group(1)
           if 'op_name="' in hlo[name] else "")
          for name, ns in times.most_common() if name in hlo][:12]
+  num_steps = data.shape[0] // batch_size
   return {"wall_ms": wall_ns / 1e6, "op_ms": sum(by_category.values()) / 1e6,
+          "ops_per_step": sum(n for name, n in counts.items() if name in hlo) / num_steps,
           "categories": {c: ns / 1e6 for c, ns in by_category.most_common()},
           "top_ops": [{"op": n, "ms": ns / 1e6, "source": src} for n, ns, src in top]}
 
@@ -264,7 +293,8 @@ def main(argv):
   rng = np.random.default_rng(0)
   data = jnp.asarray(rng.integers(0, 2, (_NUM_TRAIN.value, _DATA_DIM.value)), jnp.float32)
   eval_data = data[: _NUM_EVAL.value]
-  matmul_rate = make_matmul_rate()
+  matmul_size = _MATMUL_SIZE.value or (2048 if jax.devices()[0].platform == "cpu" else 8192)
+  matmul_rate = make_matmul_rate(matmul_size)
   train_rows = [
       time_training(model, data, int(m), e, int(L), _REPEATS.value, matmul_rate)
       for m in _BATCH_SIZES.value for e in _ESTIMATORS.value for L in _SAMPLE_COUNTS.value
@@ -282,6 +312,7 @@ def main(argv):
   results = {
       "device": f"{device.platform}: {device.device_kind}",
       "model": f"{_DATA_DIM.value}-{_HIDDEN.value}-{_LATENT_DIM.value}",
+      "matmul_size": matmul_size,
       "matmul_flops_per_second": matmul_rate(),
       "peak_memory_bytes": _peak_memory_bytes(),
       "train": train_rows,
@@ -292,21 +323,23 @@ def main(argv):
   with open(_OUTPUT.value, "w", encoding="utf-8") as f:
     json.dump(results, f, indent=2)
   print(f"Device {results['device']}; model {results['model']}; float32 matmul rate "
-        f"{results['matmul_flops_per_second'] / 1e9:.1f} GFLOP/s at the end; peak device memory "
+        f"{results['matmul_flops_per_second'] / 1e9:.1f} GFLOP/s at the end ({matmul_size}^3 "
+        f"product, matmul precision {jax.config.jax_default_matmul_precision or 'default'}); "
+        "peak device memory "
         f"{results['peak_memory_bytes'] or 'n/a (not reported on CPU)'}\n")
   print("| M | estimator | L | compile s | ms/epoch | examples/s (epoch) | examples/s (step) "
         "| of matmul rate |")
   print("|---:|---|---:|---:|---:|---:|---:|---:|")
   for r in train_rows:
     print(f"| {r['batch_size']} | {r['estimator']} | {r['num_samples']} | {r['compile_seconds']:.1f} | "
-          f"{r['epoch_ms']:.0f} | {r['epoch_examples_per_second']:,.0f} | "
+          f"{r['epoch_ms']:.1f} | {r['epoch_examples_per_second']:,.0f} | "
           f"{r['step_examples_per_second']:,.0f} | {100 * r['fraction_of_matmul_rate']:.0f}% |")
   one_run_ms = next((r["epoch_ms"] for r in run_rows if r["num_runs"] == 1), None)
   print(f"\n| runs (M={_BATCH_SIZES.value[0]}, {_ESTIMATORS.value[0]}) | ms/epoch | runs/s | vs one run |")
   print("|---:|---:|---:|---:|")
   for r in run_rows:
     speedup = f"{r['num_runs'] * one_run_ms / r['epoch_ms']:.2f}x" if one_run_ms else "n/a"
-    print(f"| {r['num_runs']} | {r['epoch_ms']:.0f} | {1e3 * r['num_runs'] / r['epoch_ms']:.3f} | {speedup} |")
+    print(f"| {r['num_runs']} | {r['epoch_ms']:.1f} | {1e3 * r['num_runs'] / r['epoch_ms']:.3f} | {speedup} |")
   print(f"\n| evaluation of {_NUM_EVAL.value} examples | k | s | examples/s |\n|---|---:|---:|---:|")
   for r in eval_rows:
     print(f"| {r['estimator']} | {r['num_samples']} | {r['seconds']:.2f} | "
@@ -318,8 +351,8 @@ def main(argv):
 def print_profile(profile: dict) -> None:
   print(f"\nProfile of one epoch (M={_BATCH_SIZES.value[0]}, {_ESTIMATORS.value[0]}, "
         f"L={_SAMPLE_COUNTS.value[0]}): {profile['wall_ms']:.0f} ms wall, "
-        f"{profile['op_ms']:.0f} ms in XLA ops (profiling adds overhead; the trace is in "
-        f"{_PROFILE_DIR.value})\n")
+        f"{profile['op_ms']:.0f} ms in XLA ops, {profile['ops_per_step']:.1f} ops run per step "
+        f"(profiling adds overhead; the trace is in {_PROFILE_DIR.value})\n")
   print("| where | ms | share of op time |\n|---|---:|---:|")
   for category, ms in profile["categories"].items():
     print(f"| {category} | {ms:.0f} | {100 * ms / profile['op_ms']:.1f}% |")

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from experiments.benchmark import matmul_flops_per_example, op_category
+from experiments.benchmark import hlo_name, matmul_flops_per_example, op_category
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -43,6 +43,7 @@ def test_benchmark_runs_and_reports_every_configuration(tmp_path):
   # Which ops a toy model's trace holds is XLA's choice: check the accounting.
   profile = results["profile"]
   assert profile["categories"] and 0 < profile["op_ms"] <= profile["wall_ms"]
+  assert profile["ops_per_step"] >= 1
   assert np.isclose(sum(profile["categories"].values()), profile["op_ms"])
   assert "| where | ms | share of op time |" in result.stdout
 
@@ -67,7 +68,21 @@ def test_benchmark_runs_and_reports_every_configuration(tmp_path):
     ('%b = u32[100] fusion(%a), metadata={op_name="bound_and_gradient/jit(_normal)/jit(_uniform)/add"}',
      "random numbers"),
     ('%while.207 = (s32[]) while(%t), condition=%c, body=%b', "loop control"),
-    ('%copy.197 = f32[500,784]{1,0} copy(%p)', "copies"),
+    ('%copy.197 = f32[500,784]{1,0} copy(%p)', "copies and padding"),
+    # XLA:GPU (H100): a Triton gemm fusion, a pad to its tiles, a multi-output fusion.
+    ('%gemm_fusion_dot.31 = f32[500,784]{1,0} fusion(%a, %b), kind=kCustom, '
+     'calls=%gemm_fusion_dot.31_computation, metadata={op_name="x/decoder/logits/transpose"}',
+     "matmuls"),
+    ('%loop_pad_fusion.9 = f32[20,512]{1,0} fusion(%a), kind=kLoop, calls=%fused_pad.9',
+     "copies and padding"),
+    ('%loop_add_fusion = (f32[500,784]{1,0}, f32[500,784]{1,0}) fusion(%a, %b), kind=kLoop, '
+     'calls=%fused_add, metadata={op_name="jit(e)/while/body/optimizer_update/add"}',
+     "optimizer update"),
 ])
 def test_op_category(line, category):
   assert op_category(line) == category
+
+
+def test_gpu_kernels_are_named_like_their_hlo_instructions():
+  assert hlo_name("gemm_fusion_dot.31") == hlo_name("gemm_fusion_dot_31") == "gemm_fusion_dot_31"
+  assert hlo_name("get-tuple-element.3") == "get_tuple_element_3"
