@@ -146,7 +146,8 @@ flags.register_validator(
 )
 
 
-def _num_epochs(num_train: int, batch_size: int) -> int:
+def num_epochs_from_flags(num_train: int, batch_size: int) -> int:
+  """The budget flags as whole epochs of `num_train` examples in minibatches of `batch_size`."""
   steps_per_epoch = num_train // batch_size
   if _NUM_TRAIN_SAMPLES.value is not None:
     return -(-_NUM_TRAIN_SAMPLES.value // (steps_per_epoch * batch_size))
@@ -201,7 +202,7 @@ def run_from_flags(
   )
   run = experiment.RunConfig(
       workdir=_WORKDIR.value or os.path.join("runs", _DATASET.value),
-      num_epochs=_num_epochs(dataset.train.shape[0], config.batch_size),
+      num_epochs=num_epochs_from_flags(dataset.train.shape[0], config.batch_size),
       eval_every=_EVAL_EVERY.value,
       seed=_SEED.value,
       keep_checkpoints=_KEEP_CHECKPOINTS.value,

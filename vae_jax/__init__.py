@@ -14,6 +14,7 @@ from vae_jax.api import (
     kl_divergence,
     make_elbo,
     make_log_likelihood_estimate,
+    make_marginal_likelihood_estimate,
     sample,
 )
 from vae_jax.models import VAE, make_vae
@@ -28,6 +29,7 @@ __all__ = [
     "kl_divergence",
     "make_elbo",
     "make_log_likelihood_estimate",
+    "make_marginal_likelihood_estimate",
     "make_vae",
     "sample",
 ]

@@ -194,6 +194,15 @@ def write_figures(
   return paths
 
 
+def binarize_for_evaluation(sets: dict[str, jax.Array]) -> dict[str, jax.Array]:
+  """Each grey-level evaluation set [N, data_dim] binarised once, with keys
+  fixed by EVAL_BINARIZATION_SEED and the set's position: every run and
+  every evaluation scores the same bits."""
+  key = jax.random.key(EVAL_BINARIZATION_SEED)
+  return {name: binarize(jax.random.fold_in(key, i), data)
+          for i, (name, data) in enumerate(sets.items())}
+
+
 def train_and_evaluate(
     model: VAE,
     config: training.TrainConfig,
@@ -253,11 +262,7 @@ def train_and_evaluate(
   train_data = place(train_data)
   eval_sets = {"train": train_data, "test": place(test_data)}
   if config.dynamic_binarization:
-    eval_key = jax.random.key(EVAL_BINARIZATION_SEED)
-    eval_sets = {
-        name: binarize(jax.random.fold_in(eval_key, i), data)
-        for i, (name, data) in enumerate(eval_sets.items())
-    }
+    eval_sets = binarize_for_evaluation(eval_sets)
   eval_key = jax.random.key(run.seed + 1)
 
   log_likelihood = training.make_evaluate(

@@ -161,10 +161,13 @@ def _finite_points(
 _BOUND_CURVES = (("train_bound", "train", "-"), ("test_bound", "test", "--"))
 
 
-def _draw_bound_curves(ax, records, label: str = "", color=None) -> bool:
-  """Train (solid) and test (dashed) bounds on `ax`; False if nothing drawn."""
+def _draw_bound_curves(
+    ax, records, label: str = "", color=None, curves=_BOUND_CURVES
+) -> bool:
+  """Train (solid) and test (dashed) curves, by default the bounds, on `ax`;
+  False if nothing drawn. curves: (record key, name, line style) triples."""
   plotted = False
-  for key, name, style in _BOUND_CURVES:
+  for key, name, style in curves:
     x, y = _finite_points(records, key)
     if x.size:
       ax.plot(x, y, style, color=color, label=f"{label} ({name})" if label else name)
@@ -172,10 +175,13 @@ def _draw_bound_curves(ax, records, label: str = "", color=None) -> bool:
   return plotted
 
 
-def _bound_axes(ax, title: str) -> None:
+_BOUND_LABEL = "Lower bound per example (nats)"
+
+
+def _bound_axes(ax, title: str, ylabel: str = _BOUND_LABEL) -> None:
   ax.set_xscale("log")
   ax.set_xlabel("Training samples evaluated")
-  ax.set_ylabel("Lower bound per example (nats)")
+  ax.set_ylabel(ylabel)
   ax.set_title(title)
   ax.grid(True, which="both", alpha=0.3)
   ax.legend()
@@ -211,22 +217,30 @@ def plot_bound_comparison(
     panels: Mapping[str, Mapping[str, Sequence[Mapping[str, Any]]]],
     path: str | os.PathLike[str],
     title: str,
+    value: str = "bound",
+    ylabel: str = _BOUND_LABEL,
 ) -> str:
-  """The paper's Fig. 2 layout: one panel per setting, one colour per method.
+  """The paper's Figs. 2 and 3 layout: one panel per setting, one colour per
+  method, train (solid) and test (dashed).
 
   Args:
-    panels: {panel title: {method label: metrics records}}, records as for
+    panels: {panel title: {method label: metrics records}}, records with
+      `samples_seen` and `train_<value>` / `test_<value>` as for
       `learning_curve_figure`; a method without plottable records is left out.
     path: where to write the PNG.
     title: figure title.
+    value: which records' values to plot: "bound" (Fig. 2), or e.g.
+      "log_likelihood" (Fig. 3).
+    ylabel: the y-axis label.
   """
+  curves = [(f"{split}_{value}", split, style) for split, style in (("train", "-"), ("test", "--"))]
   fig = Figure(figsize=(4.2 * len(panels), 4.2), dpi=_DPI, layout="constrained")
   axes = np.atleast_1d(fig.subplots(1, len(panels)))
   colors = [f"C{i}" for i in range(10)]
   for ax, (panel, methods) in zip(axes, panels.items()):
     for color, (method, records) in zip(colors, methods.items()):
-      _draw_bound_curves(ax, records, method, color)
-    _bound_axes(ax, panel)
+      _draw_bound_curves(ax, records, method, color, curves)
+    _bound_axes(ax, panel, ylabel)
   fig.suptitle(title)
   return _save(fig, path)
 
