@@ -110,12 +110,13 @@ def train_and_score(model, config, algorithm, train_data, eval_sets, num_epochs,
     with MetricsWriter(workdir, resume_step=done) as writer:
       records = read_metrics(writer.path)
       seconds = records[-1]["seconds"] if records else 0.0
+      scored = set(evaluation_epochs(num_epochs, _NUM_EVALUATIONS.value))
       for number in range(done + 1, num_epochs + 1):
         started = time.perf_counter()
         state, _ = epoch(state, train_data)
         jax.block_until_ready(state)
         seconds += time.perf_counter() - started
-        if number not in evaluation_epochs(num_epochs, _NUM_EVALUATIONS.value):
+        if number not in scored:
           continue
         scores = {
             f"{name}_log_likelihood": float(training.mean_nats(estimate(
