@@ -14,9 +14,8 @@ preset, then this command line's flags, which therefore apply to every data
 set (the budget, the data directories; a model flag given here overrides
 every preset's). --latent_dim is set per run. Each run lives in
 <workdir>/<preset name>_latent<J> (--workdir, default runs/figure45) and
-resumes like any run. Writes
-<workdir>/figure4.png, figure5.png, figure45.md (the final bounds of each run)
-and figure45.json.
+resumes like any run. Writes <workdir>/figure4.png, figure5.png, figure45.md
+(the final bounds of each run) and figure45.json.
 
 Examples (the paper's settings, the budget in training samples per run):
   python -m experiments.figure45 --num_train_samples=10000000 --tfds_manual_dir=../shared/data
