@@ -12,9 +12,10 @@ from vae_jax import figures
 
 
 def _read_png(path) -> np.ndarray:
+  """[height, width, channels]: 1 for the gray mosaics, 4 for RGBA plots."""
   with open(path, "rb") as f:
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"
-  return mpimg.imread(path)
+  return np.atleast_3d(mpimg.imread(path))
 
 
 def _images(n: int, height: int = 28, width: int = 28) -> np.ndarray:

@@ -18,6 +18,7 @@ import numpy as np
 from jax.scipy.stats import norm
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from PIL import Image
 
 _DPI = 100
 # Display inches per tile of an image grid: 28x28 MNIST digits get ~2x zoom,
@@ -60,11 +61,18 @@ def _tile(images: np.ndarray, ncols: int, pad: int) -> np.ndarray:
   return canvas
 
 
-def _save(fig: Figure, path: str | os.PathLike[str]) -> str:
+def _save(fig: Figure, path: str | os.PathLike[str], gray: bool = False) -> str:
+  """Writes `fig` as a PNG; with `gray`, as one gray channel instead of RGBA."""
   # Attaching the canvas renders with Agg whatever the default backend is.
-  FigureCanvasAgg(fig)
+  canvas = FigureCanvasAgg(fig)
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, format="png", dpi=_DPI)
+  if gray:
+    # Image mosaics are gray pictures and black text: one channel keeps a
+    # large grid of faces at half the file size of RGBA.
+    canvas.draw()
+    Image.fromarray(np.asarray(canvas.buffer_rgba())).convert("L").save(path, format="png")
+  else:
+    fig.savefig(path, format="png", dpi=_DPI)
   return os.fspath(path)
 
 
@@ -78,17 +86,19 @@ def _mosaic_figure(
     ncols: Tiles per canvas row, which sets a panel's display width.
     title: Figure title above the panels; None for none.
   """
-  # The panels share the width a single one may take.
-  panel_width = min(
-      _MAX_WIDTH_INCHES / len(canvases), max(4.0, _INCHES_PER_TILE * ncols)
+  # The panels share the width a single one may take, in proportion to their
+  # canvases' widths, so that all are drawn at one scale.
+  width = min(
+      _MAX_WIDTH_INCHES, len(canvases) * max(4.0, _INCHES_PER_TILE * ncols)
   )
-  aspect = max(canvas.shape[0] / canvas.shape[1] for canvas in canvases.values())
-  # 0.5 inch above each image for its title, 0.4 more for a figure title.
-  height = panel_width * aspect + 0.5 + (0.4 if title else 0.0)
-  fig = Figure(
-      figsize=(panel_width * len(canvases), height), dpi=_DPI, layout="constrained"
+  widths = [canvas.shape[1] for canvas in canvases.values()]
+  tallest = max(canvas.shape[0] for canvas in canvases.values())
+  # 0.5 inch above the images for their titles, 0.4 more for a figure title.
+  height = width * tallest / sum(widths) + 0.5 + (0.4 if title else 0.0)
+  fig = Figure(figsize=(width, height), dpi=_DPI, layout="constrained")
+  axes = np.atleast_1d(
+      fig.subplots(1, len(canvases), gridspec_kw={"width_ratios": widths})
   )
-  axes = np.atleast_1d(fig.subplots(1, len(canvases)))
   for ax, (panel, canvas) in zip(axes, canvases.items()):
     # Values outside [0, 1] (e.g. Gaussian decoder means) saturate.
     ax.imshow(canvas, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
@@ -122,7 +132,7 @@ def plot_image_grids(
   }
   ncols = min(ncols, *(images.shape[0] for images in panels.values()))
   canvases = {name: _tile(images, ncols, pad=1) for name, images in panels.items()}
-  return _save(_mosaic_figure(canvases, ncols, title), path)
+  return _save(_mosaic_figure(canvases, ncols, title), path, gray=True)
 
 
 def plot_image_grid(
@@ -178,7 +188,7 @@ def plot_reconstructions(
   ax.set_yticks(row_centers, ["data", "recon."] * num_blocks)
   # Row labels only: tick marks would clutter the image grid.
   ax.tick_params(axis="y", length=0)
-  return _save(fig, path)
+  return _save(fig, path, gray=True)
 
 
 def _finite_points(
@@ -347,7 +357,7 @@ def plot_manifolds(
   for ax in fig.axes:
     ax.set_xlabel("$z_1$ (increasing to the right)")
     ax.set_ylabel("$z_2$ (increasing upwards)")
-  return _save(fig, path)
+  return _save(fig, path, gray=True)
 
 
 def plot_manifold(
