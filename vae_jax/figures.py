@@ -83,11 +83,11 @@ def _mosaic_figure(
 
   Args:
     canvases: {panel title: canvas}, drawn side by side in this order.
-    ncols: Tiles per canvas row, which sets a panel's display width.
+    ncols: Tiles per canvas row, which sets the display width.
     title: Figure title above the panels; None for none.
   """
-  # The panels share the width a single one may take, in proportion to their
-  # canvases' widths, so that all are drawn at one scale.
+  # The panels split the figure's width (at most _MAX_WIDTH_INCHES) in
+  # proportion to their canvases' widths, so that all are drawn at one scale.
   width = min(
       _MAX_WIDTH_INCHES, len(canvases) * max(4.0, _INCHES_PER_TILE * ncols)
   )
