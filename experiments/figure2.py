@@ -22,8 +22,7 @@ import os
 from absl import app, flags, logging
 
 from experiments import train as train_flags
-from vae_jax import experiment, figures, training
-from vae_jax.metrics import read_metrics
+from vae_jax import experiment, figures, metrics, training
 
 _LATENT_DIMS = flags.DEFINE_list(
     "latent_dims", ["3", "5", "10", "20", "200"], "Latent sizes J, one panel each.")
@@ -40,20 +39,8 @@ flags.register_validator(
 METHOD_LABELS = {"aevb": "AEVB", "wake_sleep": "Wake-sleep"}
 
 
-def _summary_row(latent_dim: int, algorithm: str, records: list[dict]) -> dict:
-  last = records[-1]
-  return {"latent_dim": latent_dim, "algorithm": algorithm,
-          "samples_seen": last["samples_seen"], "train_bound": last["train_bound"],
-          "test_bound": last["test_bound"], "seconds": last["seconds"]}
-
-
-def _markdown(rows: list[dict], dataset: str) -> str:
-  lines = [f"Final lower bounds per example (nats), {dataset}.", "",
-           "| J | method | training samples | train bound | test bound | training s |",
-           "|---:|---|---:|---:|---:|---:|"]
-  lines += [f"| {r['latent_dim']} | {METHOD_LABELS[r['algorithm']]} | {r['samples_seen']:,} | "
-            f"{r['train_bound']:.2f} | {r['test_bound']:.2f} | {r['seconds']:.0f} |" for r in rows]
-  return "\n".join(lines) + "\n"
+_COLUMNS = (("J", lambda row: row["latent_dim"]),
+            ("method", lambda row: METHOD_LABELS[row["algorithm"]]))
 
 
 def main(argv):
@@ -71,17 +58,20 @@ def main(argv):
       logging.info("Fig. 2: %s with J = %d in %s", algorithm, latent_dim, run.workdir)
       experiment.train_and_evaluate(model, config, run, dataset.train, dataset.test,
                                     dataset.image_shape, log=logging.info)
-      records = read_metrics(os.path.join(run.workdir, "metrics.jsonl"))
+      records = metrics.read_metrics(os.path.join(run.workdir, "metrics.jsonl"))
       panel[METHOD_LABELS[algorithm]] = records
-      rows.append(_summary_row(latent_dim, algorithm, records))
+      rows.append({"latent_dim": latent_dim, "algorithm": algorithm,
+                   **metrics.final_summary(records)})
   name = flags.FLAGS.dataset
   path = figures.plot_bound_comparison(
       panels, os.path.join(root, "figure2.png"), f"{name}: AEVB vs wake-sleep (Fig. 2)")
+  table = metrics.summary_table(
+      f"Final lower bounds per example (nats), {name}.", _COLUMNS, rows)
   with open(os.path.join(root, "figure2.md"), "w", encoding="utf-8") as f:
-    f.write(_markdown(rows, name))
+    f.write(table)
   with open(os.path.join(root, "figure2.json"), "w", encoding="utf-8") as f:
     json.dump(rows, f, indent=2)
-  print(_markdown(rows, name))
+  print(table)
   logging.info("Wrote %s", path)
 
 

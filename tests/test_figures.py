@@ -12,9 +12,10 @@ from vae_jax import figures
 
 
 def _read_png(path) -> np.ndarray:
+  """[height, width, channels]: 1 for the gray mosaics, 4 for RGBA plots."""
   with open(path, "rb") as f:
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"
-  return mpimg.imread(path)
+  return np.atleast_3d(mpimg.imread(path))
 
 
 def _images(n: int, height: int = 28, width: int = 28) -> np.ndarray:
@@ -136,3 +137,20 @@ def test_manifold_grid_decodes_the_latent_grid_in_order(tmp_path):
 def test_plot_manifold_checks_image_count(tmp_path):
   with pytest.raises(ValueError, match="grid_size"):
     figures.plot_manifold(_images(10), 3, tmp_path / "m.png")
+
+
+def test_plot_image_grids_draws_panels_side_by_side(tmp_path):
+  panels = {f"J = {j}": _images(100) for j in (2, 5, 10, 20)}
+  height, width, _ = _read_png(figures.plot_image_grids(panels, tmp_path / "f5.png")).shape
+  # Four square 10x10 grids in a row share the width of one figure.
+  assert 1000 <= width <= 1300 and 250 <= height <= 500
+  with pytest.raises(ValueError, match="panel 'J = 2' must have shape"):
+    figures.plot_image_grids({"J = 2": np.zeros((4, 784))}, tmp_path / "bad.png")
+
+
+def test_plot_manifolds_takes_panels_of_different_image_shapes(tmp_path):
+  panels = {"Frey Face": _images(9, 28, 20), "MNIST": _images(9)}
+  height, width, _ = _read_png(figures.plot_manifolds(panels, 3, tmp_path / "f4.png")).shape
+  assert width > height > 300
+  with pytest.raises(ValueError, match="panel 'MNIST': expected grid_size"):
+    figures.plot_manifolds({"MNIST": _images(8)}, 3, tmp_path / "bad.png")

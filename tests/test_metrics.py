@@ -12,8 +12,10 @@ from vae_jax.metrics import (
     MetricsWriter,
     ProgressLogger,
     format_duration,
+    final_summary,
     format_progress,
     read_metrics,
+    summary_table,
 )
 
 
@@ -176,3 +178,20 @@ def test_progress_logger_interval_rate_and_eta():
   clock.now = 14.0
   assert logger2(1050, 105_000, -100.0).endswith("ETA 0:00:00")
   assert len(lines) == 3
+
+
+def test_summary_table_of_final_bounds():
+  records = [{"samples_seen": 0, "train_bound": -500.0, "test_bound": -501.0, "seconds": 0.0},
+             {"samples_seen": 600000, "train_bound": -127.714, "test_bound": -126.556,
+              "seconds": 40.4, "epoch": 10}]
+  row = {"latent_dim": 20, "method": "AEVB", **final_summary(records)}
+  assert row == {"latent_dim": 20, "method": "AEVB", "samples_seen": 600000,
+                 "train_bound": -127.714, "test_bound": -126.556, "seconds": 40.4}
+  table = summary_table("Final bounds.", [("J", lambda r: r["latent_dim"]),
+                                          ("method", lambda r: r["method"])], [row])
+  assert table == ("Final bounds.\n\n"
+                   "| J | method | training samples | train bound | test bound | training s |\n"
+                   "|---:|---|---:|---:|---:|---:|\n"
+                   "| 20 | AEVB | 600,000 | -127.71 | -126.56 | 40 |\n")
+  with pytest.raises(ValueError, match="never evaluated"):
+    final_summary([])

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from matplotlib import image as mpimg
+
 REPO = Path(__file__).resolve().parents[1]
 DIGITS_FLAGS = ["--dataset=digits", "--hidden_sizes=16", "--batch_size=100"]
 
@@ -41,3 +43,61 @@ def test_figure3_runner_scores_each_method_with_the_app_d_estimator(tmp_path):
                (tmp_path / f"n200_{row['algorithm']}" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2]  # one record per evaluated epoch
   assert (tmp_path / "figure3.png").stat().st_size > 10000
+
+
+def _figure45(*flags):
+  return subprocess.run([sys.executable, "-m", "experiments.figure45", *flags],
+                        cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+def test_figure45_runner_trains_the_shared_run_once_and_draws_both_figures(tmp_path):
+  preset = tmp_path / "digits.flags"
+  preset.write_text("\n".join(DIGITS_FLAGS) + "\n")
+  out = tmp_path / "out"
+  result = _figure45(f"--manifold_presets={preset}", f"--sample_preset={preset}",
+                     "--sample_latent_dims=2", "--samples_per_panel=50", "--num_epochs=1",
+                     "--eval_every=1", f"--workdir={out}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  # The J = 2 run serves Fig. 4 and Fig. 5: trained once.
+  assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["digits_latent2"]
+  (row,) = json.loads((out / "figure45.json").read_text())
+  assert (row["dataset"], row["latent_dim"], row["figures"]) == ("digits", 2, [4, 5])
+  assert row["samples_seen"] == 1500 and row["seconds"] > 0
+  initial = json.loads((out / "digits_latent2" / "metrics.jsonl").read_text().splitlines()[0])
+  assert initial["test_bound"] < row["test_bound"] < 0
+  assert "| digits | 2 | 4, 5 | 1,500 |" in result.stdout
+  assert (out / "figure45.md").read_text() in result.stdout
+  for name, min_width in (("figure4.png", 800), ("figure5.png", 400)):
+    pixels = mpimg.imread(out / name)
+    assert pixels.shape[1] >= min_width, name
+    # Decoded digits, not a blank canvas.
+    assert pixels.std() > 0.1, name
+
+
+def test_figure45_presets_start_from_the_defaults_and_the_command_line_wins(tmp_path):
+  """The second preset gets none of the first's settings (what keeps MNIST's
+  dynamic binarisation off Frey Face); a flag given on the command line
+  overrides every preset."""
+  first, second = tmp_path / "first.flags", tmp_path / "second.flags"
+  first.write_text("--dataset=mnist\n--binarization=dynamic\n--hidden_sizes=300\n")
+  second.write_text("--dataset=frey_face\n--learning_rate=0.01\n")
+  code = (
+      "import sys\n"
+      "from absl import flags\n"
+      "from experiments import figure45\n"
+      "command_line = ['figure45', '--learning_rate=0.5']\n"
+      "flags.FLAGS(command_line)\n"
+      "for preset in sys.argv[1:]:\n"
+      "  figure45.apply_preset(preset, command_line)\n"
+      "  F = flags.FLAGS\n"
+      "  print(F.dataset, F.binarization, F.hidden_sizes, F.learning_rate)\n")
+  result = subprocess.run([sys.executable, "-c", code, str(first), str(second)],
+                          cwd=REPO, capture_output=True, text=True, timeout=120, check=True)
+  assert result.stdout.splitlines() == ["mnist dynamic ['300'] 0.5",
+                                        "frey_face None ['500'] 0.5"]
+
+
+def test_figure45_rejects_a_missing_preset(tmp_path):
+  result = _figure45(f"--manifold_presets={tmp_path / 'nowhere.flags'}", "--sample_latent_dims=")
+  assert result.returncode != 0
+  assert "Preset flagfiles not found" in result.stderr

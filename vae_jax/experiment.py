@@ -150,6 +150,33 @@ def _images(flat: np.ndarray, image_shape: tuple[int, int]) -> np.ndarray:
   return np.clip(np.asarray(flat, np.float32), 0.0, 1.0).reshape(-1, *image_shape)
 
 
+def sample_images(
+    model: VAE, params: Any, key: jax.Array, num: int, image_shape: tuple[int, int]
+) -> np.ndarray:
+  """[num, height, width]: decoder means E[x|z] at z ~ N(0, I), clipped to [0, 1]."""
+  return _images(api.sample(model, params, key, num), image_shape)
+
+
+def manifold_images(
+    model: VAE, params: Any, image_shape: tuple[int, int],
+    grid_size: int = MANIFOLD_GRID_SIZE,
+) -> np.ndarray:
+  """[grid_size**2, height, width]: decoder means over `figures.manifold_latents`
+  (a model with J = 2), clipped to [0, 1]."""
+  grid = figures.manifold_grid(
+      lambda z: api.decode_mean(model, params, z), grid_size, image_shape
+  )
+  return np.clip(grid, 0.0, 1.0)
+
+
+def host_params(state: training.TrainState, num_runs: int = 1) -> Any:
+  """The parameters of run 0 (the run seeded with `RunConfig.seed`), on the host."""
+  params = jax.device_get(state.params)
+  if num_runs > 1:
+    params = jax.tree_util.tree_map(lambda leaf: leaf[0], params)
+  return params
+
+
 def write_figures(
     model: VAE,
     params: Any,
@@ -161,7 +188,7 @@ def write_figures(
   """Samples, reconstructions (posterior means), learning curve, 2-D manifold."""
   paths = [
       figures.plot_image_grid(
-          _images(api.sample(model, params, key, NUM_FIGURE_EXAMPLES), image_shape),
+          sample_images(model, params, key, NUM_FIGURE_EXAMPLES, image_shape),
           os.path.join(workdir, "samples.png"),
       )
   ]
@@ -183,12 +210,10 @@ def write_figures(
         )
     )
   if model.latent_dim == 2:
-    grid = figures.manifold_grid(
-        lambda z: api.decode_mean(model, params, z), MANIFOLD_GRID_SIZE, image_shape
-    )
     paths.append(
         figures.plot_manifold(
-            np.clip(grid, 0.0, 1.0), MANIFOLD_GRID_SIZE, os.path.join(workdir, "manifold.png")
+            manifold_images(model, params, image_shape), MANIFOLD_GRID_SIZE,
+            os.path.join(workdir, "manifold.png"),
         )
     )
   return paths
@@ -376,12 +401,9 @@ def train_and_evaluate(
         round_bounds, round_seconds = [], 0.0
   if is_main:
     # On the host, so that plotting runs no program the other processes skip.
-    params = jax.device_get(state.params)
-    if multi_run:
-      params = jax.tree_util.tree_map(lambda leaf: leaf[0], params)
     written = write_figures(
-        model, params, np.asarray(eval_sets["test"]), image_shape, run.workdir,
-        jax.random.key(run.seed + 2),
+        model, host_params(state, run.num_runs), np.asarray(eval_sets["test"]),
+        image_shape, run.workdir, jax.random.key(run.seed + 2),
     )
     log("Figures: " + ", ".join(written))
   return state

@@ -18,6 +18,7 @@ import numpy as np
 from jax.scipy.stats import norm
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from PIL import Image
 
 _DPI = 100
 # Display inches per tile of an image grid: 28x28 MNIST digits get ~2x zoom,
@@ -60,27 +61,78 @@ def _tile(images: np.ndarray, ncols: int, pad: int) -> np.ndarray:
   return canvas
 
 
-def _save(fig: Figure, path: str | os.PathLike[str]) -> str:
+def _save(fig: Figure, path: str | os.PathLike[str], gray: bool = False) -> str:
+  """Writes `fig` as a PNG; with `gray`, as one gray channel instead of RGBA."""
   # Attaching the canvas renders with Agg whatever the default backend is.
-  FigureCanvasAgg(fig)
+  canvas = FigureCanvasAgg(fig)
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, format="png", dpi=_DPI)
+  if gray:
+    # Image mosaics are gray pictures and black text: one channel keeps a
+    # large grid of faces at half the file size of RGBA.
+    canvas.draw()
+    Image.fromarray(np.asarray(canvas.buffer_rgba())).convert("L").save(path, format="png")
+  else:
+    fig.savefig(path, format="png", dpi=_DPI)
   return os.fspath(path)
 
 
-def _mosaic_figure(canvas: np.ndarray, ncols: int, title: str) -> Figure:
-  """A figure showing `canvas` ([rows, cols] in [0, 1]) in gray, no ticks."""
-  width = min(_MAX_WIDTH_INCHES, max(4.0, _INCHES_PER_TILE * ncols))
-  # 0.5 inch above the image for the title.
-  height = width * canvas.shape[0] / canvas.shape[1] + 0.5
+def _mosaic_figure(
+    canvases: Mapping[str, np.ndarray], ncols: int, title: str | None = None
+) -> Figure:
+  """A figure showing each canvas ([rows, cols] in [0, 1]) in gray, no ticks.
+
+  Args:
+    canvases: {panel title: canvas}, drawn side by side in this order.
+    ncols: Tiles per canvas row, which sets the display width.
+    title: Figure title above the panels; None for none.
+  """
+  # The panels split the figure's width (at most _MAX_WIDTH_INCHES) in
+  # proportion to their canvases' widths, so that all are drawn at one scale.
+  width = min(
+      _MAX_WIDTH_INCHES, len(canvases) * max(4.0, _INCHES_PER_TILE * ncols)
+  )
+  widths = [canvas.shape[1] for canvas in canvases.values()]
+  tallest = max(canvas.shape[0] for canvas in canvases.values())
+  # 0.5 inch above the images for their titles, 0.4 more for a figure title.
+  height = width * tallest / sum(widths) + 0.5 + (0.4 if title else 0.0)
   fig = Figure(figsize=(width, height), dpi=_DPI, layout="constrained")
-  ax = fig.add_subplot()
-  # Values outside [0, 1] (e.g. Gaussian decoder means) saturate.
-  ax.imshow(canvas, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
-  ax.set_xticks([])
-  ax.set_yticks([])
-  ax.set_title(title)
+  axes = np.atleast_1d(
+      fig.subplots(1, len(canvases), gridspec_kw={"width_ratios": widths})
+  )
+  for ax, (panel, canvas) in zip(axes, canvases.items()):
+    # Values outside [0, 1] (e.g. Gaussian decoder means) saturate.
+    ax.imshow(canvas, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(panel)
+  if title:
+    fig.suptitle(title)
   return fig
+
+
+def plot_image_grids(
+    panels: Mapping[str, np.ndarray],
+    path: str | os.PathLike[str],
+    ncols: int = 10,
+    title: str | None = None,
+) -> str:
+  """Writes one image grid per panel, side by side; returns `path`.
+
+  Args:
+    panels: {panel title: images [n, height, width] in [0, 1]}; the paper's
+      Fig. 5 has one panel of samples per latent size.
+    path: PNG file to write.
+    ncols: Images per grid row (at most the smallest panel's n).
+    title: Figure title above the panels.
+  """
+  if not panels:
+    raise ValueError("No panels to plot.")
+  panels = {
+      name: _check_images(images, f"panel {name!r}") for name, images in panels.items()
+  }
+  ncols = min(ncols, *(images.shape[0] for images in panels.values()))
+  canvases = {name: _tile(images, ncols, pad=1) for name, images in panels.items()}
+  return _save(_mosaic_figure(canvases, ncols, title), path, gray=True)
 
 
 def plot_image_grid(
@@ -90,10 +142,7 @@ def plot_image_grid(
     title: str = "Samples from the generative model",
 ) -> str:
   """Writes `images` ([n, height, width], in [0, 1]) as a grid; returns `path`."""
-  images = _check_images(images)
-  ncols = min(ncols, images.shape[0])
-  fig = _mosaic_figure(_tile(images, ncols, pad=1), ncols, title)
-  return _save(fig, path)
+  return plot_image_grids({title: images}, path, ncols)
 
 
 def plot_reconstructions(
@@ -133,13 +182,13 @@ def plot_reconstructions(
   interleaved = np.stack([originals, reconstructions], axis=1).reshape(
       -1, height, width
   )
-  fig = _mosaic_figure(_tile(interleaved, ncols, pad=1), ncols, title)
+  fig = _mosaic_figure({title: _tile(interleaved, ncols, pad=1)}, ncols)
   ax = fig.axes[0]
   row_centers = (np.arange(2 * num_blocks) * (height + 1)) + (height - 1) / 2
   ax.set_yticks(row_centers, ["data", "recon."] * num_blocks)
   # Row labels only: tick marks would clutter the image grid.
   ax.tick_params(axis="y", length=0)
-  return _save(fig, path)
+  return _save(fig, path, gray=True)
 
 
 def _finite_points(
@@ -292,6 +341,39 @@ def manifold_grid(
   return means.reshape(grid_size * grid_size, *image_shape)
 
 
+def plot_manifolds(
+    panels: Mapping[str, np.ndarray],
+    grid_size: int,
+    path: str | os.PathLike[str],
+    title: str | None = None,
+) -> str:
+  """Writes `manifold_grid` outputs side by side (the paper's Fig. 4); returns `path`.
+
+  Args:
+    panels: {panel title: images [grid_size**2, height, width] in [0, 1]},
+      e.g. one learned manifold per data set.
+    grid_size: Tiles per side of each square grid.
+    path: PNG file to write.
+    title: Figure title above the panels.
+  """
+  if not panels:
+    raise ValueError("No panels to plot.")
+  canvases = {}
+  for name, images in panels.items():
+    images = _check_images(images, f"panel {name!r}")
+    if images.shape[0] != grid_size * grid_size:
+      raise ValueError(
+          f"panel {name!r}: expected grid_size**2 = {grid_size**2} images, got"
+          f" {images.shape[0]}."
+      )
+    canvases[name] = _tile(images, grid_size, pad=0)
+  fig = _mosaic_figure(canvases, grid_size, title)
+  for ax in fig.axes:
+    ax.set_xlabel("$z_1$ (increasing to the right)")
+    ax.set_ylabel("$z_2$ (increasing upwards)")
+  return _save(fig, path, gray=True)
+
+
 def plot_manifold(
     images: np.ndarray,
     grid_size: int,
@@ -299,16 +381,7 @@ def plot_manifold(
     title: str = "Learned data manifold",
 ) -> str:
   """Writes `manifold_grid` output ([grid_size**2, h, w]) as a square grid."""
-  images = _check_images(images)
-  if images.shape[0] != grid_size * grid_size:
-    raise ValueError(
-        f"Expected grid_size**2 = {grid_size**2} images, got {images.shape[0]}."
-    )
-  fig = _mosaic_figure(_tile(images, grid_size, pad=0), grid_size, title)
-  ax = fig.axes[0]
-  ax.set_xlabel("$z_1$ (increasing to the right)")
-  ax.set_ylabel("$z_2$ (increasing upwards)")
-  return _save(fig, path)
+  return plot_manifolds({title: images}, grid_size, path)
 
 
 VARIANCE_PANELS = (

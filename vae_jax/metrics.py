@@ -13,6 +13,9 @@ not), because a diverged bound is worth recording.
 
 through an injectable `print_fn` (default `print`; pass `absl.logging.info` in
 an absl app).
+
+`final_summary` and `summary_table` turn the last records of several runs into
+the markdown tables the paper-figure runners write.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TextIO
 
 import numpy as np
@@ -132,6 +135,48 @@ def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
         break
       raise ValueError(f"{path}:{number}: malformed record: {error}") from error
   return records
+
+
+SUMMARY_KEYS = ("samples_seen", "train_bound", "test_bound", "seconds")
+
+
+def final_summary(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+  """A run's result: the `SUMMARY_KEYS` of its last record."""
+  if not records:
+    raise ValueError("No metrics records: the run was never evaluated.")
+  return {key: records[-1][key] for key in SUMMARY_KEYS}
+
+
+def summary_table(
+    caption: str,
+    columns: Sequence[tuple[str, Callable[[Mapping[str, Any]], Any]]],
+    rows: Sequence[Mapping[str, Any]],
+) -> str:
+  """A markdown table of runs' final bounds, one line per run.
+
+  Args:
+    caption: the line above the table.
+    columns: the leading columns, (header, row -> cell) pairs; a column of
+      numbers is right-aligned.
+    rows: dicts holding the `final_summary` keys and what `columns` read.
+
+  Returns:
+    The caption, a blank line and the table: the leading columns, then
+    training samples, train bound, test bound (nats) and training seconds.
+  """
+  cells = [[cell(row) for _, cell in columns] for row in rows]
+  align = ["---:" if all(isinstance(line[i], (int, float)) for line in cells) else "---"
+           for i in range(len(columns))]
+  headers = [header for header, _ in columns]
+  headers += ["training samples", "train bound", "test bound", "training s"]
+  lines = [caption, "", "| " + " | ".join(headers) + " |",
+           "|" + "|".join(align + ["---:"] * 4) + "|"]
+  lines += [
+      "| " + " | ".join(map(str, line)) + f" | {row['samples_seen']:,} | "
+      f"{row['train_bound']:.2f} | {row['test_bound']:.2f} | {row['seconds']:.0f} |"
+      for line, row in zip(cells, rows)
+  ]
+  return "\n".join(lines) + "\n"
 
 
 def format_duration(seconds: float) -> str:

@@ -1,0 +1,175 @@
+r"""The AEVB paper's Figs. 4 and 5: `python -m experiments.figure45 [flags]`.
+
+Fig. 4: the learned data manifold of a model with a 2-D latent space, one
+panel per preset of --manifold_presets (the paper: Frey Face and MNIST).
+Fig. 5: random samples (decoder means at z ~ N(0, I)) of the model of
+--sample_preset for each latent size of --sample_latent_dims (the paper:
+MNIST, J = 2, 5, 10, 20). A run both figures need (MNIST with J = 2) is
+trained once.
+
+A preset is a flagfile of `experiments.train` describing one data set's model
+and optimiser (experiments/configs/mnist.flags, frey_face.flags). Each preset
+is read as if it came first on the command line: the flag defaults, then the
+preset, then this command line's flags, which therefore apply to every data
+set (the budget, the data directories; a model flag given here overrides
+every preset's). --latent_dim is set per run. Each run lives in
+<workdir>/<preset name>_latent<J> (--workdir, default runs/figure45) and
+resumes like any run. Writes <workdir>/figure4.png, figure5.png, figure45.md
+(the final bounds of each run) and figure45.json.
+
+Examples (the paper's settings, the budget in training samples per run):
+  python -m experiments.figure45 --num_train_samples=10000000 --tfds_manual_dir=../shared/data
+  python -m experiments.figure45 --manifold_presets= --sample_latent_dims=2,20 \
+      --num_train_samples=600000 --tfds_manual_dir=../shared/data   # Fig. 5 only
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+
+import jax
+from absl import app, flags, logging
+
+from experiments import train as train_flags
+from vae_jax import experiment, figures, metrics
+
+_MANIFOLD_PRESETS = flags.DEFINE_list(
+    "manifold_presets",
+    ["experiments/configs/frey_face.flags", "experiments/configs/mnist.flags"],
+    "Fig. 4: flagfiles of the models whose 2-D manifold is drawn, one panel each; "
+    "empty: no Fig. 4.")
+_SAMPLE_PRESET = flags.DEFINE_string(
+    "sample_preset", "experiments/configs/mnist.flags",
+    "Fig. 5: flagfile of the model sampled for each --sample_latent_dims.")
+_SAMPLE_LATENT_DIMS = flags.DEFINE_list(
+    "sample_latent_dims", ["2", "5", "10", "20"],
+    "Fig. 5: latent sizes J, one panel of samples each; empty: no Fig. 5.")
+_SAMPLES_PER_PANEL = flags.DEFINE_integer(
+    "samples_per_panel", 100, "Fig. 5: samples per panel, 10 per row.", lower_bound=1)
+
+
+flags.register_validator(
+    "sample_latent_dims", lambda values: all(v.isdigit() and int(v) > 0 for v in values),
+    message="--sample_latent_dims must be comma-separated positive integers, e.g. 2,5,10,20.")
+
+
+@flags.multi_flags_validator(["manifold_presets", "sample_preset", "sample_latent_dims"])
+def _check_presets(values) -> bool:
+  """Something to draw, and every preset it needs a readable file."""
+  presets = list(values["manifold_presets"])
+  if values["sample_latent_dims"]:
+    if not values["sample_preset"]:
+      raise flags.ValidationError("--sample_latent_dims needs --sample_preset.")
+    presets.append(values["sample_preset"])
+  if not presets:
+    raise flags.ValidationError(
+        "Nothing to draw: give --manifold_presets (Fig. 4) or --sample_latent_dims (Fig. 5).")
+  missing = [path for path in presets if not os.path.isfile(path)]
+  if missing:
+    raise flags.ValidationError(f"Preset flagfiles not found: {missing}.")
+  names = [_preset_name(path) for path in dict.fromkeys(map(os.path.normpath, presets))]
+  if len(set(names)) < len(names):
+    # The name keys each run's subdirectory.
+    raise flags.ValidationError(f"Presets must have distinct file names, got {presets}.")
+  return True
+
+
+MANIFOLD_LATENT_DIM = 2
+_TITLES = {"frey_face": "Frey Face", "mnist": "MNIST"}
+
+
+def _preset_name(path: str) -> str:
+  """experiments/configs/mnist.flags -> mnist."""
+  return os.path.splitext(os.path.basename(path))[0]
+
+
+def _title(dataset: str, preset: str) -> str:
+  """The panel title: the data set's name, and the preset's where they differ."""
+  title = _TITLES.get(dataset, dataset)
+  return title if _preset_name(preset) == dataset else f"{title} ({_preset_name(preset)})"
+
+
+def runs_needed(
+    manifold_presets: list[str], sample_preset: str, sample_latent_dims: list[int]
+) -> dict[str, dict[int, list[int]]]:
+  """{preset: {J: the figures (4, 5) that use the run}}, in training order."""
+  runs: dict[str, dict[int, list[int]]] = {}
+  for preset in manifold_presets:
+    runs.setdefault(os.path.normpath(preset), {}).setdefault(MANIFOLD_LATENT_DIM, []).append(4)
+  for latent_dim in sample_latent_dims:
+    runs.setdefault(os.path.normpath(sample_preset), {}).setdefault(latent_dim, []).append(5)
+  return runs
+
+
+def apply_preset(preset: str, command_line: list[str]) -> None:
+  """Sets the flags as if `preset` came first on `command_line` ([program, flags...]).
+
+  The training flags start again from their defaults, which keeps one preset's
+  settings (e.g. MNIST's dynamic binarisation) out of the next data set's runs.
+  """
+  for flag in flags.FLAGS.get_flags_for_module(train_flags):
+    flag.unparse()
+  flags.FLAGS([command_line[0], f"--flagfile={preset}", *command_line[1:]])
+
+
+_COLUMNS = (("data set", lambda row: row["dataset"]), ("J", lambda row: row["latent_dim"]),
+            ("figures", lambda row: ", ".join(map(str, row["figures"]))))
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  # Read before any preset sets --workdir to its own run's directory.
+  root = flags.FLAGS.workdir or os.path.join("runs", "figure45")
+  command_line = list(sys.argv)
+  runs = runs_needed(_MANIFOLD_PRESETS.value, _SAMPLE_PRESET.value,
+                     [int(j) for j in _SAMPLE_LATENT_DIMS.value])
+  titles, manifolds, samples, rows = {}, {}, {}, []
+  for preset, latent_dims in runs.items():
+    apply_preset(preset, command_line)
+    dataset = train_flags.dataset_from_flags()
+    name = titles[preset] = _title(flags.FLAGS.dataset, preset)
+    for latent_dim, uses in latent_dims.items():
+      flags.FLAGS.latent_dim = latent_dim
+      model, config, run = train_flags.run_from_flags(dataset)
+      workdir = os.path.join(root, f"{_preset_name(preset)}_latent{latent_dim}")
+      run = dataclasses.replace(run, workdir=workdir)
+      logging.info("Figs. 4, 5: %s with J = %d in %s", name, latent_dim, workdir)
+      state = experiment.train_and_evaluate(model, config, run, dataset.train, dataset.test,
+                                            dataset.image_shape, log=logging.info)
+      params = experiment.host_params(state, run.num_runs)
+      if 4 in uses:
+        manifolds[name] = experiment.manifold_images(model, params, dataset.image_shape)
+      if 5 in uses:
+        samples[latent_dim] = experiment.sample_images(
+            model, params, jax.random.key(run.seed), _SAMPLES_PER_PANEL.value,
+            dataset.image_shape)
+      records = metrics.read_metrics(os.path.join(workdir, metrics.METRICS_FILENAME))
+      rows.append({"dataset": flags.FLAGS.dataset, "preset": preset, "latent_dim": latent_dim,
+                   "figures": uses, "workdir": workdir, **metrics.final_summary(records)})
+  written = []
+  if manifolds:
+    written.append(figures.plot_manifolds(
+        manifolds, experiment.MANIFOLD_GRID_SIZE, os.path.join(root, "figure4.png"),
+        "Learned data manifolds, J = 2 (Fig. 4)"))
+  if samples:
+    panels = {f"J = {j}": samples[int(j)] for j in _SAMPLE_LATENT_DIMS.value}
+    written.append(figures.plot_image_grids(
+        panels, os.path.join(root, "figure5.png"),
+        title="Random samples from the learned generative models, "
+              f"{titles[os.path.normpath(_SAMPLE_PRESET.value)]} (Fig. 5)"))
+  table = metrics.summary_table(
+      "Final lower bounds per example (nats) of the runs behind Figs. 4 and 5.", _COLUMNS, rows)
+  with open(os.path.join(root, "figure45.md"), "w", encoding="utf-8") as f:
+    f.write(table)
+  with open(os.path.join(root, "figure45.json"), "w", encoding="utf-8") as f:
+    json.dump(rows, f, indent=2)
+  print(table)
+  logging.info("Wrote %s", ", ".join(written))
+
+
+if __name__ == "__main__":
+  app.run(main)
