@@ -33,9 +33,8 @@ import numpy as np
 from absl import app, flags, logging
 
 from experiments import train as train_flags
-from vae_jax import api, experiment, figures, mcem, training
+from vae_jax import api, experiment, figures, mcem, metrics, training
 from vae_jax.checkpoints import Checkpointer
-from vae_jax.metrics import MetricsWriter, read_metrics
 
 ALGORITHMS = ("aevb", "wake_sleep", "mcem")
 METHOD_LABELS = {"aevb": "AEVB", "wake_sleep": "Wake-sleep", "mcem": "MCEM"}
@@ -107,8 +106,8 @@ def train_and_score(model, config, algorithm, train_data, eval_sets, num_epochs,
     if done:
       state = checkpointer.restore(state)
       logging.info("Resumed %s from epoch %d", workdir, done)
-    with MetricsWriter(workdir, resume_step=done) as writer:
-      records = read_metrics(writer.path)
+    with metrics.MetricsWriter(workdir, resume_step=done) as writer:
+      records = metrics.read_metrics(writer.path)
       seconds = records[-1]["seconds"] if records else 0.0
       scored = set(evaluation_epochs(num_epochs, _NUM_EVALUATIONS.value))
       for number in range(done + 1, num_epochs + 1):
@@ -127,17 +126,7 @@ def train_and_score(model, config, algorithm, train_data, eval_sets, num_epochs,
                               "seconds": seconds})
         checkpointer.save(number, state)
         logging.info("%s epoch %d: %s", workdir, number, scores)
-  return read_metrics(os.path.join(workdir, "metrics.jsonl"))
-
-
-def _markdown(rows: list[dict], dataset: str) -> str:
-  lines = [f"Final estimated marginal log-likelihood per example (nats, App. D), {dataset}.", "",
-           "| N train | method | training samples | train log p(x) | test log p(x) | training s |",
-           "|---:|---|---:|---:|---:|---:|"]
-  lines += [f"| {r['train_size']} | {METHOD_LABELS[r['algorithm']]} | {r['samples_seen']:,} | "
-            f"{r['train_log_likelihood']:.2f} | {r['test_log_likelihood']:.2f} | "
-            f"{r['seconds']:.0f} |" for r in rows]
-  return "\n".join(lines) + "\n"
+  return metrics.read_metrics(os.path.join(workdir, "metrics.jsonl"))
 
 
 def main(argv):
@@ -167,20 +156,22 @@ def main(argv):
       records = train_and_score(model, config, algorithm, train_data, eval_sets, num_epochs,
                                 workdir, run.seed, estimate)
       panel[METHOD_LABELS[algorithm]] = records
-      last = records[-1]
-      rows.append({"train_size": train_size, "algorithm": algorithm, **{
-          key: last[key] for key in ("samples_seen", "train_log_likelihood",
-                                     "test_log_likelihood", "seconds")}})
+      rows.append({"train_size": train_size, "algorithm": algorithm,
+                   **metrics.final_summary(records, "log_likelihood")})
   name = flags.FLAGS.dataset
   path = figures.plot_bound_comparison(
       panels, os.path.join(root, "figure3.png"),
       f"{name}, J = {model.latent_dim}: AEVB vs wake-sleep vs MCEM (Fig. 3)",
       value="log_likelihood", ylabel="Marginal log-likelihood per example (nats)")
+  table = metrics.summary_table(
+      f"Final estimated marginal log-likelihood per example (nats, App. D), {name}.",
+      [("N train", lambda r: r["train_size"]), ("method", lambda r: METHOD_LABELS[r["algorithm"]])],
+      rows, value="log_likelihood", value_header="log p(x)")
   with open(os.path.join(root, "figure3.md"), "w", encoding="utf-8") as f:
-    f.write(_markdown(rows, name))
+    f.write(table)
   with open(os.path.join(root, "figure3.json"), "w", encoding="utf-8") as f:
     json.dump(rows, f, indent=2)
-  print(_markdown(rows, name))
+  print(table)
   logging.info("Wrote %s", path)
 
 

@@ -195,3 +195,14 @@ def test_summary_table_of_final_bounds():
                    "| 20 | AEVB | 600,000 | -127.71 | -126.56 | 40 |\n")
   with pytest.raises(ValueError, match="never evaluated"):
     final_summary([])
+
+
+def test_summary_table_of_other_final_values():
+  records = [{"samples_seen": 1000, "train_log_likelihood": -151.17, "test_log_likelihood": -155.02,
+              "seconds": 12.0, "step": 10}]
+  row = {"n": 1000, **final_summary(records, "log_likelihood")}
+  assert "train_bound" not in row
+  table = summary_table("Final.", [("N", lambda r: r["n"])], [row], value="log_likelihood",
+                        value_header="log p(x)")
+  assert table.splitlines()[2] == "| N | training samples | train log p(x) | test log p(x) | training s |"
+  assert table.splitlines()[4] == "| 1000 | 1,000 | -151.17 | -155.02 | 12 |"

@@ -137,43 +137,47 @@ def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
   return records
 
 
-SUMMARY_KEYS = ("samples_seen", "train_bound", "test_bound", "seconds")
-
-
-def final_summary(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-  """A run's result: the `SUMMARY_KEYS` of its last record."""
+def final_summary(records: Sequence[Mapping[str, Any]], value: str = "bound") -> dict[str, Any]:
+  """A run's result: samples_seen, train_<value>, test_<value> and seconds of
+  its last record (value "bound", or e.g. "log_likelihood")."""
   if not records:
     raise ValueError("No metrics records: the run was never evaluated.")
-  return {key: records[-1][key] for key in SUMMARY_KEYS}
+  keys = ("samples_seen", f"train_{value}", f"test_{value}", "seconds")
+  return {key: records[-1][key] for key in keys}
 
 
 def summary_table(
     caption: str,
     columns: Sequence[tuple[str, Callable[[Mapping[str, Any]], Any]]],
     rows: Sequence[Mapping[str, Any]],
+    value: str = "bound",
+    value_header: str = "bound",
 ) -> str:
-  """A markdown table of runs' final bounds, one line per run.
+  """A markdown table of runs' final values, one line per run.
 
   Args:
     caption: the line above the table.
     columns: the leading columns, (header, row -> cell) pairs; a column of
       numbers is right-aligned.
-    rows: dicts holding the `final_summary` keys and what `columns` read.
+    rows: dicts holding the `final_summary(records, value)` keys and what
+      `columns` read.
+    value: which final values: "bound" or e.g. "log_likelihood".
+    value_header: their name in the headers ("train <value_header>").
 
   Returns:
     The caption, a blank line and the table: the leading columns, then
-    training samples, train bound, test bound (nats) and training seconds.
+    training samples, the train and test values (nats) and training seconds.
   """
   cells = [[cell(row) for _, cell in columns] for row in rows]
   align = ["---:" if all(isinstance(line[i], (int, float)) for line in cells) else "---"
            for i in range(len(columns))]
   headers = [header for header, _ in columns]
-  headers += ["training samples", "train bound", "test bound", "training s"]
+  headers += ["training samples", f"train {value_header}", f"test {value_header}", "training s"]
   lines = [caption, "", "| " + " | ".join(headers) + " |",
            "|" + "|".join(align + ["---:"] * 4) + "|"]
   lines += [
       "| " + " | ".join(map(str, line)) + f" | {row['samples_seen']:,} | "
-      f"{row['train_bound']:.2f} | {row['test_bound']:.2f} | {row['seconds']:.0f} |"
+      f"{row[f'train_{value}']:.2f} | {row[f'test_{value}']:.2f} | {row['seconds']:.0f} |"
       for line, row in zip(cells, rows)
   ]
   return "\n".join(lines) + "\n"
