@@ -24,7 +24,6 @@ import math
 import os
 
 import jax
-import numpy as np
 from absl import app, flags, logging
 
 from experiments import train as train_flags

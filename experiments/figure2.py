@@ -16,7 +16,6 @@ Examples (the paper's settings; the budget is the x-axis' end):
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 
 from absl import app, flags, logging
@@ -67,10 +66,7 @@ def main(argv):
       panels, os.path.join(root, "figure2.png"), f"{name}: AEVB vs wake-sleep (Fig. 2)")
   table = metrics.summary_table(
       f"Final lower bounds per example (nats), {name}.", _COLUMNS, rows)
-  with open(os.path.join(root, "figure2.md"), "w", encoding="utf-8") as f:
-    f.write(table)
-  with open(os.path.join(root, "figure2.json"), "w", encoding="utf-8") as f:
-    json.dump(rows, f, indent=2)
+  metrics.write_summary(root, "figure2", table, rows)
   print(table)
   logging.info("Wrote %s", path)
 

@@ -23,7 +23,6 @@ Example (the paper's settings; the budget is the x-axis' end):
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 
@@ -167,10 +166,7 @@ def main(argv):
       f"Final estimated marginal log-likelihood per example (nats, App. D), {name}.",
       [("N train", lambda r: r["train_size"]), ("method", lambda r: METHOD_LABELS[r["algorithm"]])],
       rows, value="log_likelihood", value_header="log p(x)")
-  with open(os.path.join(root, "figure3.md"), "w", encoding="utf-8") as f:
-    f.write(table)
-  with open(os.path.join(root, "figure3.json"), "w", encoding="utf-8") as f:
-    json.dump(rows, f, indent=2)
+  metrics.write_summary(root, "figure3", table, rows)
   print(table)
   logging.info("Wrote %s", path)
 

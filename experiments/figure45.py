@@ -26,7 +26,6 @@ Examples (the paper's settings, the budget in training samples per run):
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import sys
 
@@ -163,10 +162,7 @@ def main(argv):
               f"{titles[os.path.normpath(_SAMPLE_PRESET.value)]} (Fig. 5)"))
   table = metrics.summary_table(
       "Final lower bounds per example (nats) of the runs behind Figs. 4 and 5.", _COLUMNS, rows)
-  with open(os.path.join(root, "figure45.md"), "w", encoding="utf-8") as f:
-    f.write(table)
-  with open(os.path.join(root, "figure45.json"), "w", encoding="utf-8") as f:
-    json.dump(rows, f, indent=2)
+  metrics.write_summary(root, "figure45", table, rows)
   print(table)
   logging.info("Wrote %s", ", ".join(written))
 

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from linear_gaussian import (
-    BATCH,
     LATENT_DIM,
     analytic_elbo,
     data,

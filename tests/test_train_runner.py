@@ -1,7 +1,6 @@
 """`python -m experiments.train` end to end, as a user runs it."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -12,7 +11,7 @@ import chex
 import jax
 import pytest
 
-from vae_jax import experiment, models, training
+from vae_jax import models, training
 from vae_jax.checkpoints import Checkpointer
 from vae_jax.metrics import read_metrics
 

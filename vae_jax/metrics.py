@@ -183,6 +183,17 @@ def summary_table(
   return "\n".join(lines) + "\n"
 
 
+def write_summary(
+    directory: str | os.PathLike[str], name: str, table: str, rows: Sequence[Mapping[str, Any]]
+) -> None:
+  """Writes a runner's results as `<name>.md` (the `summary_table`) and
+  `<name>.json` (the rows) in `directory`."""
+  with open(os.path.join(directory, f"{name}.md"), "w", encoding="utf-8") as f:
+    f.write(table)
+  with open(os.path.join(directory, f"{name}.json"), "w", encoding="utf-8") as f:
+    json.dump(list(rows), f, indent=2)
+
+
 def format_duration(seconds: float) -> str:
   """Formats seconds as `h:mm:ss` (hours unbounded); `-:--:--` if unknown."""
   if not math.isfinite(seconds) or seconds < 0:
