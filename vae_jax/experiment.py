@@ -285,9 +285,9 @@ def train_and_evaluate(
   if multi_run:
     # Run i is seeded with seed + i: run 0 is the single run with this seed.
     keys = jax.numpy.stack([jax.random.key(run.seed + i) for i in range(run.num_runs)])
-    state = training.init_train_states(model, config, keys)
+    state = training.init_train_states(model, config, keys, num_train)
   else:
-    state = training.init_train_state(model, config, jax.random.key(run.seed))
+    state = training.init_train_state(model, config, jax.random.key(run.seed), num_train)
   # Placed before a restore, the state is its template, so that every process
   # restores straight into the devices of the mesh.
   state = place(state)
