@@ -130,8 +130,9 @@ def iwae_learning_rate(learning_rate: float, steps_per_epoch: int) -> optax.Sche
   """
   if steps_per_epoch < 1:
     raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}.")
-  # The first step of stages 1..7: cumulative 1, 4, 13, ..., 1093 epochs.
-  boundaries = jnp.array(
+  # The first step of stages 1..7: cumulative 1, 4, 13, ..., 1093 epochs; a
+  # host constant, so that building the optimiser touches no device.
+  boundaries = np.array(
       [steps_per_epoch * (3**i - 1) // 2 for i in range(1, IWAE_SCHEDULE_STAGES)]
   )
 
