@@ -40,7 +40,8 @@ _LIKELIHOOD = flags.DEFINE_enum(
     "Decoder p(x|z); default: the data set's (Gaussian for frey_face, else Bernoulli).")
 _INIT = flags.DEFINE_enum(
     "init", "paper", list(models.INITIALIZATIONS),
-    "paper: all parameters from N(0, 0.01^2); flax: LeCun-normal kernels, zero biases.")
+    "paper: all parameters from N(0, 0.01^2); glorot: Glorot & Bengio's uniform kernels, "
+    "zero biases (the IWAE paper); flax: LeCun-normal kernels, zero biases.")
 _MIN_VARIANCE = flags.DEFINE_float(
     "min_variance", 0.0, "Gaussian decoder variance floor.", lower_bound=0.0)
 _BINARIZATION = flags.DEFINE_enum(
@@ -59,7 +60,14 @@ _NUM_SAMPLES = flags.DEFINE_integer(
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 100, "Minibatch size M.", lower_bound=1)
 _OPTIMIZER = flags.DEFINE_enum(
     "optimizer", "adagrad", list(training.OPTIMIZERS), "Optimiser (the paper: adagrad).")
-_LEARNING_RATE = flags.DEFINE_float("learning_rate", 0.02, "Step size.", lower_bound=0.0)
+_LEARNING_RATE = flags.DEFINE_float(
+    "learning_rate", 0.02, "Step size; with a schedule, its starting value.", lower_bound=0.0)
+_LEARNING_RATE_SCHEDULE = flags.DEFINE_enum(
+    "learning_rate_schedule", "constant", list(training.LEARNING_RATE_SCHEDULES),
+    "constant: --learning_rate throughout; iwae: the IWAE paper's stages i = 0..7 of 3^i "
+    "epochs at --learning_rate * 10^(-i/7) (3280 epochs), then the last rate.")
+_ADAM_EPSILON = flags.DEFINE_float(
+    "adam_epsilon", 1e-8, "Adam's epsilon (--optimizer=adam only; the IWAE paper: 1e-4).")
 _ADAGRAD_INITIAL_ACCUMULATOR = flags.DEFINE_float(
     "adagrad_initial_accumulator", 0.0,
     "Adagrad's initial sum of squared gradients (classic Adagrad: 0; optax default: 0.1).",
@@ -140,6 +148,10 @@ def _check_distributed_flags(values) -> bool:
 
 
 flags.register_validator(
+    "adam_epsilon", lambda epsilon: epsilon > 0, message="--adam_epsilon must be > 0.")
+
+
+flags.register_validator(
     "hidden_sizes",
     lambda sizes: bool(sizes) and all(s.isdigit() and int(s) > 0 for s in sizes),
     message="--hidden_sizes must be comma-separated positive integers, e.g. 500 or 200,200.",
@@ -196,6 +208,8 @@ def run_from_flags(
       batch_size=_BATCH_SIZE.value,
       optimizer=_OPTIMIZER.value,
       learning_rate=_LEARNING_RATE.value,
+      learning_rate_schedule=_LEARNING_RATE_SCHEDULE.value,
+      adam_epsilon=_ADAM_EPSILON.value,
       adagrad_initial_accumulator=_ADAGRAD_INITIAL_ACCUMULATOR.value,
       weight_prior=_WEIGHT_PRIOR.value,
       dynamic_binarization=binarization == "dynamic",

@@ -36,6 +36,19 @@ def test_flax_initialisation_has_zero_biases():
   assert biases and all(np.all(b == 0) for b in biases)
 
 
+def test_glorot_initialisation_is_uniform_within_the_fan_limit_with_zero_biases():
+  model = vae_jax.make_vae(784, 50, hidden_sizes=(200, 200), init="glorot")
+  params = vae_jax.init_params(model, jax.random.key(0))
+  for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+    if "bias" in jax.tree_util.keystr(path):
+      assert np.all(leaf == 0)
+      continue
+    fan_in, fan_out = leaf.shape
+    limit = np.sqrt(6 / (fan_in + fan_out))
+    assert np.abs(leaf).max() <= limit
+    assert stats.kstest(np.ravel(leaf), "uniform", args=(-limit, 2 * limit)).pvalue > 1e-3
+
+
 def test_hidden_sizes_and_activation_shape_the_network():
   model = vae_jax.make_vae(10, 2, hidden_sizes=(8, 6), activation="relu", init="flax")
   params = vae_jax.init_params(model, jax.random.key(0))["params"]

@@ -84,6 +84,42 @@ def test_adagrad_initial_accumulator_is_passed_to_optax():
   assert all(np.all(a == 0.25) for a in accumulators)
 
 
+def test_iwae_schedule_gives_the_published_rate_in_every_stage():
+  steps_per_epoch = 3000  # MNIST at M = 20
+  steps, rates, first_epoch = [], [], 0
+  for i in range(8):  # the first and the last step of stage i
+    end_epoch = first_epoch + 3**i
+    steps += [first_epoch * steps_per_epoch, end_epoch * steps_per_epoch - 1]
+    rates += [1e-3 * 10 ** (-i / 7)] * 2
+    first_epoch = end_epoch
+  assert first_epoch == 3280
+  steps.append(10 * 3280 * steps_per_epoch)  # past the schedule: the last rate
+  rates.append(1e-4)
+  schedule = jax.vmap(training.iwae_learning_rate(1e-3, steps_per_epoch))
+  np.testing.assert_allclose(schedule(jnp.array(steps)), rates, rtol=1e-6)
+
+
+def test_scheduled_adam_uses_the_stage_rate_and_epsilon():
+  # num_train = 2 M: two steps per epoch, so stage 1 starts at the third step.
+  config = training.TrainConfig(batch_size=4, optimizer="adam", learning_rate=0.1,
+                                learning_rate_schedule="iwae", adam_epsilon=1e-2)
+  optimizer = training.make_optimizer(config, num_train=8)
+  grads = {"w": jnp.array([1e-2, -3e-2])}
+  opt_state = optimizer.init(grads)
+  update = jax.jit(optimizer.update)
+  for step, rate in enumerate([0.1, 0.1, 0.1 * 10 ** (-1 / 7)]):
+    updates, opt_state = update(grads, opt_state)
+    # A constant gradient g gives Adam's bias-corrected step -rate g / (|g| + eps).
+    expected = -rate * grads["w"] / (jnp.abs(grads["w"]) + 1e-2)
+    np.testing.assert_allclose(updates["w"], expected, rtol=1e-5, err_msg=f"step {step}")
+
+
+def test_a_schedule_without_the_training_set_size_is_an_error():
+  config = training.TrainConfig(optimizer="adam", learning_rate_schedule="iwae")
+  with pytest.raises(ValueError, match="learning_rate_schedule='iwae' counts epochs: pass num_train"):
+    training.make_optimizer(config)
+
+
 def test_evaluate_scores_every_example_once_whatever_the_batch_size():
   model, config, state, data = _setup()
   key = jax.random.key(4)
@@ -114,6 +150,8 @@ def test_evaluate_scores_every_example_once_whatever_the_batch_size():
         ({"num_samples": 0}, "num_samples"),
         ({"learning_rate": 0.0}, "learning_rate"),
         ({"adagrad_initial_accumulator": -1.0}, "adagrad_initial_accumulator"),
+        ({"learning_rate_schedule": "cosine"}, "Unknown learning_rate_schedule 'cosine'"),
+        ({"adam_epsilon": 0.0}, "adam_epsilon must be > 0, got 0.0"),
     ],
 )
 def test_bad_train_config_is_named(kwargs, message):

@@ -99,7 +99,11 @@ def _check_run_config(
   if os.path.exists(path):
     with open(path, encoding="utf-8") as f:
       saved = json.load(f)
-    saved, now = _flatten(saved), _flatten(description)
+    # A training setting added after the run was saved reads as its default,
+    # which is how that run trained, so that older runs still resume.
+    defaults = _flatten({"train": json.loads(json.dumps(dataclasses.asdict(
+        training.TrainConfig())))})
+    saved, now = {**defaults, **_flatten(saved)}, _flatten(description)
     differences = [
         f"{name}: saved {saved.get(name)!r}, now {now.get(name)!r}"
         for name in sorted(saved.keys() | now.keys())
@@ -315,9 +319,9 @@ def train_and_evaluate(
   if multi_run:
     # Run i is seeded with seed + i: run 0 is the single run with this seed.
     keys = jax.numpy.stack([jax.random.key(run.seed + i) for i in range(run.num_runs)])
-    state = training.init_train_states(model, config, keys)
+    state = training.init_train_states(model, config, keys, num_train)
   else:
-    state = training.init_train_state(model, config, jax.random.key(run.seed))
+    state = training.init_train_state(model, config, jax.random.key(run.seed), num_train)
   # Placed before a restore, the state is its template, so that every process
   # restores straight into the devices of the mesh.
   state = place(state)

@@ -26,7 +26,7 @@ ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
     "gelu": jax.nn.gelu,
     "sigmoid": jax.nn.sigmoid,
 }
-INITIALIZATIONS = ("paper", "flax")
+INITIALIZATIONS = ("paper", "flax", "glorot")
 LIKELIHOODS = ("bernoulli", "gaussian", "categorical")
 # The paper samples every parameter from N(0, 0.01^2) (Sec. 5).
 PAPER_INIT_STDDEV = 0.01
@@ -38,10 +38,14 @@ def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
 
 
 def _dense(features: int, init_scheme: str, name: str | None = None) -> nn.Dense:
-  """A dense layer with the paper's or Flax's default initialisation."""
+  """A dense layer with the paper's, Glorot & Bengio's or Flax's default initialisation."""
   if init_scheme == "paper":
     initializer = nn.initializers.normal(stddev=PAPER_INIT_STDDEV)
     return nn.Dense(features, kernel_init=initializer, bias_init=initializer, name=name)
+  if init_scheme == "glorot":
+    # The IWAE paper's heuristic (Glorot & Bengio 2010): U(-a, a) with
+    # a = sqrt(6 / (fan_in + fan_out)); Flax's Dense biases start at zero.
+    return nn.Dense(features, kernel_init=nn.initializers.glorot_uniform(), name=name)
   return nn.Dense(features, name=name)
 
 
@@ -270,8 +274,9 @@ def make_vae(
     hidden_sizes: widths of the hidden layers of both encoder and decoder
       (the paper: (500,) for MNIST, (200,) for Frey Face).
     activation: one of `ACTIVATIONS` (the paper: tanh).
-    init: "paper" (every weight and bias from N(0, 0.01^2)) or "flax"
-      (LeCun-normal kernels, zero biases).
+    init: "paper" (every weight and bias from N(0, 0.01^2)), "glorot"
+      (Glorot & Bengio's uniform kernels, zero biases; the IWAE paper) or
+      "flax" (LeCun-normal kernels, zero biases).
     num_categories: K, required for and only for the categorical likelihood.
     min_variance: Gaussian decoder only: variance floor.
     sigmoid_mean: Gaussian decoder only: squash the mean into (0, 1).

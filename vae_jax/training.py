@@ -28,6 +28,10 @@ Params = Any
 
 OPTIMIZERS = ("adagrad", "adam", "sgd")
 ALGORITHMS = ("aevb", "wake_sleep")
+LEARNING_RATE_SCHEDULES = ("constant", "iwae")
+# The IWAE paper's schedule (Burda et al. 2016, Sec. 5): stage i = 0..7 lasts
+# 3^i epochs at learning_rate * 10^(-i/7), 3280 epochs in all.
+IWAE_SCHEDULE_STAGES = 8
 
 
 @flax.struct.dataclass
@@ -60,7 +64,12 @@ class TrainConfig:
     num_samples: L, samples of z per example per step.
     batch_size: M, examples per minibatch.
     optimizer: "adagrad" (the paper), "adam" or "sgd".
-    learning_rate: step size (the paper: 0.01, 0.02 or 0.1 with Adagrad).
+    learning_rate: step size (the paper: 0.01, 0.02 or 0.1 with Adagrad); with
+      a schedule, its starting value.
+    learning_rate_schedule: "constant", or "iwae": the IWAE paper's staged
+      decay (`iwae_learning_rate`), which counts epochs, so the optimiser
+      needs the training set size.
+    adam_epsilon: Adam's epsilon (optax's default 1e-8; the IWAE paper: 1e-4).
     adagrad_initial_accumulator: starting value of Adagrad's sum of squared
       gradients; classic Adagrad starts at 0, optax's default is 0.1.
     weight_prior: add the paper's N(0, I) prior on all parameters (MAP, acts
@@ -75,6 +84,8 @@ class TrainConfig:
   batch_size: int = 100
   optimizer: str = "adagrad"
   learning_rate: float = 0.02
+  learning_rate_schedule: str = "constant"
+  adam_epsilon: float = 1e-8
   adagrad_initial_accumulator: float = 0.0
   weight_prior: bool = False
   prior_stddev: float = 1.0
@@ -89,11 +100,18 @@ class TrainConfig:
       raise ValueError(
           f"Unknown optimizer {self.optimizer!r}; choose one of {list(OPTIMIZERS)}."
       )
+    if self.learning_rate_schedule not in LEARNING_RATE_SCHEDULES:
+      raise ValueError(
+          f"Unknown learning_rate_schedule {self.learning_rate_schedule!r}; choose one "
+          f"of {list(LEARNING_RATE_SCHEDULES)}."
+      )
     for name in ("batch_size", "num_samples"):
       if getattr(self, name) < 1:
         raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
     if not self.learning_rate > 0:
       raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}.")
+    if not self.adam_epsilon > 0:
+      raise ValueError(f"adam_epsilon must be > 0, got {self.adam_epsilon}.")
     if self.adagrad_initial_accumulator < 0:
       raise ValueError(
           "adagrad_initial_accumulator must be >= 0, got "
@@ -103,38 +121,80 @@ class TrainConfig:
       raise ValueError(f"prior_stddev must be > 0, got {self.prior_stddev}.")
 
 
-def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
-  """The optax transformation named by the config (it minimises the loss)."""
+def iwae_learning_rate(learning_rate: float, steps_per_epoch: int) -> optax.Schedule:
+  """The IWAE paper's schedule over minibatch updates.
+
+  Stage i = 0, ..., 7 covers epochs [sum_{j<i} 3^j, sum_{j<=i} 3^j) at
+  `learning_rate * 10^(-i/7)`; after the last stage (3280 epochs) the rate
+  stays at its final value.
+  """
+  if steps_per_epoch < 1:
+    raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}.")
+  # The first step of stages 1..7: cumulative 1, 4, 13, ..., 1093 epochs; a
+  # host constant, so that building the optimiser touches no device.
+  boundaries = np.array(
+      [steps_per_epoch * (3**i - 1) // 2 for i in range(1, IWAE_SCHEDULE_STAGES)]
+  )
+
+  def schedule(step):
+    stage = jnp.sum(step >= boundaries)
+    return learning_rate * 10.0 ** (-stage / (IWAE_SCHEDULE_STAGES - 1))
+
+  return schedule
+
+
+def make_optimizer(
+    config: TrainConfig, num_train: int | None = None
+) -> optax.GradientTransformation:
+  """The optax transformation named by the config (it minimises the loss).
+
+  num_train: the training set size, which a schedule counted in epochs needs
+  (steps per epoch = num_train // batch_size, as `make_train_epoch`).
+  """
+  if config.learning_rate_schedule == "constant":
+    learning_rate = config.learning_rate
+  elif num_train is None:
+    raise ValueError(
+        f"learning_rate_schedule={config.learning_rate_schedule!r} counts epochs: "
+        "pass num_train, the training set size."
+    )
+  else:
+    learning_rate = iwae_learning_rate(
+        config.learning_rate, num_train // config.batch_size
+    )
   if config.optimizer == "adagrad":
     return optax.adagrad(
-        config.learning_rate,
+        learning_rate,
         initial_accumulator_value=config.adagrad_initial_accumulator,
         eps=1e-8,
     )
   if config.optimizer == "adam":
-    return optax.adam(config.learning_rate)
-  return optax.sgd(config.learning_rate)
+    return optax.adam(learning_rate, eps=config.adam_epsilon)
+  return optax.sgd(learning_rate)
 
 
 def init_train_state(
-    model: VAE, config: TrainConfig, key: Array
+    model: VAE, config: TrainConfig, key: Array, num_train: int | None = None
 ) -> TrainState:
-  """Fresh parameters and optimiser state; `key` seeds both and the run."""
+  """Fresh parameters and optimiser state; `key` seeds both and the run.
+
+  num_train: the training set size, needed by a learning-rate schedule.
+  """
   init_key, run_key = jax.random.split(key)
   params = api.init_params(model, init_key)
   return TrainState(
       step=jnp.zeros((), jnp.int32),
       params=params,
-      opt_state=make_optimizer(config).init(params),
+      opt_state=make_optimizer(config, num_train).init(params),
       key_data=jax.random.key_data(run_key),
   )
 
 
 def init_train_states(
-    model: VAE, config: TrainConfig, keys: Array
+    model: VAE, config: TrainConfig, keys: Array, num_train: int | None = None
 ) -> TrainState:
   """Independent runs' states stacked on a leading axis: keys [num_runs]."""
-  return jax.vmap(lambda key: init_train_state(model, config, key))(keys)
+  return jax.vmap(lambda key: init_train_state(model, config, key, num_train))(keys)
 
 
 def make_train_step(
@@ -150,7 +210,7 @@ def make_train_step(
       api.make_wake_sleep_objective(model, config.num_samples)
       if config.algorithm == "wake_sleep" else None
   )
-  optimizer = make_optimizer(config)
+  optimizer = make_optimizer(config, num_train)
 
   def loss_fn(params, batch, key):
     bounds = elbo(params, batch, key)
