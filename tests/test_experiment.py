@@ -84,6 +84,22 @@ def test_divergence_stops_with_a_clear_error_and_keeps_the_last_checkpoint(tmp_p
   assert os.listdir(fresh / "checkpoints") == ["0"]
 
 
+def test_a_run_saved_before_a_setting_existed_resumes_with_its_default(tmp_path):
+  model = models.make_vae(DATA_DIM, 2, hidden_sizes=(8,))
+  experiment._check_run_config(
+      str(tmp_path), experiment.describe(model, training.TrainConfig(), 0), write=True)
+  path = tmp_path / "run_config.json"
+  saved = json.loads(path.read_text())
+  del saved["train"]["adam_epsilon"], saved["train"]["learning_rate_schedule"]
+  path.write_text(json.dumps(saved))
+  experiment._check_run_config(
+      str(tmp_path), experiment.describe(model, training.TrainConfig(), 0), write=True)
+  with pytest.raises(ValueError, match="train.adam_epsilon: saved 1e-08, now 0.0001"):
+    experiment._check_run_config(
+        str(tmp_path),
+        experiment.describe(model, training.TrainConfig(adam_epsilon=1e-4), 0), write=True)
+
+
 def test_bad_training_data_is_named(tmp_path):
   model = models.make_vae(DATA_DIM, 2, hidden_sizes=(8,))
   train, test = _data()

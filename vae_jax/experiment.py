@@ -99,7 +99,11 @@ def _check_run_config(
   if os.path.exists(path):
     with open(path, encoding="utf-8") as f:
       saved = json.load(f)
-    saved, now = _flatten(saved), _flatten(description)
+    # A training setting added after the run was saved reads as its default,
+    # which is how that run trained, so that older runs still resume.
+    defaults = _flatten({"train": json.loads(json.dumps(dataclasses.asdict(
+        training.TrainConfig())))})
+    saved, now = {**defaults, **_flatten(saved)}, _flatten(description)
     differences = [
         f"{name}: saved {saved.get(name)!r}, now {now.get(name)!r}"
         for name in sorted(saved.keys() | now.keys())
