@@ -54,6 +54,11 @@ _ALGORITHM = flags.DEFINE_enum(
 _ESTIMATOR = flags.DEFINE_enum(
     "estimator", "B", list(estimators.ESTIMATORS),
     "Bound estimator: A, B, iwae, or A's gradient variants stl, score, score_baseline.")
+_KL_WEIGHT = flags.DEFINE_float(
+    "kl_weight", 1.0,
+    "beta of the beta-VAE objective E_q log p(x|z) - beta KL (Higgins et al. 2017), for "
+    "--estimator=A or B: training ascends it, the reported bound stays the ELBO; 1 is the "
+    "ELBO.", lower_bound=0.0)
 _NUM_SAMPLES = flags.DEFINE_integer(
     "num_samples", 1, "L, samples of z per example.", lower_bound=1)
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 100, "Minibatch size M.", lower_bound=1)
@@ -199,6 +204,7 @@ def run_from_flags(
       adagrad_initial_accumulator=_ADAGRAD_INITIAL_ACCUMULATOR.value,
       weight_prior=_WEIGHT_PRIOR.value,
       dynamic_binarization=binarization == "dynamic",
+      kl_weight=_KL_WEIGHT.value,
   )
   run = experiment.RunConfig(
       workdir=_WORKDIR.value or os.path.join("runs", _DATASET.value),

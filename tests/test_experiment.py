@@ -90,14 +90,14 @@ def test_a_run_saved_before_a_setting_existed_resumes_with_its_default(tmp_path)
       str(tmp_path), experiment.describe(model, training.TrainConfig(), 0), write=True)
   path = tmp_path / "run_config.json"
   saved = json.loads(path.read_text())
-  del saved["train"]["adam_epsilon"], saved["train"]["learning_rate_schedule"]
+  del saved["train"]["kl_weight"]
   path.write_text(json.dumps(saved))
   experiment._check_run_config(
       str(tmp_path), experiment.describe(model, training.TrainConfig(), 0), write=True)
-  with pytest.raises(ValueError, match="train.adam_epsilon: saved 1e-08, now 0.0001"):
+  with pytest.raises(ValueError, match="train.kl_weight: saved 1.0, now 0.5"):
     experiment._check_run_config(
         str(tmp_path),
-        experiment.describe(model, training.TrainConfig(adam_epsilon=1e-4), 0), write=True)
+        experiment.describe(model, training.TrainConfig(kl_weight=0.5), 0), write=True)
 
 
 def test_bad_training_data_is_named(tmp_path):

@@ -173,7 +173,21 @@ def check_num_samples(num_samples: int) -> None:
     raise ValueError(f"num_samples (L) must be >= 1, got {num_samples}.")
 
 
-def make_elbo(model: VAE, estimator: str = "B", num_samples: int = 1) -> ElboFn:
+def check_kl_weight(kl_weight: float, estimator: str) -> None:
+  """Raises a ValueError for beta < 0, or beta != 1 with an estimator that has
+  no KL term to weight (see `estimators.KL_WEIGHTED_ESTIMATORS`)."""
+  if not kl_weight >= 0:
+    raise ValueError(f"kl_weight (--kl_weight) must be >= 0, got {kl_weight}.")
+  if kl_weight != 1 and estimator not in estimators.KL_WEIGHTED_ESTIMATORS:
+    raise ValueError(
+        f"kl_weight (--kl_weight) = {kl_weight} is defined only for the estimators "
+        f"{list(estimators.KL_WEIGHTED_ESTIMATORS)}, not {estimator!r}; use 1."
+    )
+
+
+def make_elbo(
+    model: VAE, estimator: str = "B", num_samples: int = 1, kl_weight: float = 1.0
+) -> ElboFn:
   """Returns `elbo(params, x, key) -> [batch]`, the per-example bound in nats.
 
   Args:
@@ -183,13 +197,19 @@ def make_elbo(model: VAE, estimator: str = "B", num_samples: int = 1) -> ElboFn:
       their gradients: "stl", "score", "score_baseline" (see
       `vae_jax.estimators`).
     num_samples: L >= 1, samples of z per example.
+    kl_weight: beta >= 0 of the beta-VAE objective E_q log p(x|z) - beta KL,
+      estimators "A" and "B" only; other than 1 the value is that training
+      objective, not a bound.
 
   The returned function takes params (from `init_params`), x [batch,
   data_dim] and a PRNG key; it draws eps [L, batch, latent_dim] from the key
   and vmaps the per-example estimator over the batch and the decoder over L.
   """
   check_estimator(estimator, num_samples)
+  check_kl_weight(kl_weight, estimator)
   per_example = estimators.ESTIMATORS[estimator]
+  if kl_weight != 1:
+    per_example = functools.partial(per_example, kl_weight=kl_weight)
   encode_fn, log_likelihood_fn = model_functions(model)
 
   def elbo(params: Params, x: Array, key: Array) -> Array:

@@ -71,13 +71,18 @@ def _posterior_samples(
 
 
 def _log_weight(
-    log_px_given_z: Array, z: Array, mean: Array, logvar: Array
+    log_px_given_z: Array, z: Array, mean: Array, logvar: Array,
+    kl_weight: float = 1.0,
 ) -> Array:
-  """log p(x|z) + log p(z) - log q(z|x) for z [..., latent] -> [...]."""
+  """log p(x|z) + beta * (log p(z) - log q(z|x)) for z [..., latent] -> [...].
+
+  beta = `kl_weight`; at 1 (the log importance weight) the products are
+  exact, so the value is bit for bit the unweighted one.
+  """
   return (
       log_px_given_z
-      + distributions.standard_normal_log_prob(z)
-      - distributions.gaussian_log_prob(mean, logvar, z)
+      + kl_weight * distributions.standard_normal_log_prob(z)
+      - kl_weight * distributions.gaussian_log_prob(mean, logvar, z)
   )
 
 
@@ -87,6 +92,7 @@ def log_importance_weights(
     params: Params,
     x: Array,
     eps: Array,
+    kl_weight: float = 1.0,
 ) -> Array:
   """log w_l = log p(x, z_l) - log q(z_l | x) for one example.
 
@@ -95,6 +101,8 @@ def log_importance_weights(
     params: the pytree both functions take.
     x: [data_dim] one example.
     eps: [L, latent_dim] standard-normal noise.
+    kl_weight: beta; other than 1, log p(z_l) - log q(z_l|x) is scaled by it
+      (beta-VAE) and the result is no longer a log importance weight.
 
   Returns:
     [L] log-weights in nats.
@@ -102,7 +110,7 @@ def log_importance_weights(
   mean, logvar, z, log_px_given_z = _posterior_samples(
       encode_fn, log_likelihood_fn, params, x, eps
   )
-  return _log_weight(log_px_given_z, z, mean, logvar)
+  return _log_weight(log_px_given_z, z, mean, logvar, kl_weight)
 
 
 def estimator_a(
@@ -111,10 +119,18 @@ def estimator_a(
     params: Params,
     x: Array,
     eps: Array,
+    kl_weight: float = 1.0,
 ) -> Array:
-  """SGVB estimator A (eq. 6) for one example. x: [data_dim], eps: [L, latent]."""
+  """SGVB estimator A (eq. 6) for one example. x: [data_dim], eps: [L, latent].
+
+  With kl_weight = beta != 1 it is the beta-VAE objective (Higgins et al.,
+  2017), (1/L) sum_l [log p(x|z_l) + beta (log p(z_l) - log q(z_l|x))], an
+  unbiased estimate of E_q log p(x|z) - beta KL(q || p), like B's.
+  """
   return jnp.mean(
-      log_importance_weights(encode_fn, log_likelihood_fn, params, x, eps)
+      log_importance_weights(
+          encode_fn, log_likelihood_fn, params, x, eps, kl_weight
+      )
   )
 
 
@@ -124,12 +140,17 @@ def estimator_b(
     params: Params,
     x: Array,
     eps: Array,
+    kl_weight: float = 1.0,
 ) -> Array:
-  """SGVB estimator B (eq. 7) for one example: analytic KL + MC likelihood."""
+  """SGVB estimator B (eq. 7) for one example: analytic KL + MC likelihood.
+
+  kl_weight = beta scales the KL: E_q log p(x|z) - beta KL(q || p), the
+  beta-VAE objective (Higgins et al., 2017); beta = 1 is the ELBO.
+  """
   mean, logvar, _, log_px_given_z = _posterior_samples(
       encode_fn, log_likelihood_fn, params, x, eps
   )
-  return -distributions.kl_standard_normal(mean, logvar) + jnp.mean(
+  return -kl_weight * distributions.kl_standard_normal(mean, logvar) + jnp.mean(
       log_px_given_z
   )
 
@@ -226,6 +247,11 @@ def score_function_baseline(
       encode_fn, log_likelihood_fn, params, x, eps, use_baseline=True
   )
 
+
+# The estimators that take `kl_weight` (beta-VAE): those whose value splits
+# into a reconstruction term and a KL term. IWAE's log-mean-exp does not split,
+# and A's gradient variants would need beta in their own surrogate terms.
+KL_WEIGHTED_ESTIMATORS = ("A", "B")
 
 # Every entry is a per-example objective: its value estimates a bound and its
 # gradient is the named gradient estimator.

@@ -67,6 +67,9 @@ class TrainConfig:
       as weight decay), scaled by M/N per minibatch.
     prior_stddev: standard deviation of that prior.
     dynamic_binarization: re-draw binary data from grey levels every epoch.
+    kl_weight: beta of the beta-VAE objective (Higgins et al., 2017), "aevb"
+      with estimator "A" or "B" only: training ascends E_q log p(x|z) -
+      beta KL(q || p); 1 is the ELBO. The reported bound stays the ELBO.
   """
 
   algorithm: str = "aevb"
@@ -79,6 +82,7 @@ class TrainConfig:
   weight_prior: bool = False
   prior_stddev: float = 1.0
   dynamic_binarization: bool = False
+  kl_weight: float = 1.0
 
   def __post_init__(self):
     if self.algorithm not in ALGORITHMS:
@@ -101,6 +105,12 @@ class TrainConfig:
       )
     if not self.prior_stddev > 0:
       raise ValueError(f"prior_stddev must be > 0, got {self.prior_stddev}.")
+    api.check_kl_weight(self.kl_weight, self.estimator)
+    if self.kl_weight != 1 and self.algorithm != "aevb":
+      raise ValueError(
+          f"kl_weight (--kl_weight) = {self.kl_weight} needs algorithm 'aevb', got "
+          f"{self.algorithm!r}."
+      )
 
 
 def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
@@ -137,27 +147,37 @@ def init_train_states(
   return jax.vmap(lambda key: init_train_state(model, config, key))(keys)
 
 
+def _training_objective(model: VAE, config: TrainConfig) -> api.ElboFn | None:
+  """The per-example objective ascended when it is not the reported bound:
+  wake-sleep's surrogate or the beta-weighted objective; None otherwise."""
+  if config.algorithm == "wake_sleep":
+    return api.make_wake_sleep_objective(model, config.num_samples)
+  if config.kl_weight != 1:
+    return api.make_elbo(model, config.estimator, config.num_samples, config.kl_weight)
+  return None
+
+
 def make_train_step(
     model: VAE, config: TrainConfig, num_train: int
 ) -> Callable[[TrainState, Array, Array], tuple[TrainState, Array]]:
   """Returns `train_step(state, batch, key) -> (state, mean bound)`.
 
   batch: [M, data_dim]; the mean bound (nats per example, `config.estimator`)
-  is of the batch before the update, without the weight prior.
+  is of the batch before the update, without the weight prior. Whatever the
+  algorithm or kl_weight, it is the bound (the ELBO for A and B).
   """
   elbo = api.make_elbo(model, config.estimator, config.num_samples)
-  wake_sleep = (
-      api.make_wake_sleep_objective(model, config.num_samples)
-      if config.algorithm == "wake_sleep" else None
-  )
+  objective_fn = _training_objective(model, config)
   optimizer = make_optimizer(config)
 
   def loss_fn(params, batch, key):
     bounds = elbo(params, batch, key)
     per_example = bounds
-    if wake_sleep is not None:
+    if objective_fn is not None:
       bounds = jax.lax.stop_gradient(bounds)  # reported only: no backward pass
-      per_example = wake_sleep(params, batch, key)
+      # The same key: where the objective shares the bound's noise, XLA
+      # computes the shared passes once.
+      per_example = objective_fn(params, batch, key)
     if config.weight_prior:
       objective = estimators.map_objective(
           per_example, params, num_train, config.prior_stddev
