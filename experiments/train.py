@@ -50,7 +50,8 @@ _BINARIZATION = flags.DEFINE_enum(
 _ALGORITHM = flags.DEFINE_enum(
     "algorithm", "aevb", list(training.ALGORITHMS),
     "aevb: ascend the bound of --estimator; wake_sleep: the paper's baseline (Hinton et "
-    "al. 1995) with the same networks, reporting the bound of --estimator.")
+    "al. 1995) with the same networks; autoencoder: a deterministic autoencoder, "
+    "log p(x | z = encoder mean), no noise, no KL. Both report the bound of --estimator.")
 _ESTIMATOR = flags.DEFINE_enum(
     "estimator", "B", list(estimators.ESTIMATORS),
     "Bound estimator: A, B, iwae, or A's gradient variants stl, score, score_baseline.")

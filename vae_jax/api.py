@@ -299,6 +299,28 @@ def make_marginal_likelihood_estimate(
   return estimate
 
 
+def make_autoencoder_objective(model: VAE) -> ElboFn:
+  """Returns `objective(params, x, key) -> [batch]`, log p(x | z = mean(x)).
+
+  The deterministic autoencoder baseline (`estimators.reconstruction_at_mean`):
+  ascending its mean trains the encoder mean and the decoder with no noise
+  and no KL. It is not a bound; the key is unused and kept so that it has
+  `make_elbo`'s signature. Evaluate such a model with `make_elbo`: it is
+  still a VAE, so its ELBO is defined, though its q variance is untrained.
+  """
+  encode_fn, log_likelihood_fn = model_functions(model)
+
+  def objective(params: Params, x: Array, key: Array) -> Array:
+    del key
+    check_data(x, model)
+    return jax.vmap(
+        lambda x_i: estimators.reconstruction_at_mean(
+            encode_fn, log_likelihood_fn, params, x_i)
+    )(x)
+
+  return objective
+
+
 def make_wake_sleep_objective(model: VAE, num_samples: int = 1) -> ElboFn:
   """Returns `objective(params, x, key) -> [batch]`, wake-sleep's surrogate.
 

@@ -248,6 +248,23 @@ def score_function_baseline(
   )
 
 
+def reconstruction_at_mean(
+    encode_fn: EncodeFn,
+    log_likelihood_fn: LogLikelihoodFn,
+    params: Params,
+    x: Array,
+) -> Array:
+  """log p(x | z = mean(x)) for one example x [data_dim]: a scalar in nats.
+
+  The deterministic autoencoder's objective: the same encoder mean and
+  decoder with no noise and no KL. For a Bernoulli decoder it is the negated
+  cross-entropy; for a Gaussian one a squared error weighted by the learned
+  variance. It is not a bound on log p(x).
+  """
+  mean, _ = encode_fn(params, x)
+  return log_likelihood_fn(params, x, mean)
+
+
 # The estimators that take `kl_weight` (beta-VAE): those whose value splits
 # into a reconstruction term and a KL term. IWAE's log-mean-exp does not split,
 # and A's gradient variants would need beta in their own surrogate terms.

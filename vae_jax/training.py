@@ -27,7 +27,7 @@ Array = jax.Array
 Params = Any
 
 OPTIMIZERS = ("adagrad", "adam", "sgd")
-ALGORITHMS = ("aevb", "wake_sleep")
+ALGORITHMS = ("aevb", "wake_sleep", "autoencoder")
 
 
 @flax.struct.dataclass
@@ -55,7 +55,10 @@ class TrainConfig:
   Attributes:
     algorithm: "aevb" ascends the bound of `estimator`; "wake_sleep" (the
       paper's baseline, `vae_jax.wake_sleep`) follows the wake-sleep updates
-      and reports `estimator`'s bound.
+      and reports `estimator`'s bound; "autoencoder" trains the encoder mean
+      and the decoder as a deterministic autoencoder, log p(x | z = mean(x))
+      (`api.make_autoencoder_objective`), and also reports `estimator`'s
+      bound of the model, which is not what it optimises.
     estimator: "A", "B" or "iwae" (see `vae_jax.estimators`).
     num_samples: L, samples of z per example per step.
     batch_size: M, examples per minibatch.
@@ -149,9 +152,12 @@ def init_train_states(
 
 def _training_objective(model: VAE, config: TrainConfig) -> api.ElboFn | None:
   """The per-example objective ascended when it is not the reported bound:
-  wake-sleep's surrogate or the beta-weighted objective; None otherwise."""
+  wake-sleep's surrogate, the autoencoder's reconstruction or the
+  beta-weighted objective; None otherwise."""
   if config.algorithm == "wake_sleep":
     return api.make_wake_sleep_objective(model, config.num_samples)
+  if config.algorithm == "autoencoder":
+    return api.make_autoencoder_objective(model)
   if config.kl_weight != 1:
     return api.make_elbo(model, config.estimator, config.num_samples, config.kl_weight)
   return None
