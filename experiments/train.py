@@ -20,7 +20,7 @@ import os
 import jax
 from absl import app, flags, logging
 
-from vae_jax import data, estimators, experiment, models, training
+from vae_jax import data, estimators, experiment, models, posteriors, training
 
 _DATASET = flags.DEFINE_enum("dataset", "digits", data.DATASETS, "Data set.")
 _TFDS_DATA_DIR = flags.DEFINE_string(
@@ -60,6 +60,12 @@ _KL_WEIGHT = flags.DEFINE_float(
     "beta of the beta-VAE objective E_q log p(x|z) - beta KL (Higgins et al. 2017), for "
     "--estimator=A or B: training ascends it, the reported bound stays the ELBO; 1 is the "
     "ELBO.", lower_bound=0.0)
+_POSTERIOR = flags.DEFINE_enum(
+    "posterior", "gaussian", list(posteriors.POSTERIORS),
+    "Family of q(z|x), location-scale around the encoder's outputs (vae_jax.posteriors); "
+    "all but gaussian need --estimator other than B.")
+_STUDENT_T_DOF = flags.DEFINE_float(
+    "student_t_dof", 5.0, "Degrees of freedom of --posterior=student_t.", lower_bound=0.0)
 _NUM_SAMPLES = flags.DEFINE_integer(
     "num_samples", 1, "L, samples of z per example.", lower_bound=1)
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 100, "Minibatch size M.", lower_bound=1)
@@ -206,6 +212,8 @@ def run_from_flags(
       weight_prior=_WEIGHT_PRIOR.value,
       dynamic_binarization=binarization == "dynamic",
       kl_weight=_KL_WEIGHT.value,
+      posterior=_POSTERIOR.value,
+      student_t_dof=_STUDENT_T_DOF.value,
   )
   run = experiment.RunConfig(
       workdir=_WORKDIR.value or os.path.join("runs", _DATASET.value),

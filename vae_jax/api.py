@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vae_jax import distributions, estimators, marginal_likelihood, wake_sleep
+from vae_jax import distributions, estimators, marginal_likelihood, posteriors, wake_sleep
 from vae_jax.models import VAE
 
 Array = jax.Array
@@ -185,8 +185,23 @@ def check_kl_weight(kl_weight: float, estimator: str) -> None:
     )
 
 
+def check_posterior(posterior: posteriors.Posterior, estimator: str) -> None:
+  """Raises a ValueError for estimator B with a q family that has no
+  closed-form KL to N(0, I)."""
+  if estimator == "B" and not posterior.analytic_kl:
+    raise ValueError(
+        f"Estimator B needs KL(q || N(0, I)) in closed form, which the "
+        f"{posterior.name!r} posterior (--posterior) lacks; use estimator A, iwae or "
+        "stl, or the gaussian posterior."
+    )
+
+
 def make_elbo(
-    model: VAE, estimator: str = "B", num_samples: int = 1, kl_weight: float = 1.0
+    model: VAE,
+    estimator: str = "B",
+    num_samples: int = 1,
+    kl_weight: float = 1.0,
+    posterior: posteriors.Posterior = posteriors.GAUSSIAN,
 ) -> ElboFn:
   """Returns `elbo(params, x, key) -> [batch]`, the per-example bound in nats.
 
@@ -200,6 +215,9 @@ def make_elbo(
     kl_weight: beta >= 0 of the beta-VAE objective E_q log p(x|z) - beta KL,
       estimators "A" and "B" only; other than 1 the value is that training
       objective, not a bound.
+    posterior: the family of q(z|x) (`vae_jax.posteriors`), whose location
+      and log squared scale the encoder outputs; all but the Gaussian need
+      an estimator other than "B".
 
   The returned function takes params (from `init_params`), x [batch,
   data_dim] and a PRNG key; it draws eps [L, batch, latent_dim] from the key
@@ -207,14 +225,17 @@ def make_elbo(
   """
   check_estimator(estimator, num_samples)
   check_kl_weight(kl_weight, estimator)
+  check_posterior(posterior, estimator)
   per_example = estimators.ESTIMATORS[estimator]
   if kl_weight != 1:
     per_example = functools.partial(per_example, kl_weight=kl_weight)
+  if posterior is not posteriors.GAUSSIAN:
+    per_example = functools.partial(per_example, log_q=posterior.log_prob)
   encode_fn, log_likelihood_fn = model_functions(model)
 
   def elbo(params: Params, x: Array, key: Array) -> Array:
     check_data(x, model)
-    eps = _posterior_noise(model, key, num_samples, x.shape[0])
+    eps = _posterior_noise(model, key, num_samples, x.shape[0], posterior)
     return estimators.batch_bound(
         per_example, encode_fn, log_likelihood_fn, params, x, eps
     )
@@ -222,9 +243,15 @@ def make_elbo(
   return elbo
 
 
-def _posterior_noise(model: VAE, key: Array, num_samples: int, batch: int) -> Array:
-  """eps [L, batch, latent_dim] ~ N(0, I), the noise `make_elbo` draws from `key`."""
-  return jax.random.normal(key, (num_samples, batch, model.latent_dim))
+def _posterior_noise(
+    model: VAE, key: Array, num_samples: int, batch: int,
+    posterior: posteriors.Posterior = posteriors.GAUSSIAN,
+) -> Array:
+  """eps [L, batch, latent_dim], the posterior family's standardised noise
+  (N(0, I) for the Gaussian) that `make_elbo` draws from `key`."""
+  return posterior.sample_noise(
+      key, (num_samples, batch, model.latent_dim), jnp.result_type(float)
+  )
 
 
 def _largest_divisor_at_most(n: int, limit: int) -> int:
@@ -232,7 +259,8 @@ def _largest_divisor_at_most(n: int, limit: int) -> int:
 
 
 def make_log_likelihood_estimate(
-    model: VAE, num_samples: int = 5000, samples_per_pass: int = 100
+    model: VAE, num_samples: int = 5000, samples_per_pass: int = 100,
+    posterior: posteriors.Posterior = posteriors.GAUSSIAN,
 ) -> ElboFn:
   """Returns `log_likelihood(params, x, key) -> [batch]`, log p(x) in nats.
 
@@ -253,7 +281,7 @@ def make_log_likelihood_estimate(
     raise ValueError(f"samples_per_pass must be >= 1, got {samples_per_pass}.")
   per_pass = _largest_divisor_at_most(num_samples, samples_per_pass)
   num_passes = num_samples // per_pass
-  pass_bound = make_elbo(model, "iwae", per_pass)
+  pass_bound = make_elbo(model, "iwae", per_pass, posterior=posterior)
 
   def log_likelihood(params: Params, x: Array, key: Array) -> Array:
     keys = jax.random.split(key, num_passes)

@@ -10,7 +10,9 @@ samples, in terms of two pure functions supplied by the caller:
 decoder is vmapped over the L samples. Nothing here knows about Flax or
 training: `vae_jax.api.make_elbo` binds these to a Flax model.
 
-Per example, with z_l = mu(x) + sigma(x) * eps_l and eps_l ~ N(0, I):
+Per example, with z_l = mu(x) + sigma(x) * eps_l and eps_l ~ N(0, I) (or
+the standardised noise of another family of `vae_jax.posteriors`, whose
+log-density every estimator but B takes as `log_q`):
   A (eq. 6):  (1/L) sum_l [log p(x, z_l) - log q(z_l | x)]
   B (eq. 7):  -KL(q(z|x) || p(z)) + (1/L) sum_l log p(x | z_l)
   IWAE:       log (1/L) sum_l p(x, z_l) / q(z_l | x)   (Burda et al., 2016)
@@ -36,6 +38,9 @@ Array = jax.Array
 Params = Any
 EncodeFn = Callable[[Params, Array], tuple[Array, Array]]
 LogLikelihoodFn = Callable[[Params, Array, Array], Array]
+# log q(z | x) from the encoder's outputs: (mean, logvar, z) [..., latent] -> [...].
+LogPosteriorFn = Callable[[Array, Array, Array], Array]
+GAUSSIAN_LOG_Q = distributions.gaussian_log_prob
 
 
 class PerExampleEstimator(Protocol):
@@ -72,7 +77,7 @@ def _posterior_samples(
 
 def _log_weight(
     log_px_given_z: Array, z: Array, mean: Array, logvar: Array,
-    kl_weight: float = 1.0,
+    kl_weight: float = 1.0, log_q: LogPosteriorFn = GAUSSIAN_LOG_Q,
 ) -> Array:
   """log p(x|z) + beta * (log p(z) - log q(z|x)) for z [..., latent] -> [...].
 
@@ -82,7 +87,7 @@ def _log_weight(
   return (
       log_px_given_z
       + kl_weight * distributions.standard_normal_log_prob(z)
-      - kl_weight * distributions.gaussian_log_prob(mean, logvar, z)
+      - kl_weight * log_q(mean, logvar, z)
   )
 
 
@@ -93,6 +98,7 @@ def log_importance_weights(
     x: Array,
     eps: Array,
     kl_weight: float = 1.0,
+    log_q: LogPosteriorFn = GAUSSIAN_LOG_Q,
 ) -> Array:
   """log w_l = log p(x, z_l) - log q(z_l | x) for one example.
 
@@ -100,9 +106,11 @@ def log_importance_weights(
     encode_fn, log_likelihood_fn: see the module docstring.
     params: the pytree both functions take.
     x: [data_dim] one example.
-    eps: [L, latent_dim] standard-normal noise.
+    eps: [L, latent_dim] standardised noise of q's family (standard normal
+      for the Gaussian q).
     kl_weight: beta; other than 1, log p(z_l) - log q(z_l|x) is scaled by it
       (beta-VAE) and the result is no longer a log importance weight.
+    log_q: q's log-density (`vae_jax.posteriors.Posterior.log_prob`).
 
   Returns:
     [L] log-weights in nats.
@@ -110,7 +118,7 @@ def log_importance_weights(
   mean, logvar, z, log_px_given_z = _posterior_samples(
       encode_fn, log_likelihood_fn, params, x, eps
   )
-  return _log_weight(log_px_given_z, z, mean, logvar, kl_weight)
+  return _log_weight(log_px_given_z, z, mean, logvar, kl_weight, log_q)
 
 
 def estimator_a(
@@ -120,6 +128,7 @@ def estimator_a(
     x: Array,
     eps: Array,
     kl_weight: float = 1.0,
+    log_q: LogPosteriorFn = GAUSSIAN_LOG_Q,
 ) -> Array:
   """SGVB estimator A (eq. 6) for one example. x: [data_dim], eps: [L, latent].
 
@@ -129,7 +138,7 @@ def estimator_a(
   """
   return jnp.mean(
       log_importance_weights(
-          encode_fn, log_likelihood_fn, params, x, eps, kl_weight
+          encode_fn, log_likelihood_fn, params, x, eps, kl_weight, log_q
       )
   )
 
@@ -161,12 +170,15 @@ def iwae_bound(
     params: Params,
     x: Array,
     eps: Array,
+    log_q: LogPosteriorFn = GAUSSIAN_LOG_Q,
 ) -> Array:
   """The importance-weighted bound with k = L samples, for one example.
 
   log (1/k) sum_l w_l, computed with logsumexp; for k = 1 it equals A.
   """
-  log_w = log_importance_weights(encode_fn, log_likelihood_fn, params, x, eps)
+  log_w = log_importance_weights(
+      encode_fn, log_likelihood_fn, params, x, eps, log_q=log_q
+  )
   return jax.nn.logsumexp(log_w) - math.log(log_w.shape[0])
 
 
@@ -176,6 +188,7 @@ def estimator_stl(
     params: Params,
     x: Array,
     eps: Array,
+    log_q: LogPosteriorFn = GAUSSIAN_LOG_Q,
 ) -> Array:
   """"Sticking the landing" (Roeder et al., 2017): A with q's score term stopped.
 
@@ -188,7 +201,9 @@ def estimator_stl(
       encode_fn, log_likelihood_fn, params, x, eps
   )
   frozen_mean, frozen_logvar = jax.lax.stop_gradient((mean, logvar))
-  return jnp.mean(_log_weight(log_px_given_z, z, frozen_mean, frozen_logvar))
+  return jnp.mean(
+      _log_weight(log_px_given_z, z, frozen_mean, frozen_logvar, log_q=log_q)
+  )
 
 
 def _score_function(
@@ -198,6 +213,7 @@ def _score_function(
     x: Array,
     eps: Array,
     use_baseline: bool,
+    log_q: LogPosteriorFn,
 ) -> Array:
   """Surrogate whose value is A's and whose gradient is REINFORCE's.
 
@@ -212,11 +228,13 @@ def _score_function(
   log_px_given_z = jax.vmap(log_likelihood_fn, in_axes=(None, None, 0))(
       params, x, z
   )
-  log_qz = distributions.gaussian_log_prob(mean, logvar, z)
-  log_w = _log_weight(log_px_given_z, z, mean, logvar)
+  log_qz = log_q(mean, logvar, z)
+  log_w = _log_weight(log_px_given_z, z, mean, logvar, log_q=log_q)
   signal = log_w
   if use_baseline:
-    baseline = _log_weight(log_likelihood_fn(params, x, mean), mean, mean, logvar)
+    baseline = _log_weight(
+        log_likelihood_fn(params, x, mean), mean, mean, logvar, log_q=log_q
+    )
     signal = log_w - baseline
   score_term = jax.lax.stop_gradient(signal) * log_qz
   return jnp.mean(log_w + score_term - jax.lax.stop_gradient(score_term))
@@ -228,10 +246,11 @@ def score_function(
     params: Params,
     x: Array,
     eps: Array,
+    log_q: LogPosteriorFn = GAUSSIAN_LOG_Q,
 ) -> Array:
   """The naive score-function (REINFORCE) estimator, as a surrogate (value: A)."""
   return _score_function(
-      encode_fn, log_likelihood_fn, params, x, eps, use_baseline=False
+      encode_fn, log_likelihood_fn, params, x, eps, use_baseline=False, log_q=log_q
   )
 
 
@@ -241,10 +260,11 @@ def score_function_baseline(
     params: Params,
     x: Array,
     eps: Array,
+    log_q: LogPosteriorFn = GAUSSIAN_LOG_Q,
 ) -> Array:
   """Score-function estimator with the baseline log w(mean(x)) (value: A)."""
   return _score_function(
-      encode_fn, log_likelihood_fn, params, x, eps, use_baseline=True
+      encode_fn, log_likelihood_fn, params, x, eps, use_baseline=True, log_q=log_q
   )
 
 

@@ -286,6 +286,7 @@ def train_and_evaluate(
       config.num_samples,
       run.eval_batch_size,
       multi_run,
+      posterior=config.posterior_family,
   )
   place = jax.device_put if mesh is None else lambda tree: training.replicate(tree, mesh)
   train_data = place(train_data)
@@ -295,7 +296,8 @@ def train_and_evaluate(
   eval_key = jax.random.key(run.seed + 1)
 
   log_likelihood = training.make_evaluate(
-      model, "iwae", run.log_likelihood_samples, run.eval_batch_size, multi_run
+      model, "iwae", run.log_likelihood_samples, run.eval_batch_size, multi_run,
+      posterior=config.posterior_family,
   ) if run.log_likelihood_samples else None
 
   def evaluation(state, final=False):

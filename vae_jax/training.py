@@ -19,7 +19,7 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
-from vae_jax import api, estimators
+from vae_jax import api, estimators, posteriors
 from vae_jax.data.transforms import binarize
 from vae_jax.models import VAE
 
@@ -73,6 +73,10 @@ class TrainConfig:
     kl_weight: beta of the beta-VAE objective (Higgins et al., 2017), "aevb"
       with estimator "A" or "B" only: training ascends E_q log p(x|z) -
       beta KL(q || p); 1 is the ELBO. The reported bound stays the ELBO.
+    posterior: the family of q(z|x), one of `posteriors.POSTERIORS`; all but
+      "gaussian" need an estimator other than "B" and algorithm "aevb" or
+      "autoencoder" (wake-sleep's sleep phase fits a Gaussian q).
+    student_t_dof: degrees of freedom of the "student_t" posterior.
   """
 
   algorithm: str = "aevb"
@@ -86,6 +90,8 @@ class TrainConfig:
   prior_stddev: float = 1.0
   dynamic_binarization: bool = False
   kl_weight: float = 1.0
+  posterior: str = "gaussian"
+  student_t_dof: float = 5.0
 
   def __post_init__(self):
     if self.algorithm not in ALGORITHMS:
@@ -114,6 +120,17 @@ class TrainConfig:
           f"kl_weight (--kl_weight) = {self.kl_weight} needs algorithm 'aevb', got "
           f"{self.algorithm!r}."
       )
+    api.check_posterior(self.posterior_family, self.estimator)
+    if self.posterior != "gaussian" and self.algorithm == "wake_sleep":
+      raise ValueError(
+          f"The {self.posterior!r} posterior (--posterior) cannot be trained by "
+          "wake-sleep, whose sleep phase fits a Gaussian q."
+      )
+
+  @property
+  def posterior_family(self) -> posteriors.Posterior:
+    """The `posteriors.Posterior` named by `posterior` (and `student_t_dof`)."""
+    return posteriors.make_posterior(self.posterior, self.student_t_dof)
 
 
 def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
@@ -159,7 +176,10 @@ def _training_objective(model: VAE, config: TrainConfig) -> api.ElboFn | None:
   if config.algorithm == "autoencoder":
     return api.make_autoencoder_objective(model)
   if config.kl_weight != 1:
-    return api.make_elbo(model, config.estimator, config.num_samples, config.kl_weight)
+    return api.make_elbo(
+        model, config.estimator, config.num_samples, config.kl_weight,
+        config.posterior_family,
+    )
   return None
 
 
@@ -172,7 +192,9 @@ def make_train_step(
   is of the batch before the update, without the weight prior. Whatever the
   algorithm or kl_weight, it is the bound (the ELBO for A and B).
   """
-  elbo = api.make_elbo(model, config.estimator, config.num_samples)
+  elbo = api.make_elbo(
+      model, config.estimator, config.num_samples, posterior=config.posterior_family
+  )
   objective_fn = _training_objective(model, config)
   optimizer = make_optimizer(config)
 
@@ -328,6 +350,7 @@ def make_evaluate(
     batch_size: int = 1000,
     multi_run: bool = False,
     samples_per_pass: int = 100,
+    posterior: posteriors.Posterior = posteriors.GAUSSIAN,
 ) -> Callable[[Params, Array, Array], Array]:
   """Returns a jitted `evaluate(params, data, key) -> [N]` bounds in nats.
 
@@ -340,11 +363,14 @@ def make_evaluate(
   k = `num_samples` (`api.make_log_likelihood_estimate`), drawn
   `samples_per_pass` at a time so that k = 5000 fits in memory. With
   `multi_run`, params have a leading [num_runs] axis and so does the result.
+  `posterior` is the family of q(z|x).
   """
   if estimator == "iwae":
-    bound = api.make_log_likelihood_estimate(model, num_samples, samples_per_pass)
+    bound = api.make_log_likelihood_estimate(
+        model, num_samples, samples_per_pass, posterior
+    )
   else:
-    bound = api.make_elbo(model, estimator, num_samples)
+    bound = api.make_elbo(model, estimator, num_samples, posterior=posterior)
 
   def evaluate(params: Params, data: Array, key: Array) -> Array:
     num_examples = data.shape[0]
