@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 
 import jax
+import numpy as np
 from absl import app, flags, logging
 
 from vae_jax import data, estimators, experiment, models, posteriors, training
@@ -36,8 +37,13 @@ _HIDDEN_SIZES = flags.DEFINE_list(
 _ACTIVATION = flags.DEFINE_enum(
     "activation", "tanh", list(models.ACTIVATIONS), "Hidden-layer activation.")
 _LIKELIHOOD = flags.DEFINE_enum(
-    "likelihood", None, ["bernoulli", "gaussian"],
-    "Decoder p(x|z); default: the data set's (Gaussian for frey_face, else Bernoulli).")
+    "likelihood", None, list(models.LIKELIHOODS),
+    "Decoder p(x|z); default: categorical with --num_categories, else the data set's "
+    "(Gaussian for frey_face, else Bernoulli).")
+_NUM_CATEGORIES = flags.DEFINE_integer(
+    "num_categories", None,
+    "K for the categorical decoder: grey levels are quantised to K equal-width bins of "
+    "[0, 1] (vae_jax.data.quantize).", lower_bound=2)
 _INIT = flags.DEFINE_enum(
     "init", "paper", list(models.INITIALIZATIONS),
     "paper: all parameters from N(0, 0.01^2); flax: LeCun-normal kernels, zero biases.")
@@ -182,9 +188,15 @@ def run_from_flags(
     dataset: data.Dataset,
 ) -> tuple[models.VAE, training.TrainConfig, experiment.RunConfig]:
   """The model, optimiser settings and run settings the flags describe."""
-  likelihood = _LIKELIHOOD.value or dataset.likelihood
+  likelihood = _LIKELIHOOD.value or (
+      "categorical" if _NUM_CATEGORIES.value else dataset.likelihood)
+  if (likelihood == "categorical") != (_NUM_CATEGORIES.value is not None):
+    raise SystemExit(
+        "FATAL: --likelihood=categorical and --num_categories go together; got "
+        f"--likelihood={likelihood}, --num_categories={_NUM_CATEGORIES.value}.")
   binarization = _BINARIZATION.value or (
-      "dynamic" if _DATASET.value in ("mnist", "fashion_mnist") else "none"
+      "dynamic" if _DATASET.value in ("mnist", "fashion_mnist") and likelihood == "bernoulli"
+      else "none"
   )
   if binarization == "dynamic" and likelihood != "bernoulli":
     raise SystemExit("FATAL: --binarization=dynamic needs --likelihood=bernoulli.")
@@ -200,6 +212,7 @@ def run_from_flags(
       activation=_ACTIVATION.value,
       init=_INIT.value,
       min_variance=_MIN_VARIANCE.value,
+      num_categories=_NUM_CATEGORIES.value,
   )
   config = training.TrainConfig(
       algorithm=_ALGORITHM.value,
@@ -243,6 +256,18 @@ def run_from_flags(
   return model, config, run
 
 
+def model_data(
+    model: models.VAE, dataset: data.Dataset
+) -> tuple[np.ndarray, np.ndarray]:
+  """(train, test) as the model reads them: grey levels, or for a
+  categorical decoder their K-bin category indices."""
+  if model.likelihood != "categorical":
+    return dataset.train, dataset.test
+  return tuple(
+      np.asarray(data.quantize(x, model.decoder.num_categories))
+      for x in (dataset.train, dataset.test))
+
+
 def initialize_distributed_from_flags() -> None:
   """Joins the processes of a multi-process run; must precede any other JAX use.
 
@@ -271,8 +296,9 @@ def main(argv):
     logging.info("Training %s on %s (%d train / %d test) for %d epochs in %s",
                  model.likelihood, _DATASET.value, dataset.train.shape[0],
                  dataset.test.shape[0], run.num_epochs, run.workdir)
+  train_data, test_data = model_data(model, dataset)
   experiment.train_and_evaluate(
-      model, config, run, dataset.train, dataset.test, dataset.image_shape,
+      model, config, run, train_data, test_data, dataset.image_shape,
       log=logging.info,
   )
 
