@@ -35,7 +35,7 @@ flags.register_validator(
     "algorithms", lambda names: bool(names) and set(names) <= set(training.ALGORITHMS),
     message=f"--algorithms must be names from {list(training.ALGORITHMS)}.")
 
-METHOD_LABELS = {"aevb": "AEVB", "wake_sleep": "Wake-sleep"}
+METHOD_LABELS = {"aevb": "AEVB", "wake_sleep": "Wake-sleep", "autoencoder": "Autoencoder"}
 
 
 _COLUMNS = (("J", lambda row: row["latent_dim"]),

@@ -93,7 +93,7 @@ def train_and_score(model, config, algorithm, train_data, eval_sets, num_epochs,
     params_of = lambda state: state.train.params
   else:
     config = dataclasses.replace(config, algorithm=algorithm)
-    state = training.init_train_state(model, config, key)
+    state = training.init_train_state(model, config, key, num_train)
     epoch = training.make_train_epoch(model, config, num_train)
     params_of = lambda state: state.params
   # Compiled ahead, so that "seconds" counts training alone.

@@ -18,9 +18,10 @@ from __future__ import annotations
 import os
 
 import jax
+import numpy as np
 from absl import app, flags, logging
 
-from vae_jax import data, estimators, experiment, models, training
+from vae_jax import data, estimators, experiment, models, posteriors, training
 
 _DATASET = flags.DEFINE_enum("dataset", "digits", data.DATASETS, "Data set.")
 _TFDS_DATA_DIR = flags.DEFINE_string(
@@ -36,8 +37,13 @@ _HIDDEN_SIZES = flags.DEFINE_list(
 _ACTIVATION = flags.DEFINE_enum(
     "activation", "tanh", list(models.ACTIVATIONS), "Hidden-layer activation.")
 _LIKELIHOOD = flags.DEFINE_enum(
-    "likelihood", None, ["bernoulli", "gaussian"],
-    "Decoder p(x|z); default: the data set's (Gaussian for frey_face, else Bernoulli).")
+    "likelihood", None, list(models.LIKELIHOODS),
+    "Decoder p(x|z); default: categorical with --num_categories, else the data set's "
+    "(Gaussian for frey_face, else Bernoulli).")
+_NUM_CATEGORIES = flags.DEFINE_integer(
+    "num_categories", None,
+    "K for the categorical decoder: grey levels are quantised to K equal-width bins of "
+    "[0, 1] (vae_jax.data.quantize).", lower_bound=2)
 _INIT = flags.DEFINE_enum(
     "init", "paper", list(models.INITIALIZATIONS),
     "paper: all parameters from N(0, 0.01^2); glorot: Glorot & Bengio's uniform kernels, "
@@ -51,10 +57,22 @@ _BINARIZATION = flags.DEFINE_enum(
 _ALGORITHM = flags.DEFINE_enum(
     "algorithm", "aevb", list(training.ALGORITHMS),
     "aevb: ascend the bound of --estimator; wake_sleep: the paper's baseline (Hinton et "
-    "al. 1995) with the same networks, reporting the bound of --estimator.")
+    "al. 1995) with the same networks; autoencoder: a deterministic autoencoder, "
+    "log p(x | z = encoder mean), no noise, no KL. Both report the bound of --estimator.")
 _ESTIMATOR = flags.DEFINE_enum(
     "estimator", "B", list(estimators.ESTIMATORS),
     "Bound estimator: A, B, iwae, or A's gradient variants stl, score, score_baseline.")
+_KL_WEIGHT = flags.DEFINE_float(
+    "kl_weight", 1.0,
+    "beta of the beta-VAE objective E_q log p(x|z) - beta KL (Higgins et al. 2017), for "
+    "--estimator=A or B: training ascends it, the reported bound stays the ELBO; 1 is the "
+    "ELBO.", lower_bound=0.0)
+_POSTERIOR = flags.DEFINE_enum(
+    "posterior", "gaussian", list(posteriors.POSTERIORS),
+    "Family of q(z|x), location-scale around the encoder's outputs (vae_jax.posteriors); "
+    "all but gaussian need --estimator other than B.")
+_STUDENT_T_DOF = flags.DEFINE_float(
+    "student_t_dof", 5.0, "Degrees of freedom of --posterior=student_t.", lower_bound=0.0)
 _NUM_SAMPLES = flags.DEFINE_integer(
     "num_samples", 1, "L, samples of z per example.", lower_bound=1)
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 100, "Minibatch size M.", lower_bound=1)
@@ -182,9 +200,15 @@ def run_from_flags(
     dataset: data.Dataset,
 ) -> tuple[models.VAE, training.TrainConfig, experiment.RunConfig]:
   """The model, optimiser settings and run settings the flags describe."""
-  likelihood = _LIKELIHOOD.value or dataset.likelihood
+  likelihood = _LIKELIHOOD.value or (
+      "categorical" if _NUM_CATEGORIES.value else dataset.likelihood)
+  if (likelihood == "categorical") != (_NUM_CATEGORIES.value is not None):
+    raise SystemExit(
+        "FATAL: --likelihood=categorical and --num_categories go together; got "
+        f"--likelihood={likelihood}, --num_categories={_NUM_CATEGORIES.value}.")
   binarization = _BINARIZATION.value or (
-      "dynamic" if _DATASET.value in ("mnist", "fashion_mnist") else "none"
+      "dynamic" if _DATASET.value in ("mnist", "fashion_mnist") and likelihood == "bernoulli"
+      else "none"
   )
   if binarization == "dynamic" and likelihood != "bernoulli":
     raise SystemExit("FATAL: --binarization=dynamic needs --likelihood=bernoulli.")
@@ -200,6 +224,7 @@ def run_from_flags(
       activation=_ACTIVATION.value,
       init=_INIT.value,
       min_variance=_MIN_VARIANCE.value,
+      num_categories=_NUM_CATEGORIES.value,
   )
   config = training.TrainConfig(
       algorithm=_ALGORITHM.value,
@@ -213,6 +238,9 @@ def run_from_flags(
       adagrad_initial_accumulator=_ADAGRAD_INITIAL_ACCUMULATOR.value,
       weight_prior=_WEIGHT_PRIOR.value,
       dynamic_binarization=binarization == "dynamic",
+      kl_weight=_KL_WEIGHT.value,
+      posterior=_POSTERIOR.value,
+      student_t_dof=_STUDENT_T_DOF.value,
   )
   run = experiment.RunConfig(
       workdir=_WORKDIR.value or os.path.join("runs", _DATASET.value),
@@ -240,6 +268,18 @@ def run_from_flags(
         f"{jax.process_count()} processes; --num_devices=0 uses all "
         f"{jax.device_count()} devices.")
   return model, config, run
+
+
+def model_data(
+    model: models.VAE, dataset: data.Dataset
+) -> tuple[np.ndarray, np.ndarray]:
+  """(train, test) as the model reads them: grey levels, or for a
+  categorical decoder their K-bin category indices."""
+  if model.likelihood != "categorical":
+    return dataset.train, dataset.test
+  return tuple(
+      np.asarray(data.quantize(x, model.decoder.num_categories))
+      for x in (dataset.train, dataset.test))
 
 
 def initialize_distributed_from_flags() -> None:
@@ -270,8 +310,9 @@ def main(argv):
     logging.info("Training %s on %s (%d train / %d test) for %d epochs in %s",
                  model.likelihood, _DATASET.value, dataset.train.shape[0],
                  dataset.test.shape[0], run.num_epochs, run.workdir)
+  train_data, test_data = model_data(model, dataset)
   experiment.train_and_evaluate(
-      model, config, run, dataset.train, dataset.test, dataset.image_shape,
+      model, config, run, train_data, test_data, dataset.image_shape,
       log=logging.info,
   )
 

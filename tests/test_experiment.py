@@ -91,6 +91,7 @@ def test_a_run_saved_before_a_setting_existed_resumes_with_its_default(tmp_path)
   path = tmp_path / "run_config.json"
   saved = json.loads(path.read_text())
   del saved["train"]["adam_epsilon"], saved["train"]["learning_rate_schedule"]
+  del saved["train"]["kl_weight"]
   path.write_text(json.dumps(saved))
   experiment._check_run_config(
       str(tmp_path), experiment.describe(model, training.TrainConfig(), 0), write=True)

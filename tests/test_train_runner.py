@@ -118,3 +118,16 @@ def test_estimator_variance_runner_at_toy_size(tmp_path):
   assert "After 1,500 training examples" in result.stdout
   for stage in (0, 1500):
     assert (outdir / f"variance_stage_{stage}.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_categorical_preset_runs_on_digits(tmp_path):
+  """The mnist_categorical preset's decoder on digits' 17 levels, a smoke test."""
+  workdir = tmp_path / "run"
+  _train("--flagfile=experiments/configs/mnist_categorical.flags", *DIGITS_FLAGS,
+         "--num_categories=17", "--num_epochs=2", "--eval_every=1", f"--workdir={workdir}")
+  records = read_metrics(workdir / "metrics.jsonl")
+  assert records[-1]["test_bound"] > records[0]["test_bound"]
+  settings = json.loads((workdir / "run_config.json").read_text())
+  assert settings["likelihood"] == "categorical"
+  assert settings["decoder"]["num_categories"] == 17

@@ -1,8 +1,9 @@
 """vae-jax: Auto-Encoding Variational Bayes (Kingma & Welling, 2014) in JAX/Flax.
 
-The math is in `vae_jax.distributions` (log-densities, KL, sampling) and
-`vae_jax.estimators` (SGVB estimators A and B, IWAE); the Flax networks in
-`vae_jax.models`; the pure entry points below in `vae_jax.api`.
+The math is in `vae_jax.distributions` (log-densities, KL, sampling),
+`vae_jax.posteriors` (families of q(z|x)) and `vae_jax.estimators` (SGVB
+estimators A and B, IWAE); the Flax networks in `vae_jax.models`; the pure
+entry points below in `vae_jax.api`.
 """
 
 from vae_jax.api import (

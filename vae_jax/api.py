@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vae_jax import distributions, estimators, marginal_likelihood, wake_sleep
+from vae_jax import distributions, estimators, marginal_likelihood, posteriors, wake_sleep
 from vae_jax.models import VAE
 
 Array = jax.Array
@@ -173,7 +173,36 @@ def check_num_samples(num_samples: int) -> None:
     raise ValueError(f"num_samples (L) must be >= 1, got {num_samples}.")
 
 
-def make_elbo(model: VAE, estimator: str = "B", num_samples: int = 1) -> ElboFn:
+def check_kl_weight(kl_weight: float, estimator: str) -> None:
+  """Raises a ValueError for beta < 0, or beta != 1 with an estimator that has
+  no KL term to weight (see `estimators.KL_WEIGHTED_ESTIMATORS`)."""
+  if not kl_weight >= 0:
+    raise ValueError(f"kl_weight (--kl_weight) must be >= 0, got {kl_weight}.")
+  if kl_weight != 1 and estimator not in estimators.KL_WEIGHTED_ESTIMATORS:
+    raise ValueError(
+        f"kl_weight (--kl_weight) = {kl_weight} is defined only for the estimators "
+        f"{list(estimators.KL_WEIGHTED_ESTIMATORS)}, not {estimator!r}; use 1."
+    )
+
+
+def check_posterior(posterior: posteriors.Posterior, estimator: str) -> None:
+  """Raises a ValueError for estimator B with a q family that has no
+  closed-form KL to N(0, I)."""
+  if estimator == "B" and not posterior.analytic_kl:
+    raise ValueError(
+        f"Estimator B needs KL(q || N(0, I)) in closed form, which the "
+        f"{posterior.name!r} posterior (--posterior) lacks; use estimator A, iwae or "
+        "stl, or the gaussian posterior."
+    )
+
+
+def make_elbo(
+    model: VAE,
+    estimator: str = "B",
+    num_samples: int = 1,
+    kl_weight: float = 1.0,
+    posterior: posteriors.Posterior = posteriors.GAUSSIAN,
+) -> ElboFn:
   """Returns `elbo(params, x, key) -> [batch]`, the per-example bound in nats.
 
   Args:
@@ -183,18 +212,30 @@ def make_elbo(model: VAE, estimator: str = "B", num_samples: int = 1) -> ElboFn:
       their gradients: "stl", "score", "score_baseline" (see
       `vae_jax.estimators`).
     num_samples: L >= 1, samples of z per example.
+    kl_weight: beta >= 0 of the beta-VAE objective E_q log p(x|z) - beta KL,
+      estimators "A" and "B" only; other than 1 the value is that training
+      objective, not a bound.
+    posterior: the family of q(z|x) (`vae_jax.posteriors`), whose location
+      and log squared scale the encoder outputs; all but the Gaussian need
+      an estimator other than "B".
 
   The returned function takes params (from `init_params`), x [batch,
   data_dim] and a PRNG key; it draws eps [L, batch, latent_dim] from the key
   and vmaps the per-example estimator over the batch and the decoder over L.
   """
   check_estimator(estimator, num_samples)
+  check_kl_weight(kl_weight, estimator)
+  check_posterior(posterior, estimator)
   per_example = estimators.ESTIMATORS[estimator]
+  if kl_weight != 1:
+    per_example = functools.partial(per_example, kl_weight=kl_weight)
+  if posterior is not posteriors.GAUSSIAN:
+    per_example = functools.partial(per_example, log_q=posterior.log_prob)
   encode_fn, log_likelihood_fn = model_functions(model)
 
   def elbo(params: Params, x: Array, key: Array) -> Array:
     check_data(x, model)
-    eps = _posterior_noise(model, key, num_samples, x.shape[0])
+    eps = _posterior_noise(model, key, num_samples, x.shape[0], posterior)
     return estimators.batch_bound(
         per_example, encode_fn, log_likelihood_fn, params, x, eps
     )
@@ -202,9 +243,15 @@ def make_elbo(model: VAE, estimator: str = "B", num_samples: int = 1) -> ElboFn:
   return elbo
 
 
-def _posterior_noise(model: VAE, key: Array, num_samples: int, batch: int) -> Array:
-  """eps [L, batch, latent_dim] ~ N(0, I), the noise `make_elbo` draws from `key`."""
-  return jax.random.normal(key, (num_samples, batch, model.latent_dim))
+def _posterior_noise(
+    model: VAE, key: Array, num_samples: int, batch: int,
+    posterior: posteriors.Posterior = posteriors.GAUSSIAN,
+) -> Array:
+  """eps [L, batch, latent_dim], the posterior family's standardised noise
+  (N(0, I) for the Gaussian) that `make_elbo` draws from `key`."""
+  return posterior.sample_noise(
+      key, (num_samples, batch, model.latent_dim), jnp.result_type(float)
+  )
 
 
 def _largest_divisor_at_most(n: int, limit: int) -> int:
@@ -212,7 +259,8 @@ def _largest_divisor_at_most(n: int, limit: int) -> int:
 
 
 def make_log_likelihood_estimate(
-    model: VAE, num_samples: int = 5000, samples_per_pass: int = 100
+    model: VAE, num_samples: int = 5000, samples_per_pass: int = 100,
+    posterior: posteriors.Posterior = posteriors.GAUSSIAN,
 ) -> ElboFn:
   """Returns `log_likelihood(params, x, key) -> [batch]`, log p(x) in nats.
 
@@ -233,7 +281,7 @@ def make_log_likelihood_estimate(
     raise ValueError(f"samples_per_pass must be >= 1, got {samples_per_pass}.")
   per_pass = _largest_divisor_at_most(num_samples, samples_per_pass)
   num_passes = num_samples // per_pass
-  pass_bound = make_elbo(model, "iwae", per_pass)
+  pass_bound = make_elbo(model, "iwae", per_pass, posterior=posterior)
 
   def log_likelihood(params: Params, x: Array, key: Array) -> Array:
     keys = jax.random.split(key, num_passes)
@@ -277,6 +325,28 @@ def make_marginal_likelihood_estimate(
     return jax.vmap(per_example, in_axes=(None, 0, 0, 0))(params, x, z_init, keys)
 
   return estimate
+
+
+def make_autoencoder_objective(model: VAE) -> ElboFn:
+  """Returns `objective(params, x, key) -> [batch]`, log p(x | z = mean(x)).
+
+  The deterministic autoencoder baseline (`estimators.reconstruction_at_mean`):
+  ascending its mean trains the encoder mean and the decoder with no noise
+  and no KL. It is not a bound; the key is unused and kept so that it has
+  `make_elbo`'s signature. Evaluate such a model with `make_elbo`: it is
+  still a VAE, so its ELBO is defined, though its q variance is untrained.
+  """
+  encode_fn, log_likelihood_fn = model_functions(model)
+
+  def objective(params: Params, x: Array, key: Array) -> Array:
+    del key
+    check_data(x, model)
+    return jax.vmap(
+        lambda x_i: estimators.reconstruction_at_mean(
+            encode_fn, log_likelihood_fn, params, x_i)
+    )(x)
+
+  return objective
 
 
 def make_wake_sleep_objective(model: VAE, num_samples: int = 1) -> ElboFn:

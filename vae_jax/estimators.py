@@ -10,7 +10,9 @@ samples, in terms of two pure functions supplied by the caller:
 decoder is vmapped over the L samples. Nothing here knows about Flax or
 training: `vae_jax.api.make_elbo` binds these to a Flax model.
 
-Per example, with z_l = mu(x) + sigma(x) * eps_l and eps_l ~ N(0, I):
+Per example, with z_l = mu(x) + sigma(x) * eps_l and eps_l ~ N(0, I) (or
+the standardised noise of another family of `vae_jax.posteriors`, whose
+log-density every estimator but B takes as `log_q`):
   A (eq. 6):  (1/L) sum_l [log p(x, z_l) - log q(z_l | x)]
   B (eq. 7):  -KL(q(z|x) || p(z)) + (1/L) sum_l log p(x | z_l)
   IWAE:       log (1/L) sum_l p(x, z_l) / q(z_l | x)   (Burda et al., 2016)
@@ -36,6 +38,9 @@ Array = jax.Array
 Params = Any
 EncodeFn = Callable[[Params, Array], tuple[Array, Array]]
 LogLikelihoodFn = Callable[[Params, Array, Array], Array]
+# log q(z | x) from the encoder's outputs: (mean, logvar, z) [..., latent] -> [...].
+LogPosteriorFn = Callable[[Array, Array, Array], Array]
+GAUSSIAN_LOG_Q = distributions.gaussian_log_prob
 
 
 class PerExampleEstimator(Protocol):
@@ -71,13 +76,18 @@ def _posterior_samples(
 
 
 def _log_weight(
-    log_px_given_z: Array, z: Array, mean: Array, logvar: Array
+    log_px_given_z: Array, z: Array, mean: Array, logvar: Array,
+    kl_weight: float = 1.0, log_q: LogPosteriorFn = GAUSSIAN_LOG_Q,
 ) -> Array:
-  """log p(x|z) + log p(z) - log q(z|x) for z [..., latent] -> [...]."""
+  """log p(x|z) + beta * (log p(z) - log q(z|x)) for z [..., latent] -> [...].
+
+  beta = `kl_weight`; at 1 (the log importance weight) the products are
+  exact, so the value is bit for bit the unweighted one.
+  """
   return (
       log_px_given_z
-      + distributions.standard_normal_log_prob(z)
-      - distributions.gaussian_log_prob(mean, logvar, z)
+      + kl_weight * distributions.standard_normal_log_prob(z)
+      - kl_weight * log_q(mean, logvar, z)
   )
 
 
@@ -87,6 +97,8 @@ def log_importance_weights(
     params: Params,
     x: Array,
     eps: Array,
+    kl_weight: float = 1.0,
+    log_q: LogPosteriorFn = GAUSSIAN_LOG_Q,
 ) -> Array:
   """log w_l = log p(x, z_l) - log q(z_l | x) for one example.
 
@@ -94,7 +106,11 @@ def log_importance_weights(
     encode_fn, log_likelihood_fn: see the module docstring.
     params: the pytree both functions take.
     x: [data_dim] one example.
-    eps: [L, latent_dim] standard-normal noise.
+    eps: [L, latent_dim] standardised noise of q's family (standard normal
+      for the Gaussian q).
+    kl_weight: beta; other than 1, log p(z_l) - log q(z_l|x) is scaled by it
+      (beta-VAE) and the result is no longer a log importance weight.
+    log_q: q's log-density (`vae_jax.posteriors.Posterior.log_prob`).
 
   Returns:
     [L] log-weights in nats.
@@ -102,7 +118,7 @@ def log_importance_weights(
   mean, logvar, z, log_px_given_z = _posterior_samples(
       encode_fn, log_likelihood_fn, params, x, eps
   )
-  return _log_weight(log_px_given_z, z, mean, logvar)
+  return _log_weight(log_px_given_z, z, mean, logvar, kl_weight, log_q)
 
 
 def estimator_a(
@@ -111,10 +127,19 @@ def estimator_a(
     params: Params,
     x: Array,
     eps: Array,
+    kl_weight: float = 1.0,
+    log_q: LogPosteriorFn = GAUSSIAN_LOG_Q,
 ) -> Array:
-  """SGVB estimator A (eq. 6) for one example. x: [data_dim], eps: [L, latent]."""
+  """SGVB estimator A (eq. 6) for one example. x: [data_dim], eps: [L, latent].
+
+  With kl_weight = beta != 1 it is the beta-VAE objective (Higgins et al.,
+  2017), (1/L) sum_l [log p(x|z_l) + beta (log p(z_l) - log q(z_l|x))], an
+  unbiased estimate of E_q log p(x|z) - beta KL(q || p), like B's.
+  """
   return jnp.mean(
-      log_importance_weights(encode_fn, log_likelihood_fn, params, x, eps)
+      log_importance_weights(
+          encode_fn, log_likelihood_fn, params, x, eps, kl_weight, log_q
+      )
   )
 
 
@@ -124,12 +149,17 @@ def estimator_b(
     params: Params,
     x: Array,
     eps: Array,
+    kl_weight: float = 1.0,
 ) -> Array:
-  """SGVB estimator B (eq. 7) for one example: analytic KL + MC likelihood."""
+  """SGVB estimator B (eq. 7) for one example: analytic KL + MC likelihood.
+
+  kl_weight = beta scales the KL: E_q log p(x|z) - beta KL(q || p), the
+  beta-VAE objective (Higgins et al., 2017); beta = 1 is the ELBO.
+  """
   mean, logvar, _, log_px_given_z = _posterior_samples(
       encode_fn, log_likelihood_fn, params, x, eps
   )
-  return -distributions.kl_standard_normal(mean, logvar) + jnp.mean(
+  return -kl_weight * distributions.kl_standard_normal(mean, logvar) + jnp.mean(
       log_px_given_z
   )
 
@@ -140,12 +170,15 @@ def iwae_bound(
     params: Params,
     x: Array,
     eps: Array,
+    log_q: LogPosteriorFn = GAUSSIAN_LOG_Q,
 ) -> Array:
   """The importance-weighted bound with k = L samples, for one example.
 
   log (1/k) sum_l w_l, computed with logsumexp; for k = 1 it equals A.
   """
-  log_w = log_importance_weights(encode_fn, log_likelihood_fn, params, x, eps)
+  log_w = log_importance_weights(
+      encode_fn, log_likelihood_fn, params, x, eps, log_q=log_q
+  )
   return jax.nn.logsumexp(log_w) - math.log(log_w.shape[0])
 
 
@@ -155,6 +188,7 @@ def estimator_stl(
     params: Params,
     x: Array,
     eps: Array,
+    log_q: LogPosteriorFn = GAUSSIAN_LOG_Q,
 ) -> Array:
   """"Sticking the landing" (Roeder et al., 2017): A with q's score term stopped.
 
@@ -167,7 +201,9 @@ def estimator_stl(
       encode_fn, log_likelihood_fn, params, x, eps
   )
   frozen_mean, frozen_logvar = jax.lax.stop_gradient((mean, logvar))
-  return jnp.mean(_log_weight(log_px_given_z, z, frozen_mean, frozen_logvar))
+  return jnp.mean(
+      _log_weight(log_px_given_z, z, frozen_mean, frozen_logvar, log_q=log_q)
+  )
 
 
 def _score_function(
@@ -177,6 +213,7 @@ def _score_function(
     x: Array,
     eps: Array,
     use_baseline: bool,
+    log_q: LogPosteriorFn,
 ) -> Array:
   """Surrogate whose value is A's and whose gradient is REINFORCE's.
 
@@ -191,11 +228,13 @@ def _score_function(
   log_px_given_z = jax.vmap(log_likelihood_fn, in_axes=(None, None, 0))(
       params, x, z
   )
-  log_qz = distributions.gaussian_log_prob(mean, logvar, z)
-  log_w = _log_weight(log_px_given_z, z, mean, logvar)
+  log_qz = log_q(mean, logvar, z)
+  log_w = _log_weight(log_px_given_z, z, mean, logvar, log_q=log_q)
   signal = log_w
   if use_baseline:
-    baseline = _log_weight(log_likelihood_fn(params, x, mean), mean, mean, logvar)
+    baseline = _log_weight(
+        log_likelihood_fn(params, x, mean), mean, mean, logvar, log_q=log_q
+    )
     signal = log_w - baseline
   score_term = jax.lax.stop_gradient(signal) * log_qz
   return jnp.mean(log_w + score_term - jax.lax.stop_gradient(score_term))
@@ -207,10 +246,11 @@ def score_function(
     params: Params,
     x: Array,
     eps: Array,
+    log_q: LogPosteriorFn = GAUSSIAN_LOG_Q,
 ) -> Array:
   """The naive score-function (REINFORCE) estimator, as a surrogate (value: A)."""
   return _score_function(
-      encode_fn, log_likelihood_fn, params, x, eps, use_baseline=False
+      encode_fn, log_likelihood_fn, params, x, eps, use_baseline=False, log_q=log_q
   )
 
 
@@ -220,12 +260,35 @@ def score_function_baseline(
     params: Params,
     x: Array,
     eps: Array,
+    log_q: LogPosteriorFn = GAUSSIAN_LOG_Q,
 ) -> Array:
   """Score-function estimator with the baseline log w(mean(x)) (value: A)."""
   return _score_function(
-      encode_fn, log_likelihood_fn, params, x, eps, use_baseline=True
+      encode_fn, log_likelihood_fn, params, x, eps, use_baseline=True, log_q=log_q
   )
 
+
+def reconstruction_at_mean(
+    encode_fn: EncodeFn,
+    log_likelihood_fn: LogLikelihoodFn,
+    params: Params,
+    x: Array,
+) -> Array:
+  """log p(x | z = mean(x)) for one example x [data_dim]: a scalar in nats.
+
+  The deterministic autoencoder's objective: the same encoder mean and
+  decoder with no noise and no KL. For a Bernoulli decoder it is the negated
+  cross-entropy; for a Gaussian one a squared error weighted by the learned
+  variance. It is not a bound on log p(x).
+  """
+  mean, _ = encode_fn(params, x)
+  return log_likelihood_fn(params, x, mean)
+
+
+# The estimators that take `kl_weight` (beta-VAE): those whose value splits
+# into a reconstruction term and a KL term. IWAE's log-mean-exp does not split,
+# and A's gradient variants would need beta in their own surrogate terms.
+KL_WEIGHTED_ESTIMATORS = ("A", "B")
 
 # Every entry is a per-example objective: its value estimates a bound and its
 # gradient is the named gradient estimator.

@@ -150,15 +150,19 @@ def describe(
   return json.loads(json.dumps(settings))
 
 
-def _images(flat: np.ndarray, image_shape: tuple[int, int]) -> np.ndarray:
-  return np.clip(np.asarray(flat, np.float32), 0.0, 1.0).reshape(-1, *image_shape)
+def _images(flat: np.ndarray, image_shape: tuple[int, int], model: VAE) -> np.ndarray:
+  """Data or decoder means as intensities in [0, 1]: [N, height, width]. A
+  Categorical model's values are levels in [0, K - 1], scaled by 1 / (K - 1)."""
+  levels = model.decoder.num_categories - 1 if model.likelihood == "categorical" else 1
+  intensities = np.asarray(flat, np.float32) / np.float32(levels)
+  return np.clip(intensities, 0.0, 1.0).reshape(-1, *image_shape)
 
 
 def sample_images(
     model: VAE, params: Any, key: jax.Array, num: int, image_shape: tuple[int, int]
 ) -> np.ndarray:
   """[num, height, width]: decoder means E[x|z] at z ~ N(0, I), clipped to [0, 1]."""
-  return _images(api.sample(model, params, key, num), image_shape)
+  return _images(api.sample(model, params, key, num), image_shape, model)
 
 
 def manifold_images(
@@ -170,7 +174,7 @@ def manifold_images(
   grid = figures.manifold_grid(
       lambda z: api.decode_mean(model, params, z), grid_size, image_shape
   )
-  return np.clip(grid, 0.0, 1.0)
+  return _images(grid, image_shape, model)
 
 
 def host_params(state: training.TrainState, num_runs: int = 1) -> Any:
@@ -201,8 +205,8 @@ def write_figures(
   reconstructions = api.decode_mean(model, params, mean)
   paths.append(
       figures.plot_reconstructions(
-          _images(originals, image_shape),
-          _images(reconstructions, image_shape),
+          _images(originals, image_shape, model),
+          _images(reconstructions, image_shape, model),
           os.path.join(workdir, "reconstructions.png"),
       )
   )
@@ -286,6 +290,7 @@ def train_and_evaluate(
       config.num_samples,
       run.eval_batch_size,
       multi_run,
+      posterior=config.posterior_family,
   )
   place = jax.device_put if mesh is None else lambda tree: training.replicate(tree, mesh)
   train_data = place(train_data)
@@ -295,7 +300,8 @@ def train_and_evaluate(
   eval_key = jax.random.key(run.seed + 1)
 
   log_likelihood = training.make_evaluate(
-      model, "iwae", run.log_likelihood_samples, run.eval_batch_size, multi_run
+      model, "iwae", run.log_likelihood_samples, run.eval_batch_size, multi_run,
+      posterior=config.posterior_family,
   ) if run.log_likelihood_samples else None
 
   def evaluation(state, final=False):

@@ -79,7 +79,7 @@ def init_mcem_state(
   config, key)`; the chains start at draws from the prior p(z)."""
   train_key, latent_key = jax.random.split(key)
   return MCEMState(
-      train=training.init_train_state(model, config, train_key),
+      train=training.init_train_state(model, config, train_key, num_train),
       latents=jax.random.normal(latent_key, (num_train, model.latent_dim)),
       log_step_size=jnp.log(jnp.float32(mcem_config.initial_step_size)),
   )
@@ -105,7 +105,7 @@ def make_mcem_epoch(
     )
   num_batches = num_train // config.batch_size
   _, log_likelihood_fn = api.model_functions(model)
-  optimizer = training.make_optimizer(config)
+  optimizer = training.make_optimizer(config, num_train)
   transition = jax.vmap(
       lambda params, x, z, key, step_size: hmc.transition(
           log_likelihood_fn, params, x, z, key, step_size, mcem_config.num_leapfrog

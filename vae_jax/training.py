@@ -19,7 +19,7 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
-from vae_jax import api, estimators
+from vae_jax import api, estimators, posteriors
 from vae_jax.data.transforms import binarize
 from vae_jax.models import VAE
 
@@ -27,7 +27,7 @@ Array = jax.Array
 Params = Any
 
 OPTIMIZERS = ("adagrad", "adam", "sgd")
-ALGORITHMS = ("aevb", "wake_sleep")
+ALGORITHMS = ("aevb", "wake_sleep", "autoencoder")
 LEARNING_RATE_SCHEDULES = ("constant", "iwae")
 # The IWAE paper's schedule (Burda et al. 2016, Sec. 5): stage i = 0..7 lasts
 # 3^i epochs at learning_rate * 10^(-i/7), 3280 epochs in all.
@@ -59,7 +59,10 @@ class TrainConfig:
   Attributes:
     algorithm: "aevb" ascends the bound of `estimator`; "wake_sleep" (the
       paper's baseline, `vae_jax.wake_sleep`) follows the wake-sleep updates
-      and reports `estimator`'s bound.
+      and reports `estimator`'s bound; "autoencoder" trains the encoder mean
+      and the decoder as a deterministic autoencoder, log p(x | z = mean(x))
+      (`api.make_autoencoder_objective`), and also reports `estimator`'s
+      bound of the model, which is not what it optimises.
     estimator: "A", "B" or "iwae" (see `vae_jax.estimators`).
     num_samples: L, samples of z per example per step.
     batch_size: M, examples per minibatch.
@@ -76,6 +79,13 @@ class TrainConfig:
       as weight decay), scaled by M/N per minibatch.
     prior_stddev: standard deviation of that prior.
     dynamic_binarization: re-draw binary data from grey levels every epoch.
+    kl_weight: beta of the beta-VAE objective (Higgins et al., 2017), "aevb"
+      with estimator "A" or "B" only: training ascends E_q log p(x|z) -
+      beta KL(q || p); 1 is the ELBO. The reported bound stays the ELBO.
+    posterior: the family of q(z|x), one of `posteriors.POSTERIORS`; all but
+      "gaussian" need an estimator other than "B" and algorithm "aevb" or
+      "autoencoder" (wake-sleep's sleep phase fits a Gaussian q).
+    student_t_dof: degrees of freedom of the "student_t" posterior.
   """
 
   algorithm: str = "aevb"
@@ -90,6 +100,9 @@ class TrainConfig:
   weight_prior: bool = False
   prior_stddev: float = 1.0
   dynamic_binarization: bool = False
+  kl_weight: float = 1.0
+  posterior: str = "gaussian"
+  student_t_dof: float = 5.0
 
   def __post_init__(self):
     if self.algorithm not in ALGORITHMS:
@@ -119,6 +132,23 @@ class TrainConfig:
       )
     if not self.prior_stddev > 0:
       raise ValueError(f"prior_stddev must be > 0, got {self.prior_stddev}.")
+    api.check_kl_weight(self.kl_weight, self.estimator)
+    if self.kl_weight != 1 and self.algorithm != "aevb":
+      raise ValueError(
+          f"kl_weight (--kl_weight) = {self.kl_weight} needs algorithm 'aevb', got "
+          f"{self.algorithm!r}."
+      )
+    api.check_posterior(self.posterior_family, self.estimator)
+    if self.posterior != "gaussian" and self.algorithm == "wake_sleep":
+      raise ValueError(
+          f"The {self.posterior!r} posterior (--posterior) cannot be trained by "
+          "wake-sleep, whose sleep phase fits a Gaussian q."
+      )
+
+  @property
+  def posterior_family(self) -> posteriors.Posterior:
+    """The `posteriors.Posterior` named by `posterior` (and `student_t_dof`)."""
+    return posteriors.make_posterior(self.posterior, self.student_t_dof)
 
 
 def iwae_learning_rate(learning_rate: float, steps_per_epoch: int) -> optax.Schedule:
@@ -197,27 +227,45 @@ def init_train_states(
   return jax.vmap(lambda key: init_train_state(model, config, key, num_train))(keys)
 
 
+def _training_objective(model: VAE, config: TrainConfig) -> api.ElboFn | None:
+  """The per-example objective ascended when it is not the reported bound:
+  wake-sleep's surrogate, the autoencoder's reconstruction or the
+  beta-weighted objective; None otherwise."""
+  if config.algorithm == "wake_sleep":
+    return api.make_wake_sleep_objective(model, config.num_samples)
+  if config.algorithm == "autoencoder":
+    return api.make_autoencoder_objective(model)
+  if config.kl_weight != 1:
+    return api.make_elbo(
+        model, config.estimator, config.num_samples, config.kl_weight,
+        config.posterior_family,
+    )
+  return None
+
+
 def make_train_step(
     model: VAE, config: TrainConfig, num_train: int
 ) -> Callable[[TrainState, Array, Array], tuple[TrainState, Array]]:
   """Returns `train_step(state, batch, key) -> (state, mean bound)`.
 
   batch: [M, data_dim]; the mean bound (nats per example, `config.estimator`)
-  is of the batch before the update, without the weight prior.
+  is of the batch before the update, without the weight prior. Whatever the
+  algorithm or kl_weight, it is the bound (the ELBO for A and B).
   """
-  elbo = api.make_elbo(model, config.estimator, config.num_samples)
-  wake_sleep = (
-      api.make_wake_sleep_objective(model, config.num_samples)
-      if config.algorithm == "wake_sleep" else None
+  elbo = api.make_elbo(
+      model, config.estimator, config.num_samples, posterior=config.posterior_family
   )
+  objective_fn = _training_objective(model, config)
   optimizer = make_optimizer(config, num_train)
 
   def loss_fn(params, batch, key):
     bounds = elbo(params, batch, key)
     per_example = bounds
-    if wake_sleep is not None:
+    if objective_fn is not None:
       bounds = jax.lax.stop_gradient(bounds)  # reported only: no backward pass
-      per_example = wake_sleep(params, batch, key)
+      # The same key: where the objective shares the bound's noise, XLA
+      # computes the shared passes once.
+      per_example = objective_fn(params, batch, key)
     if config.weight_prior:
       objective = estimators.map_objective(
           per_example, params, num_train, config.prior_stddev
@@ -362,6 +410,7 @@ def make_evaluate(
     batch_size: int = 1000,
     multi_run: bool = False,
     samples_per_pass: int = 100,
+    posterior: posteriors.Posterior = posteriors.GAUSSIAN,
 ) -> Callable[[Params, Array, Array], Array]:
   """Returns a jitted `evaluate(params, data, key) -> [N]` bounds in nats.
 
@@ -374,11 +423,14 @@ def make_evaluate(
   k = `num_samples` (`api.make_log_likelihood_estimate`), drawn
   `samples_per_pass` at a time so that k = 5000 fits in memory. With
   `multi_run`, params have a leading [num_runs] axis and so does the result.
+  `posterior` is the family of q(z|x).
   """
   if estimator == "iwae":
-    bound = api.make_log_likelihood_estimate(model, num_samples, samples_per_pass)
+    bound = api.make_log_likelihood_estimate(
+        model, num_samples, samples_per_pass, posterior
+    )
   else:
-    bound = api.make_elbo(model, estimator, num_samples)
+    bound = api.make_elbo(model, estimator, num_samples, posterior=posterior)
 
   def evaluate(params: Params, data: Array, key: Array) -> Array:
     num_examples = data.shape[0]

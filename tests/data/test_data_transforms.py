@@ -1,10 +1,11 @@
-"""binarize: Bernoulli draws with the input as their mean."""
+"""binarize: Bernoulli draws with the input as their mean; quantize: K equal-width bins."""
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from vae_jax import data
 
@@ -40,3 +41,14 @@ def test_binarize_is_jittable_and_keyed():
   key = jax.random.key(0)
   np.testing.assert_array_equal(jax.jit(data.binarize)(key, x), data.binarize(key, x))
   assert not np.array_equal(data.binarize(jax.random.key(2), x), data.binarize(key, x))
+
+
+def test_quantize_gives_back_the_digits_levels_and_equal_width_bins():
+  dataset = data.load_dataset("digits")
+  levels = data.quantize(dataset.train, 17)  # digits: levels k / 16, k = 0..16
+  np.testing.assert_array_equal(levels, np.rint(dataset.train * 16).astype(np.int32))
+  assert levels.dtype == jnp.int32
+  x = jnp.array([0.0, 0.2499, 0.25, 0.74, 0.75, 1.0])
+  np.testing.assert_array_equal(data.quantize(x, 4), [0, 0, 1, 2, 3, 3])
+  with pytest.raises(ValueError, match="num_categories must be >= 2"):
+    data.quantize(x, 1)

@@ -13,7 +13,7 @@ and TFDS are imported only when a TFDS data set is loaded, never for "digits".
 from vae_jax.data.errors import DataError
 from vae_jax.data.loading import DATA_DIR_ENV, DATASETS, Dataset, load_dataset
 from vae_jax.data.tfds_prepare import MANUAL_DIR_ENV
-from vae_jax.data.transforms import binarize
+from vae_jax.data.transforms import binarize, quantize
 
 __all__ = [
     "DATASETS",
@@ -23,4 +23,5 @@ __all__ = [
     "Dataset",
     "binarize",
     "load_dataset",
+    "quantize",
 ]

@@ -21,3 +21,22 @@ def binarize(key: jax.Array, x: jax.Array) -> jax.Array:
     [..., data_dim] float32 array of 0.0 / 1.0 with E[result] = x.
   """
   return jax.random.bernoulli(key, x).astype(jnp.float32)
+
+
+def quantize(x: jax.Array, num_categories: int) -> jax.Array:
+  """Grey levels in [0, 1] -> category indices for a Categorical decoder.
+
+  K = `num_categories` equal-width bins of [0, 1]: floor(x * K), with 1.0
+  put in the top bin. For data with K evenly spaced levels l / (K - 1) (e.g.
+  `digits` with K = 17) it gives back the integer levels l.
+
+  Args:
+    x: [..., data_dim] in [0, 1].
+    num_categories: K >= 2.
+
+  Returns:
+    [..., data_dim] int32 in [0, K).
+  """
+  if num_categories < 2:
+    raise ValueError(f"num_categories must be >= 2, got {num_categories}.")
+  return jnp.minimum(jnp.floor(x * num_categories), num_categories - 1).astype(jnp.int32)
