@@ -25,7 +25,7 @@ def test_benchmark_runs_and_reports_every_configuration(tmp_path):
       [sys.executable, "-m", "experiments.benchmark", "--data_dim=16", "--hidden_size=8",
        "--latent_dim=2", "--num_train=400", "--num_eval=100", "--batch_sizes=100",
        "--estimators=B", "--sample_counts=3", "--eval_sample_counts=1,5", "--repeats=1",
-       "--num_runs=1,2", "--samples_per_pass=2", f"--profile_dir={tmp_path / 'trace'}",
+       "--num_runs=1,2", "--samples_per_pass=2", "--matmul_size=256", f"--profile_dir={tmp_path / 'trace'}",
        f"--output={output}"],
       cwd=REPO, capture_output=True, text=True, timeout=300, check=True,
   )

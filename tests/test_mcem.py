@@ -45,7 +45,7 @@ def test_mcem_epochs_fit_the_decoder_and_move_the_chains(setup):
   # rejects a whole move or none), the rest sat this epoch out.
   moved = np.any(np.asarray(state.latents) != latents, axis=1)
   assert 0 < moved.sum() <= num_batches * BATCH_SIZE
-  for _ in range(50):
+  for _ in range(15):
     state, acceptance = epoch(state, data)
   # The M-steps ascend log p(x, z) at the chains (a wrong sign would descend).
   assert mean_log_joint(model, state, data) > before
