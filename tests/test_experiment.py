@@ -58,6 +58,8 @@ def test_run_writes_metrics_checkpoints_and_figures(tmp_path):
   assert settings["decoder"]["data_dim"] == DATA_DIM
 
 
+# Slow: test_train_runner's SIGKILL test checks the same equality through the runner.
+@pytest.mark.slow
 def test_resumed_run_ends_bitwise_equal_to_an_uninterrupted_one(tmp_path):
   uninterrupted = _run(tmp_path / "straight", num_epochs=4)
   _run(tmp_path / "resumed", num_epochs=2)

@@ -42,6 +42,8 @@ def model():
   return random_params(rng), data(rng)
 
 
+# Slow: the App. D test below fails too if HMC misses the posterior.
+@pytest.mark.slow
 def test_hmc_draws_from_the_exact_posterior(model):
   params, x = model
   sample = jax.jit(jax.vmap(jax.vmap(

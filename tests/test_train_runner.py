@@ -52,7 +52,7 @@ def test_runner_on_digits_writes_its_files_and_resumes_as_a_no_op(tmp_path):
 
 
 def test_sigkilled_run_resumes_to_the_same_parameters_as_an_uninterrupted_one(tmp_path):
-  flags = [*DIGITS_FLAGS, "--num_epochs=8", "--eval_every=1"]
+  flags = [*DIGITS_FLAGS, "--num_epochs=6", "--eval_every=1"]
   _train(*flags, f"--workdir={tmp_path / 'straight'}")
   killed = tmp_path / "killed"
   process = subprocess.Popen(
@@ -69,12 +69,12 @@ def test_sigkilled_run_resumes_to_the_same_parameters_as_an_uninterrupted_one(tm
   process.send_signal(signal.SIGKILL)
   process.wait()
   records_at_kill = read_metrics(killed / "metrics.jsonl")
-  assert 0 < records_at_kill[-1]["epoch"] < 8
+  assert 0 < records_at_kill[-1]["epoch"] < 6
   resumed = _train(*flags, f"--workdir={killed}")
   assert "Resumed from the checkpoint" in resumed.stderr
   chex.assert_trees_all_equal(_final_params(tmp_path / "straight"), _final_params(killed))
   epochs = [r["epoch"] for r in read_metrics(killed / "metrics.jsonl")]
-  assert epochs == list(range(9))
+  assert epochs == list(range(7))
 
 
 @pytest.mark.parametrize(
@@ -102,15 +102,14 @@ def test_bad_flags_fail_at_start_naming_the_flag(tmp_path, flags, message):
 def test_estimator_variance_runner_at_toy_size(tmp_path):
   result = subprocess.run(
       [sys.executable, "-m", "experiments.estimator_variance", *DIGITS_FLAGS,
-       f"--workdir={tmp_path}", "--stages=0,1500", "--estimators=A,score",
+       f"--workdir={tmp_path}", "--stages=0,1500", "--estimators=score",
        "--sample_counts=4", "--num_examples=5", "--num_draws=10", "--num_repetitions=2"],
       cwd=REPO, capture_output=True, text=True, timeout=300, check=True,
   )
   outdir = tmp_path / "variance"
   rows = json.loads((outdir / "results.json").read_text())["rows"]
-  assert len(rows) == 2 * 2
   assert {(r["stage"], r["estimator"], r["num_samples"]) for r in rows} == {
-      (s, e, 4) for s in (0, 1500) for e in ("A", "score")}
+      (0, "score", 4), (1500, "score", 4)}
   assert all(r["encoder_variance"] > 0 and r["encoder_variance_ci"] >= 0 for r in rows)
   assert rows[-1]["step"] == 15  # 1500 examples at M=100
   assert (outdir / "results.csv").read_text().startswith("stage,step,estimator,num_samples")

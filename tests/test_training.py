@@ -165,6 +165,8 @@ def test_batch_larger_than_training_set_is_an_error():
     training.make_train_epoch(model, training.TrainConfig(batch_size=100), 43)
 
 
+# Slow: test_experiment's multi-run test checks run 0 against a single run by default.
+@pytest.mark.slow
 def test_multi_run_epoch_trains_each_run_as_if_alone():
   model, config, _, data = _setup(optimizer="adam", learning_rate=1e-2, dynamic_binarization=True)
   keys = jax.random.split(jax.random.key(7), 3)
