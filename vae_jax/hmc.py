@@ -62,6 +62,19 @@ class Transition(NamedTuple):
   acceptance_rate: Array  # scalar in [0, 1], the Metropolis acceptance probability
 
 
+def _kernel(log_likelihood_fn, params, x, num_leapfrog):
+  """`move(state, key, step_size) -> (HMCState, HMCInfo)`: blackjax's HMC
+  kernel on log p(x, z) with an identity mass matrix."""
+  logdensity = functools.partial(log_joint, log_likelihood_fn, params, x)
+  kernel = blackjax.mcmc.hmc.build_kernel()
+
+  def move(state, key, step_size):
+    return kernel(key, state, logdensity, step_size, jnp.ones_like(state.position),
+                  num_leapfrog)
+
+  return logdensity, move
+
+
 def transition(
     log_likelihood_fn: LogLikelihoodFn,
     params: Params,
@@ -73,12 +86,8 @@ def transition(
 ) -> Transition:
   """One HMC transition of `num_leapfrog` leapfrog steps from z [latent_dim]."""
   chex.assert_rank(z, 1)
-  logdensity = functools.partial(log_joint, log_likelihood_fn, params, x)
-  state = blackjax.mcmc.hmc.init(z, logdensity)
-  kernel = blackjax.mcmc.hmc.build_kernel()
-  new_state, info = kernel(
-      key, state, logdensity, step_size, jnp.ones_like(z), num_leapfrog
-  )
+  logdensity, move = _kernel(log_likelihood_fn, params, x, num_leapfrog)
+  new_state, info = move(blackjax.mcmc.hmc.init(z, logdensity), key, step_size)
   return Transition(new_state.position, info.acceptance_rate)
 
 
@@ -110,27 +119,30 @@ def sample_posterior(
   step size is then frozen, so the draws come from a fixed, reversible
   kernel. Successive draws are correlated (no thinning).
   """
+  chex.assert_rank(z_init, 1)
   warmup_key, sampling_key = jax.random.split(key)
-  step = functools.partial(transition, log_likelihood_fn, params, x, num_leapfrog=num_leapfrog)
+  logdensity, move = _kernel(log_likelihood_fn, params, x, num_leapfrog)
 
+  # The chain carries blackjax's state, whose log-density and gradient at the
+  # current position each transition reuses.
   def warmup(carry, key):
-    z, log_step_size = carry
-    moved = step(z, key, jnp.exp(log_step_size))
-    log_step_size = adapt_log_step_size(
-        log_step_size, moved.acceptance_rate, target_acceptance
-    )
-    return (moved.position, log_step_size), None
+    state, log_step_size = carry
+    state, info = move(state, key, jnp.exp(log_step_size))
+    log_step_size = adapt_log_step_size(log_step_size, info.acceptance_rate, target_acceptance)
+    return (state, log_step_size), None
 
-  (z, log_step_size), _ = jax.lax.scan(
+  (state, log_step_size), _ = jax.lax.scan(
       warmup,
-      (z_init, jnp.log(jnp.asarray(initial_step_size, z_init.dtype))),
+      (blackjax.mcmc.hmc.init(z_init, logdensity),
+       jnp.log(jnp.asarray(initial_step_size, z_init.dtype))),
       jax.random.split(warmup_key, num_warmup),
   )
   step_size = jnp.exp(log_step_size)
 
-  def draw(z, key):
-    moved = step(z, key, step_size)
-    return moved.position, moved
+  def draw(state, key):
+    state, info = move(state, key, step_size)
+    return state, (state.position, info.acceptance_rate)
 
-  _, moves = jax.lax.scan(draw, z, jax.random.split(sampling_key, num_samples))
-  return Chain(moves.position, step_size, jnp.mean(moves.acceptance_rate))
+  _, (samples, acceptance) = jax.lax.scan(
+      draw, state, jax.random.split(sampling_key, num_samples))
+  return Chain(samples, step_size, jnp.mean(acceptance))
