@@ -27,7 +27,6 @@ import jax.numpy as jnp
 import optax
 
 from vae_jax import api, estimators, hmc, training
-from vae_jax.data.transforms import binarize
 from vae_jax.models import VAE
 
 Array = jax.Array
@@ -151,13 +150,8 @@ def make_mcem_epoch(
     ), acceptance
 
   def epoch(state: MCEMState, train_data: Array):
-    key, order_key, binarize_key, step_key = jax.random.split(state.train.key, 4)
-    order = jax.random.permutation(order_key, num_train)[: num_batches * config.batch_size]
-    data = train_data[order]
-    if config.dynamic_binarization:
-      data = binarize(binarize_key, data)
-    indices = order.reshape(num_batches, config.batch_size)
-    batches = data.reshape(num_batches, config.batch_size, -1)
+    key, step_key, (indices, batches) = training.epoch_batches(
+        state.train.key, train_data, config)
     state, acceptance = jax.lax.scan(
         step, state, (indices, batches, jax.random.split(step_key, num_batches))
     )

@@ -335,6 +335,28 @@ def replicate(tree: Any, mesh: jax.sharding.Mesh) -> Any:
   )
 
 
+def epoch_batches(
+    key: Array, train_data: Array, config: TrainConfig
+) -> tuple[Array, Array, tuple[Array, Array]]:
+  """One epoch's minibatches in a fresh random order, binarised anew if
+  `config.dynamic_binarization`.
+
+  train_data: [N, data_dim]. Returns (the run's next key, the key for the
+  epoch's steps, (indices [N // M, M] into train_data, batches [N // M, M,
+  data_dim])); the last N % M examples of the order sit the epoch out.
+  """
+  next_key, shuffle_key, binarize_key, step_key = jax.random.split(key, 4)
+  num_batches = train_data.shape[0] // config.batch_size
+  with jax.named_scope("shuffle_and_binarize"):
+    order = jax.random.permutation(shuffle_key, train_data.shape[0])
+    order = order[: num_batches * config.batch_size]
+    batches = train_data[order]
+    if config.dynamic_binarization:
+      batches = binarize(binarize_key, batches)
+  shape = (num_batches, config.batch_size)
+  return next_key, step_key, (order.reshape(shape), batches.reshape(*shape, -1))
+
+
 def make_train_epoch(
     model: VAE,
     config: TrainConfig,
@@ -378,13 +400,7 @@ def make_train_epoch(
   train_step = make_train_step(model, config, num_train)
 
   def train_epoch(state: TrainState, train_data: Array):
-    key, shuffle_key, binarize_key, step_key = jax.random.split(state.key, 4)
-    with jax.named_scope("shuffle_and_binarize"):
-      order = jax.random.permutation(shuffle_key, train_data.shape[0])
-      batches = train_data[order[: num_batches * config.batch_size]]
-      if config.dynamic_binarization:
-        batches = binarize(binarize_key, batches)
-      batches = batches.reshape(num_batches, config.batch_size, -1)
+    key, step_key, (_, batches) = epoch_batches(state.key, train_data, config)
     if mesh is not None:
       batches = jax.lax.with_sharding_constraint(
           batches, NamedSharding(mesh, PartitionSpec(None, BATCH_AXIS))
