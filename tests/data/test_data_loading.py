@@ -72,6 +72,10 @@ def test_digits_split_is_the_first_1500_and_the_last_297():
   np.testing.assert_array_equal(first.test, raw[1500:] / 16)
   np.testing.assert_array_equal(first.train, second.train)
   np.testing.assert_array_equal(first.test, second.test)
+  target = load_digits().target
+  assert first.num_classes == 10 and first.train_labels.dtype == np.int32
+  np.testing.assert_array_equal(first.train_labels, target[:1500])
+  np.testing.assert_array_equal(first.test_labels, target[1500:])
 
 
 def test_digits_needs_neither_tensorflow_nor_tfds():
@@ -116,12 +120,26 @@ def test_mnist_images_are_lecuns(mnist, shared_data_dir):
   assert mnist.train.reshape(-1, 28, 28)[:, 0, :].mean() < 1e-5
 
 
+def test_mnist_labels_are_lecuns_and_belong_to_their_images(mnist, shared_data_dir):
+  assert mnist.num_classes == 10
+  for x, labels, stem in ((mnist.train, mnist.train_labels, "train"),
+                          (mnist.test, mnist.test_labels, "t10k")):
+    images = _gunzip(shared_data_dir / "mnist" / f"{stem}-images-idx3-ubyte.gz")[16:]
+    raw_labels = _gunzip(shared_data_dir / "mnist" / f"{stem}-labels-idx1-ubyte.gz")[8:]
+    # TFDS reorders the examples: pair each raw image with its label, sort the
+    # pairs, and compare with the loaded pairs sorted the same way.
+    raw = np.concatenate([images.reshape(-1, 784), raw_labels[:, None]], axis=1)
+    loaded = np.concatenate([_as_uint8(x, 255), labels[:, None].astype(np.uint8)], axis=1)
+    np.testing.assert_array_equal(_sorted_rows(loaded), _sorted_rows(raw))
+
+
 def test_binarized_mnist_shapes_and_values(binarized_mnist):
   dataset = binarized_mnist
   assert dataset.train.shape == (50_000, 784)
   assert dataset.validation.shape == (10_000, 784)
   assert dataset.test.shape == (10_000, 784)
   assert dataset.image_shape == (28, 28) and dataset.likelihood == "bernoulli"
+  assert dataset.num_classes == 0 and dataset.train_labels is None
   for x in (dataset.train, dataset.validation, dataset.test):
     assert x.dtype == np.float32
     np.testing.assert_array_equal(np.unique(x), [0.0, 1.0])
@@ -250,3 +268,17 @@ def test_a_truncated_gz_is_a_corruption_error(tmp_path, shared_data_dir):
 def test_check_split_rejects_bad_data(x, binary, match):
   with pytest.raises(data.DataError, match=match):
     loading.check_split(x, name="toy", split="train", num_examples=2, data_dim=4, binary=binary)
+
+
+@pytest.mark.parametrize(
+    "labels, match",
+    [
+        (np.zeros(3, np.int32), "expected 2 integers"),
+        (np.zeros(2, np.float32), "expected 2 integers"),
+        (np.array([0, 10], np.int32), r"expected \[0, 10\)"),
+        (np.array([-1, 0], np.int32), r"expected \[0, 10\)"),
+    ],
+)
+def test_check_labels_rejects_bad_labels(labels, match):
+  with pytest.raises(data.DataError, match=match):
+    loading.check_labels(labels, name="toy", split="train", num_examples=2, num_classes=10)

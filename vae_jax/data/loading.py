@@ -9,6 +9,9 @@ Data sets (`DATASETS`):
   binarized_mnist  50000 / 10000 / 10000       28x28  bernoulli   exactly 0/1
   frey_face        1765 / - / 200              28x20  gaussian    grey, k/255
 
+Data sets with classes (digits, mnist, fashion_mnist) also carry their labels,
+int32 in [0, 10), for the semi-supervised model (`vae_jax.semi_supervised`).
+
 * `digits` is scikit-learn's bundled copy of the UCI optical digits test set
   (1797 handwritten digits reduced to 8x8 counts 0..16): always available, no
   download, no TensorFlow. Split: the first 1500 images train, the last 297
@@ -56,6 +59,9 @@ class Dataset:
     likelihood: default decoder, "bernoulli" or "gaussian".
     validation: [num_validation, data_dim] float32 in [0, 1], or None when
       the data set defines no validation split.
+    train_labels, test_labels: [num_train], [num_test] int32 class indices
+      in [0, num_classes), or None for a data set without labels.
+    num_classes: the number of classes, 0 without labels.
   """
 
   name: str
@@ -64,6 +70,9 @@ class Dataset:
   image_shape: tuple[int, int]
   likelihood: str
   validation: np.ndarray | None = None
+  train_labels: np.ndarray | None = None
+  test_labels: np.ndarray | None = None
+  num_classes: int = 0
 
   @property
   def data_dim(self) -> int:
@@ -79,11 +88,14 @@ class _Spec:
   # Raw value that means intensity 1.0.
   max_value: float
   binary: bool = False
+  # 0: the data set has no labels (or TFDS's copy of it keeps none).
+  num_classes: int = 0
 
 
-_MNIST_LIKE = _Spec((28, 28), "bernoulli", {"train": 60_000, "test": 10_000}, 255.0)
+_MNIST_LIKE = _Spec(
+    (28, 28), "bernoulli", {"train": 60_000, "test": 10_000}, 255.0, num_classes=10)
 _SPECS: dict[str, _Spec] = {
-    "digits": _Spec((8, 8), "bernoulli", {"train": 1500, "test": 297}, 16.0),
+    "digits": _Spec((8, 8), "bernoulli", {"train": 1500, "test": 297}, 16.0, num_classes=10),
     "mnist": _MNIST_LIKE,
     "fashion_mnist": _MNIST_LIKE,
     "binarized_mnist": _Spec(
@@ -132,13 +144,29 @@ def check_split(
     raise DataError(f"{where}: values other than 0 and 1 in a binary data set.")
 
 
-def _raw_digits() -> dict[str, np.ndarray]:
-  """{"train": [1500, 64], "test": [297, 64]} float64 counts 0..16."""
+def check_labels(
+    labels: np.ndarray, *, name: str, split: str, num_examples: int, num_classes: int
+) -> None:
+  """Raises `DataError` unless labels are [num_examples] integers in [0, num_classes)."""
+  where = f"{name}[{split}] labels"
+  if labels.shape != (num_examples,) or not np.issubdtype(labels.dtype, np.integer):
+    raise DataError(
+        f"{where}: expected {num_examples} integers, got {labels.dtype} of shape "
+        f"{labels.shape}.")
+  if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+    raise DataError(
+        f"{where}: values span [{labels.min()}, {labels.max()}], expected [0, {num_classes}).")
+
+
+def _raw_digits() -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+  """({"train": [1500, 64], "test": [297, 64]} float64 counts 0..16, the
+  same splits' labels)."""
   # Imported here: scikit-learn is slow to import and only digits needs it.
   from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
 
-  x = load_digits().data
-  return {"train": x[:_DIGITS_NUM_TRAIN], "test": x[_DIGITS_NUM_TRAIN:]}
+  digits = load_digits()
+  split = lambda a: {"train": a[:_DIGITS_NUM_TRAIN], "test": a[_DIGITS_NUM_TRAIN:]}
+  return split(digits.data), split(digits.target)
 
 
 def _raw_tfds(
@@ -146,8 +174,9 @@ def _raw_tfds(
     splits: tuple[str, ...],
     data_dir: str | os.PathLike[str] | None,
     manual_dir: str | os.PathLike[str] | None,
-) -> dict[str, np.ndarray]:
-  """{split: [num_examples, height, width, 1] uint8} read from TFDS."""
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+  """({split: [num_examples, height, width, 1] uint8}, {split: [num_examples]
+  labels} for the data sets whose TFDS features have a "label") read from TFDS."""
   tfds = tfds_prepare.import_tfds()
   if name == "frey_face":
     from vae_jax.data.frey_face import FreyFace  # pylint: disable=g-import-not-at-top
@@ -156,7 +185,9 @@ def _raw_tfds(
   else:
     builder = tfds.builder(name, data_dir=data_dir)
   tfds_prepare.prepare(builder, manual_dir)
-  return {split: tfds_prepare.read_images(builder, split) for split in splits}
+  examples = {split: tfds_prepare.read_split(builder, split) for split in splits}
+  return ({split: e["image"] for split, e in examples.items()},
+          {split: e["label"] for split, e in examples.items() if "label" in e})
 
 
 def load_dataset(
@@ -188,9 +219,10 @@ def load_dataset(
   spec = _SPECS[name]
   splits = tuple(spec.num_examples)
   if name == "digits":
-    raw = _raw_digits()
+    raw, raw_labels = _raw_digits()
   else:
-    raw = _raw_tfds(name, splits, data_dir or os.environ.get(DATA_DIR_ENV), manual_dir)
+    raw, raw_labels = _raw_tfds(
+        name, splits, data_dir or os.environ.get(DATA_DIR_ENV), manual_dir)
   data_dim = spec.image_shape[0] * spec.image_shape[1]
   arrays = {}
   for split in splits:
@@ -200,6 +232,12 @@ def load_dataset(
         data_dim=data_dim, binary=spec.binary,
     )
     arrays[split] = x
+  labels = {}
+  if spec.num_classes:
+    for split in splits:
+      labels[split] = np.asarray(raw_labels[split]).astype(np.int32)
+      check_labels(labels[split], name=name, split=split,
+                   num_examples=spec.num_examples[split], num_classes=spec.num_classes)
   return Dataset(
       name=name,
       train=arrays["train"],
@@ -207,4 +245,7 @@ def load_dataset(
       image_shape=spec.image_shape,
       likelihood=spec.likelihood,
       validation=arrays.get("validation"),
+      train_labels=labels.get("train"),
+      test_labels=labels.get("test"),
+      num_classes=spec.num_classes,
   )

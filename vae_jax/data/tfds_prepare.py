@@ -227,7 +227,7 @@ def prepare(builder: Any, manual_dir: str | os.PathLike[str] | None) -> None:
       ) from e
 
 
-def read_images(builder: Any, split: str) -> np.ndarray:
+def read_split(builder: Any, split: str) -> dict[str, np.ndarray]:
   """Reads a whole prepared split.
 
   Args:
@@ -235,8 +235,8 @@ def read_images(builder: Any, split: str) -> np.ndarray:
     split: split name, e.g. "train".
 
   Returns:
-    [num_examples, height, width, channels] uint8, in the split's stored order.
+    {feature: values}, in the split's stored order: "image" [num_examples,
+    height, width, channels] uint8, and e.g. "label" [num_examples].
   """
   tfds = import_tfds()
-  examples = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
-  return examples["image"]
+  return tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
