@@ -196,6 +196,13 @@ def dataset_from_flags() -> data.Dataset:
     raise SystemExit(f"FATAL: cannot load --dataset={_DATASET.value}: {error}") from None
 
 
+def network_from_flags() -> dict[str, object]:
+  """The network flags every model shares: latent_dim, hidden_sizes,
+  activation and init, as keyword arguments."""
+  return dict(latent_dim=_LATENT_DIM.value, hidden_sizes=[int(s) for s in _HIDDEN_SIZES.value],
+              activation=_ACTIVATION.value, init=_INIT.value)
+
+
 def run_from_flags(
     dataset: data.Dataset,
 ) -> tuple[models.VAE, training.TrainConfig, experiment.RunConfig]:
@@ -218,13 +225,10 @@ def run_from_flags(
         f"training examples of {_DATASET.value}.")
   model = models.make_vae(
       dataset.train.shape[1],
-      _LATENT_DIM.value,
       likelihood=likelihood,
-      hidden_sizes=[int(s) for s in _HIDDEN_SIZES.value],
-      activation=_ACTIVATION.value,
-      init=_INIT.value,
       min_variance=_MIN_VARIANCE.value,
       num_categories=_NUM_CATEGORIES.value,
+      **network_from_flags(),
   )
   config = training.TrainConfig(
       algorithm=_ALGORITHM.value,

@@ -24,7 +24,6 @@ from typing import Callable
 import flax
 import jax
 import jax.numpy as jnp
-import optax
 
 from vae_jax import api, estimators, hmc, training
 from vae_jax.models import VAE
@@ -124,12 +123,7 @@ def make_mcem_epoch(
   def update(train_state, inputs):
     x, z = inputs
     grads = jax.grad(loss)(train_state.params, x, z)
-    updates, opt_state = optimizer.update(grads, train_state.opt_state, train_state.params)
-    return train_state.replace(
-        step=train_state.step + 1,
-        params=optax.apply_updates(train_state.params, updates),
-        opt_state=opt_state,
-    ), None
+    return training.apply_gradients(train_state, grads, optimizer), None
 
   def step(state: MCEMState, inputs):
     indices, x, key = inputs

@@ -32,12 +32,22 @@ LIKELIHOODS = ("bernoulli", "gaussian", "categorical")
 PAPER_INIT_STDDEV = 0.01
 
 
-def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
+def check_choice(name: str, value: str, choices: Sequence[str]) -> None:
   if value not in choices:
     raise ValueError(f"Unknown {name} {value!r}; choose one of {sorted(choices)}.")
 
 
-def _dense(features: int, init_scheme: str, name: str | None = None) -> nn.Dense:
+def check_hidden_sizes(hidden_sizes: Sequence[int]) -> None:
+  """Raises a ValueError unless hidden_sizes is a non-empty sequence of positive ints."""
+  if not hidden_sizes or any(
+      not isinstance(width, int) or width < 1 for width in hidden_sizes
+  ):
+    raise ValueError(
+        f"hidden_sizes must be a non-empty sequence of positive integers, got {hidden_sizes!r}."
+    )
+
+
+def dense(features: int, init_scheme: str, name: str | None = None) -> nn.Dense:
   """A dense layer with the paper's, Glorot & Bengio's or Flax's default initialisation."""
   if init_scheme == "paper":
     initializer = nn.initializers.normal(stddev=PAPER_INIT_STDDEV)
@@ -61,7 +71,7 @@ class MLP(nn.Module):
     activation = ACTIVATIONS[self.activation]
     h = inputs
     for i, width in enumerate(self.hidden_sizes):
-      h = activation(_dense(width, self.init_scheme, name=f"hidden_{i}")(h))
+      h = activation(dense(width, self.init_scheme, name=f"hidden_{i}")(h))
     return h
 
 
@@ -79,8 +89,8 @@ class GaussianEncoder(nn.Module):
   @nn.compact
   def __call__(self, x: Array) -> tuple[Array, Array]:
     h = MLP(self.hidden_sizes, self.activation, self.init_scheme, name="mlp")(x)
-    mean = _dense(self.latent_dim, self.init_scheme, name="mean")(h)
-    logvar = _dense(self.latent_dim, self.init_scheme, name="logvar")(h)
+    mean = dense(self.latent_dim, self.init_scheme, name="mean")(h)
+    logvar = dense(self.latent_dim, self.init_scheme, name="logvar")(h)
     return mean, logvar
 
 
@@ -100,7 +110,7 @@ class BernoulliDecoder(nn.Module):
   @nn.compact
   def __call__(self, z: Array) -> Array:
     h = MLP(self.hidden_sizes, self.activation, self.init_scheme, name="mlp")(z)
-    return _dense(self.data_dim, self.init_scheme, name="logits")(h)
+    return dense(self.data_dim, self.init_scheme, name="logits")(h)
 
   def log_prob(self, z: Array, x: Array) -> Array:
     """log p(x | z): z [..., latent], x [..., data_dim] in [0, 1] -> [...]."""
@@ -138,10 +148,10 @@ class GaussianDecoder(nn.Module):
   @nn.compact
   def __call__(self, z: Array) -> tuple[Array, Array]:
     h = MLP(self.hidden_sizes, self.activation, self.init_scheme, name="mlp")(z)
-    mean = _dense(self.data_dim, self.init_scheme, name="mean")(h)
+    mean = dense(self.data_dim, self.init_scheme, name="mean")(h)
     if self.sigmoid_mean:
       mean = jax.nn.sigmoid(mean)
-    logvar = _dense(self.data_dim, self.init_scheme, name="logvar")(h)
+    logvar = dense(self.data_dim, self.init_scheme, name="logvar")(h)
     if self.min_variance > 0.0:
       logvar = jnp.logaddexp(logvar, math.log(self.min_variance))
     return mean, logvar
@@ -181,7 +191,7 @@ class CategoricalDecoder(nn.Module):
   @nn.compact
   def __call__(self, z: Array) -> Array:
     h = MLP(self.hidden_sizes, self.activation, self.init_scheme, name="mlp")(z)
-    logits = _dense(self.data_dim * self.num_categories, self.init_scheme, name="logits")(h)
+    logits = dense(self.data_dim * self.num_categories, self.init_scheme, name="logits")(h)
     return logits.reshape(*logits.shape[:-1], self.data_dim, self.num_categories)
 
   def log_prob(self, z: Array, x: Array) -> Array:
@@ -284,15 +294,10 @@ def make_vae(
   for name, value in (("data_dim", data_dim), ("latent_dim", latent_dim)):
     if not isinstance(value, int) or value < 1:
       raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-  if not hidden_sizes or any(
-      not isinstance(width, int) or width < 1 for width in hidden_sizes
-  ):
-    raise ValueError(
-        f"hidden_sizes must be a non-empty sequence of positive integers, got {hidden_sizes!r}."
-    )
-  _check_choice("likelihood", likelihood, LIKELIHOODS)
-  _check_choice("activation", activation, tuple(ACTIVATIONS))
-  _check_choice("init", init, INITIALIZATIONS)
+  check_hidden_sizes(hidden_sizes)
+  check_choice("likelihood", likelihood, LIKELIHOODS)
+  check_choice("activation", activation, tuple(ACTIVATIONS))
+  check_choice("init", init, INITIALIZATIONS)
   if (likelihood == "categorical") != (num_categories is not None):
     raise ValueError(
         "num_categories is required for the categorical likelihood and only for it; "

@@ -211,12 +211,30 @@ def init_train_state(
   num_train: the training set size, needed by a learning-rate schedule.
   """
   init_key, run_key = jax.random.split(key)
-  params = api.init_params(model, init_key)
+  return train_state_for(api.init_params(model, init_key), config, run_key, num_train)
+
+
+def train_state_for(
+    params: Params, config: TrainConfig, key: Array, num_train: int | None = None
+) -> TrainState:
+  """A step-0 state around given parameters (of any model); `key` seeds the run."""
   return TrainState(
       step=jnp.zeros((), jnp.int32),
       params=params,
       opt_state=make_optimizer(config, num_train).init(params),
-      key_data=jax.random.key_data(run_key),
+      key_data=jax.random.key_data(key),
+  )
+
+
+def apply_gradients(
+    state: TrainState, grads: Params, optimizer: optax.GradientTransformation
+) -> TrainState:
+  """One optimiser update of `state.params` by the loss gradient `grads`."""
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+  return state.replace(
+      step=state.step + 1,
+      params=optax.apply_updates(state.params, updates),
+      opt_state=opt_state,
   )
 
 
@@ -279,12 +297,8 @@ def make_train_step(
     with jax.named_scope("bound_and_gradient"):
       grads, bound = jax.grad(loss_fn, has_aux=True)(state.params, batch, key)
     with jax.named_scope("optimizer_update"):
-      updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-      params = optax.apply_updates(state.params, updates)
-    return (
-        state.replace(step=state.step + 1, params=params, opt_state=opt_state),
-        bound,
-    )
+      state = apply_gradients(state, grads, optimizer)
+    return state, bound
 
   return train_step
 
@@ -449,21 +463,36 @@ def make_evaluate(
     bound = api.make_elbo(model, estimator, num_samples, posterior=posterior)
 
   def evaluate(params: Params, data: Array, key: Array) -> Array:
-    num_examples = data.shape[0]
-    size = min(batch_size, num_examples)
-    num_batches = math.ceil(num_examples / size)
-    padding = num_batches * size - num_examples
-    # Padding repeats real rows (padding < size <= num_examples) so that every
-    # value stays a valid input.
-    padded = jnp.concatenate([data, data[:padding]]) if padding else data
-    batches = padded.reshape(num_batches, size, -1)
-    keys = jax.random.split(key, num_batches)
-    bounds = jax.lax.map(lambda inputs: bound(params, *inputs), (batches, keys))
-    return bounds.reshape(-1)[:num_examples]
+    return map_in_batches(lambda x, k: bound(params, x, k), (data,), key, batch_size)
 
   if multi_run:
     evaluate = jax.vmap(evaluate, in_axes=(0, None, None))
   return jax.jit(evaluate)
+
+
+def map_in_batches(
+    fn: Callable[..., Any], arrays: tuple[Array, ...], key: Array, batch_size: int
+) -> Any:
+  """fn(*batches, key) over `arrays` [N, ...] in batches of `batch_size` rows,
+  one `lax.map` (so one compiled loop, not N / batch_size programs).
+
+  fn maps batches [size, ...] and a key to a pytree of [size, ...] arrays;
+  the result is that pytree for all N rows. The arrays are padded to whole
+  batches by repeating their first rows (so every input stays valid) and the
+  padding's outputs dropped; each batch gets its own key from `key`.
+  """
+  num_examples = arrays[0].shape[0]
+  size = min(batch_size, num_examples)
+  num_batches = math.ceil(num_examples / size)
+  padding = num_batches * size - num_examples
+
+  def batched(a: Array) -> Array:
+    padded = jnp.concatenate([a, a[:padding]]) if padding else a
+    return padded.reshape(num_batches, size, *a.shape[1:])
+
+  keys = jax.random.split(key, num_batches)
+  outputs = jax.lax.map(lambda inputs: fn(*inputs), (*map(batched, arrays), keys))
+  return jax.tree.map(lambda o: o.reshape(-1, *o.shape[2:])[:num_examples], outputs)
 
 
 def mean_nats(bounds: Array) -> np.ndarray:

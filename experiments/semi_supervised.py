@@ -1,0 +1,181 @@
+r"""Semi-supervised M2 (Kingma et al. 2014): `python -m experiments.semi_supervised [flags]`.
+
+For each N of --num_labels, trains M2 (`vae_jax.semi_supervised`) with N
+labelled training examples (N / 10 per class, drawn with --seed) and the
+whole training set as the unlabelled set, then reports the test
+classification error of q(y|x) next to the published M2 error (Kingma et al.
+2014, Table 1). The model and optimiser flags are those of `experiments.train`
+(use the preset). Each run lives in <workdir>/labels<N>: its metrics.jsonl
+and checkpoints, from which a rerun resumes. Writes <workdir>/
+semi_supervised.md (the table), semi_supervised.json and style_transfer.png
+(test digits' styles z, fixed, drawn with every label y: one panel per N).
+
+Examples:
+  python -m experiments.semi_supervised --dataset=digits --num_labels=50 --num_epochs=100
+  python -m experiments.semi_supervised --flagfile=experiments/configs/semi_supervised_mnist.flags \
+      --tfds_manual_dir=../shared/data
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import jax
+import numpy as np
+from absl import app, flags, logging
+
+from experiments import train as train_flags
+from vae_jax import (experiment, figures, metrics, semi_supervised, semi_supervised_training,
+                     training)
+from vae_jax.checkpoints import Checkpointer
+
+# Kingma et al. 2014, Table 1, M2 on MNIST: test error (%) and its standard
+# deviation over runs, by number of labels.
+PUBLISHED_M2_ERROR = {100: (11.97, 1.71), 600: (4.94, 0.13), 1000: (3.60, 0.56),
+                      3000: (3.92, 0.63)}
+
+_NUM_LABELS = flags.DEFINE_list(
+    "num_labels", ["100", "600", "1000", "3000"],
+    "Labelled training examples per run, multiples of the number of classes.")
+_ALPHA = flags.DEFINE_float(
+    "alpha", 0.1, "Weight of the labelled examples' classification loss per example: the "
+    "paper's alpha / N (the paper: alpha = 0.1 N).", lower_bound=0.0)
+_LABEL_INFERENCE = flags.DEFINE_enum(
+    "label_inference", "enumerate", list(semi_supervised.LABEL_INFERENCES),
+    "enumerate: sum over the labels y in the unlabelled bound (the paper); sample: one "
+    "y ~ q(y|x) per example, score-function gradient with a batch baseline.")
+_LABELLED_BATCH_SIZE = flags.DEFINE_integer(
+    "labelled_batch_size", 100, "Labelled examples per step (at most all of them).",
+    lower_bound=1)
+_EVAL_TRAIN_EXAMPLES = flags.DEFINE_integer(
+    "eval_train_examples", 10_000,
+    "Training examples (the first this many) whose bounds and error are logged.", lower_bound=1)
+_STYLE_EXAMPLES = flags.DEFINE_integer(
+    "style_examples", 10, "Test examples in the style-transfer figure.", lower_bound=1)
+
+flags.register_validator(
+    "num_labels", lambda values: bool(values) and all(v.isdigit() and int(v) > 0 for v in values),
+    message="--num_labels must be comma-separated positive integers, e.g. 100,600.")
+
+
+def train_with_labels(model, config, ss_config, run, dataset, num_labels, workdir):
+  """Trains M2 with `num_labels` labels for run.num_epochs, evaluating and
+  checkpointing every run.eval_every epochs; resumes from the last
+  checkpoint. Returns (metrics records, final state)."""
+  try:
+    chosen = semi_supervised_training.select_labelled(
+        dataset.train_labels, num_labels, dataset.num_classes, run.seed)
+  except ValueError as error:
+    raise SystemExit(f"FATAL: --num_labels={num_labels}: {error}") from None
+  x_labelled = jax.device_put(dataset.train[chosen])
+  y_labelled = jax.device_put(dataset.train_labels[chosen])
+  unlabelled = jax.device_put(dataset.train)
+  num_unlabelled = unlabelled.shape[0]
+  evaluate = semi_supervised_training.make_evaluate(
+      model, config.estimator, config.num_samples, run.eval_batch_size)
+  eval_x = {"train": unlabelled[: _EVAL_TRAIN_EXAMPLES.value], "test": dataset.test}
+  eval_y = {"train": dataset.train_labels[: _EVAL_TRAIN_EXAMPLES.value],
+            "test": dataset.test_labels}
+  if config.dynamic_binarization:
+    eval_x = experiment.binarize_for_evaluation(eval_x)
+  eval_key = jax.random.key(run.seed + 1)
+  state = semi_supervised_training.init_state(
+      model, config, jax.random.key(run.seed), num_unlabelled)
+  epoch = semi_supervised_training.make_train_epoch(
+      model, config, ss_config, num_labels, num_unlabelled)
+  # Compiled ahead, so that "seconds" counts training alone.
+  epoch = epoch.lower(state, unlabelled, x_labelled, y_labelled).compile()
+  samples_per_epoch = (num_unlabelled // config.batch_size) * config.batch_size
+  with Checkpointer(os.path.join(workdir, "checkpoints"),
+                    max_to_keep=run.keep_checkpoints) as checkpointer:
+    done = checkpointer.latest_step() or 0
+    if done:
+      state = checkpointer.restore(state)
+      logging.info("Resumed %s from epoch %d", workdir, done)
+    with metrics.MetricsWriter(workdir, resume_step=done) as writer:
+      records = metrics.read_metrics(writer.path)
+      seconds = records[-1]["seconds"] if records else 0.0
+      for number in range(done + 1, run.num_epochs + 1):
+        started = time.perf_counter()
+        state, step_metrics = epoch(state, unlabelled, x_labelled, y_labelled)
+        objective = float(np.mean(step_metrics["objective"]))
+        seconds += time.perf_counter() - started
+        if not np.isfinite(objective):
+          raise experiment.TrainingDivergedError(
+              f"The M2 objective became {objective} in epoch {number} of {workdir}; its "
+              f"last checkpoint (epoch {checkpointer.latest_step()}) is kept.")
+        if number % run.eval_every and number != run.num_epochs:
+          continue
+        scores = {"samples_seen": number * samples_per_epoch, "objective": objective}
+        for name, x in eval_x.items():
+          values = evaluate(state.params, x, eval_y[name], eval_key)
+          scores.update({f"{name}_{key}": float(training.mean_nats(value))
+                         for key, value in values.items()})
+        scores["seconds"] = seconds
+        writer.write(number, scores)
+        checkpointer.save(number, state)
+        logging.info("%d labels, epoch %d: test error %.2f%%, test bound %.2f", num_labels,
+                     number, 100 * scores["test_error"], scores["test_unlabelled_bound"])
+  return metrics.read_metrics(os.path.join(workdir, "metrics.jsonl")), state
+
+
+def _published(dataset: str, num_labels: int) -> str:
+  if dataset != "mnist" or num_labels not in PUBLISHED_M2_ERROR:
+    return "-"
+  mean, std = PUBLISHED_M2_ERROR[num_labels]
+  return f"{mean:.2f} (± {std:.2f})"
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  dataset = train_flags.dataset_from_flags()
+  if not dataset.num_classes:
+    raise SystemExit(f"FATAL: --dataset={dataset.name} has no labels; M2 needs a labelled "
+                     "data set (digits, mnist, fashion_mnist).")
+  vae, config, run = train_flags.run_from_flags(dataset)
+  if vae.likelihood != "bernoulli":
+    raise SystemExit(f"FATAL: M2 has a Bernoulli decoder; --likelihood={vae.likelihood} "
+                     "is not supported.")
+  try:
+    semi_supervised_training.check_train_config(config)
+    ss_config = semi_supervised_training.SemiSupervisedConfig(
+        _ALPHA.value, _LABEL_INFERENCE.value, _LABELLED_BATCH_SIZE.value)
+  except ValueError as error:
+    raise SystemExit(f"FATAL: {error}") from None
+  model = semi_supervised.make_m2(
+      dataset.data_dim, dataset.num_classes, **train_flags.network_from_flags())
+  root = flags.FLAGS.workdir or os.path.join("runs", f"semi_supervised_{dataset.name}")
+  os.makedirs(root, exist_ok=True)
+  style_x = dataset.test[: _STYLE_EXAMPLES.value]
+  rows, panels = [], {}
+  for num_labels in map(int, _NUM_LABELS.value):
+    workdir = os.path.join(root, f"labels{num_labels}")
+    logging.info("M2 with %d labels on %s for %d epochs in %s", num_labels, dataset.name,
+                 run.num_epochs, workdir)
+    records, state = train_with_labels(
+        model, config, ss_config, run, dataset, num_labels, workdir)
+    last = records[-1]
+    rows.append({"num_labels": num_labels, "test_error_percent": 100 * last["test_error"],
+                 "epochs": last["step"], **metrics.final_summary(records, "unlabelled_bound")})
+    transfer = np.asarray(semi_supervised.style_transfer(model, state.params, style_x))
+    images = np.concatenate([style_x[:, None], transfer], axis=1)
+    panels[f"{num_labels} labels"] = images.reshape(-1, *dataset.image_shape)
+  table = metrics.summary_table(
+      f"M2 on {dataset.name}: test classification error of q(y|x), and the bound U(x) <= "
+      "log p(x) (nats per example); published: Kingma et al. 2014, Table 1 (MNIST).",
+      [("labels", lambda r: r["num_labels"]), ("epochs", lambda r: r["epochs"]),
+       ("test error %", lambda r: f"{r['test_error_percent']:.2f}"),
+       ("published M2 error %", lambda r: _published(dataset.name, r["num_labels"]))],
+      rows, value="unlabelled_bound", value_header="U(x)")
+  metrics.write_summary(root, "semi_supervised", table, rows)
+  path = figures.plot_image_grids(
+      panels, os.path.join(root, "style_transfer.png"), ncols=dataset.num_classes + 1,
+      title="M2 style transfer: a test digit (left), then its style z drawn as y = 0, ..., 9")
+  print(table)
+  logging.info("Wrote %s", path)
+
+
+if __name__ == "__main__":
+  app.run(main)

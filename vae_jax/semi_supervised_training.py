@@ -1,0 +1,178 @@
+"""Training and evaluating M2 (`vae_jax.semi_supervised`) on a labelled subset.
+
+As `vae_jax.training`, an epoch is one compiled `lax.scan`: it shuffles (and
+binarises, if configured) the unlabelled set, and every step ascends the
+M2 objective on one unlabelled minibatch and a fresh random minibatch of the
+labelled set. The optimiser settings, minibatch size, estimator and weight
+prior come from a `training.TrainConfig`; the state is a
+`training.TrainState`, so checkpoints work as for the VAE.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vae_jax import estimators, semi_supervised, training
+from vae_jax.data.transforms import binarize
+
+Array = jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class SemiSupervisedConfig:
+  """M2's settings besides the optimiser's.
+
+  Attributes:
+    alpha: the classification loss's weight per example (the paper's
+      alpha / N; the paper: 0.1).
+    label_inference: "enumerate" (the paper) or "sample" y in U(x).
+    labelled_batch_size: labelled examples per step (at most all of them).
+  """
+
+  alpha: float = 0.1
+  label_inference: str = "enumerate"
+  labelled_batch_size: int = 100
+
+  def __post_init__(self):
+    if self.labelled_batch_size < 1:
+      raise ValueError(f"labelled_batch_size must be >= 1, got {self.labelled_batch_size}.")
+
+  def objective_config(self, config: training.TrainConfig) -> semi_supervised.ObjectiveConfig:
+    return semi_supervised.ObjectiveConfig(
+        config.estimator, config.num_samples, self.alpha, self.label_inference)
+
+
+def check_train_config(config: training.TrainConfig) -> None:
+  """Raises a ValueError for VAE-only settings that M2 does not implement."""
+  unsupported = {"algorithm": "aevb", "kl_weight": 1.0, "posterior": "gaussian",
+                 "learning_rate_schedule": "constant"}
+  for name, supported in unsupported.items():
+    if getattr(config, name) != supported:
+      raise ValueError(
+          f"M2 supports only {name}={supported!r} (--{name}), got {getattr(config, name)!r}.")
+
+
+def select_labelled(labels: np.ndarray, num_labels: int, num_classes: int, seed: int) -> np.ndarray:
+  """Indices of a class-balanced labelled subset, as the paper draws them.
+
+  Args:
+    labels: [N] int, every training example's class.
+    num_labels: how many to keep labelled, a multiple of num_classes.
+    num_classes: K.
+    seed: which subset (numpy's generator, so it does not depend on JAX).
+
+  Returns:
+    [num_labels] sorted indices into labels, num_labels / K of each class.
+  """
+  if num_labels < num_classes or num_labels % num_classes:
+    raise ValueError(
+        f"num_labels must be a positive multiple of the {num_classes} classes, got {num_labels}.")
+  per_class = num_labels // num_classes
+  rng = np.random.default_rng(seed)
+  chosen = []
+  for k in range(num_classes):
+    members = np.flatnonzero(labels == k)
+    if members.size < per_class:
+      raise ValueError(
+          f"Class {k} has {members.size} examples, fewer than the {per_class} per class "
+          f"that num_labels={num_labels} needs.")
+    chosen.append(rng.choice(members, per_class, replace=False))
+  return np.sort(np.concatenate(chosen))
+
+
+def init_state(
+    model: semi_supervised.M2, config: training.TrainConfig, key: Array, num_unlabelled: int
+) -> training.TrainState:
+  """Fresh parameters and optimiser state; `key` seeds both and the run."""
+  init_key, run_key = jax.random.split(key)
+  return training.train_state_for(
+      semi_supervised.init_params(model, init_key), config, run_key, num_unlabelled)
+
+
+def make_train_epoch(
+    model: semi_supervised.M2,
+    config: training.TrainConfig,
+    ss_config: SemiSupervisedConfig,
+    num_labelled: int,
+    num_unlabelled: int,
+) -> Callable[..., tuple[training.TrainState, dict[str, Array]]]:
+  """Returns a jitted `epoch(state, unlabelled, x_labelled, y_labelled) ->
+  (state, metrics)`.
+
+  unlabelled: [N_u, data_dim]; x_labelled: [N_l, data_dim], y_labelled:
+  [N_l] int, all on device. The epoch takes N_u // M steps (M =
+  `config.batch_size`); each step's labelled minibatch is min(N_l,
+  labelled_batch_size) examples drawn without replacement. metrics: [N_u //
+  M] per step, "objective" (J_alpha / N, nats) and the batch means of
+  `semi_supervised.make_objective`'s aux. The input state is donated.
+  """
+  check_train_config(config)
+  if num_unlabelled < config.batch_size:
+    raise ValueError(
+        f"batch_size {config.batch_size} exceeds the {num_unlabelled} unlabelled examples.")
+  objective = semi_supervised.make_objective(
+      model, ss_config.objective_config(config), num_labelled, num_unlabelled)
+  optimizer = training.make_optimizer(config, num_unlabelled)
+  labelled_batch_size = min(ss_config.labelled_batch_size, num_labelled)
+  num_batches = num_unlabelled // config.batch_size
+
+  def loss(params, x_labelled, y_labelled, x_unlabelled, key):
+    value, aux = objective(params, x_labelled, y_labelled, x_unlabelled, key)
+    if config.weight_prior:
+      value += estimators.gaussian_weight_log_prior(
+          params, config.prior_stddev) / (num_labelled + num_unlabelled)
+    return -value, {"objective": value, **aux}
+
+  def step(state, inputs, x_labelled, y_labelled):
+    x_unlabelled, key = inputs
+    choice_key, binarize_key, objective_key = jax.random.split(key, 3)
+    chosen = jax.random.choice(choice_key, num_labelled, (labelled_batch_size,), replace=False)
+    x_chosen = x_labelled[chosen]
+    if config.dynamic_binarization:
+      x_chosen = binarize(binarize_key, x_chosen)
+    grads, metrics = jax.grad(loss, has_aux=True)(
+        state.params, x_chosen, y_labelled[chosen], x_unlabelled, objective_key)
+    return training.apply_gradients(state, grads, optimizer), metrics
+
+  def epoch(state, unlabelled, x_labelled, y_labelled):
+    key, step_key, (_, batches) = training.epoch_batches(state.key, unlabelled, config)
+    state, metrics = jax.lax.scan(
+        lambda s, inputs: step(s, inputs, x_labelled, y_labelled), state,
+        (batches, jax.random.split(step_key, num_batches)))
+    return state.replace(key_data=jax.random.key_data(key)), metrics
+
+  return jax.jit(epoch, donate_argnums=0)
+
+
+def make_evaluate(
+    model: semi_supervised.M2,
+    estimator: str = "B",
+    num_samples: int = 1,
+    batch_size: int = 1000,
+) -> Callable[[training.Params, Array, Array, Array], dict[str, Array]]:
+  """Returns a jitted `evaluate(params, x, y, key) -> {name: [N]}` per example.
+
+  x: [N, data_dim], y: [N] int. "error": 1.0 where the classifier's most
+  probable label is not y; "labelled_bound": L(x, y) (<= log p(x, y));
+  "unlabelled_bound": U(x) with y enumerated (<= log p(x)), both nats by
+  `estimator` with `num_samples` draws.
+  """
+  labelled_bound = semi_supervised.make_labelled_bound(model, estimator, num_samples)
+  unlabelled_bound = semi_supervised.make_unlabelled_bound(model, estimator, num_samples)
+
+  def evaluate(params, x, y, key):
+    def per_batch(x, y, key):
+      labelled_key, unlabelled_key = jax.random.split(key)
+      return {
+          "error": (semi_supervised.predict(model, params, x) != y).astype(jnp.float32),
+          "labelled_bound": labelled_bound(params, x, y, labelled_key),
+          "unlabelled_bound": unlabelled_bound(params, x, unlabelled_key),
+      }
+    return training.map_in_batches(per_batch, (x, y), key, batch_size)
+
+  return jax.jit(evaluate)
