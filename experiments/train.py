@@ -230,22 +230,25 @@ def run_from_flags(
       num_categories=_NUM_CATEGORIES.value,
       **network_from_flags(),
   )
-  config = training.TrainConfig(
-      algorithm=_ALGORITHM.value,
-      estimator=_ESTIMATOR.value,
-      num_samples=_NUM_SAMPLES.value,
-      batch_size=_BATCH_SIZE.value,
-      optimizer=_OPTIMIZER.value,
-      learning_rate=_LEARNING_RATE.value,
-      learning_rate_schedule=_LEARNING_RATE_SCHEDULE.value,
-      adam_epsilon=_ADAM_EPSILON.value,
-      adagrad_initial_accumulator=_ADAGRAD_INITIAL_ACCUMULATOR.value,
-      weight_prior=_WEIGHT_PRIOR.value,
-      dynamic_binarization=binarization == "dynamic",
-      kl_weight=_KL_WEIGHT.value,
-      posterior=_POSTERIOR.value,
-      student_t_dof=_STUDENT_T_DOF.value,
-  )
+  try:
+    config = training.TrainConfig(
+        algorithm=_ALGORITHM.value,
+        estimator=_ESTIMATOR.value,
+        num_samples=_NUM_SAMPLES.value,
+        batch_size=_BATCH_SIZE.value,
+        optimizer=_OPTIMIZER.value,
+        learning_rate=_LEARNING_RATE.value,
+        learning_rate_schedule=_LEARNING_RATE_SCHEDULE.value,
+        adam_epsilon=_ADAM_EPSILON.value,
+        adagrad_initial_accumulator=_ADAGRAD_INITIAL_ACCUMULATOR.value,
+        weight_prior=_WEIGHT_PRIOR.value,
+        dynamic_binarization=binarization == "dynamic",
+        kl_weight=_KL_WEIGHT.value,
+        posterior=_POSTERIOR.value,
+        student_t_dof=_STUDENT_T_DOF.value,
+    )
+  except ValueError as error:
+    raise SystemExit(f"FATAL: {error}") from None
   run = experiment.RunConfig(
       workdir=_WORKDIR.value or os.path.join("runs", _DATASET.value),
       num_epochs=num_epochs_from_flags(dataset.train.shape[0], config.batch_size),
