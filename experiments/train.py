@@ -15,6 +15,7 @@ Multi-host data-parallel training: start the same command on every host, with
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import jax
@@ -187,13 +188,21 @@ def num_epochs_from_flags(num_train: int, batch_size: int) -> int:
 
 
 def dataset_from_flags() -> data.Dataset:
-  """Loads --dataset, turning a data error into a one-line fatal message."""
+  """Loads --dataset as the model reads it: grey levels, or with
+  --num_categories=K their K-bin category indices (int32, `data.quantize`).
+  A data error becomes a one-line fatal message."""
   try:
-    return data.load_dataset(
+    dataset = data.load_dataset(
         _DATASET.value, data_dir=_TFDS_DATA_DIR.value, manual_dir=_TFDS_MANUAL_DIR.value
     )
   except data.DataError as error:
     raise SystemExit(f"FATAL: cannot load --dataset={_DATASET.value}: {error}") from None
+  if _NUM_CATEGORIES.value is None:
+    return dataset
+  quantized = {split: None if x is None else np.asarray(data.quantize(x, _NUM_CATEGORIES.value))
+               for split, x in (("train", dataset.train), ("test", dataset.test),
+                                ("validation", dataset.validation))}
+  return dataclasses.replace(dataset, **quantized)
 
 
 def network_from_flags() -> dict[str, object]:
@@ -277,18 +286,6 @@ def run_from_flags(
   return model, config, run
 
 
-def model_data(
-    model: models.VAE, dataset: data.Dataset
-) -> tuple[np.ndarray, np.ndarray]:
-  """(train, test) as the model reads them: grey levels, or for a
-  categorical decoder their K-bin category indices."""
-  if model.likelihood != "categorical":
-    return dataset.train, dataset.test
-  return tuple(
-      np.asarray(data.quantize(x, model.decoder.num_categories))
-      for x in (dataset.train, dataset.test))
-
-
 def initialize_distributed_from_flags() -> None:
   """Joins the processes of a multi-process run; must precede any other JAX use.
 
@@ -317,9 +314,8 @@ def main(argv):
     logging.info("Training %s on %s (%d train / %d test) for %d epochs in %s",
                  model.likelihood, _DATASET.value, dataset.train.shape[0],
                  dataset.test.shape[0], run.num_epochs, run.workdir)
-  train_data, test_data = model_data(model, dataset)
   experiment.train_and_evaluate(
-      model, config, run, train_data, test_data, dataset.image_shape,
+      model, config, run, dataset.train, dataset.test, dataset.image_shape,
       log=logging.info,
   )
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import chex
 import jax
+import numpy as np
 import pytest
 
 from vae_jax import models, training
@@ -118,6 +119,22 @@ def test_estimator_variance_runner_at_toy_size(tmp_path):
   assert "After 1,500 training examples" in result.stdout
   for stage in (0, 1500):
     assert (outdir / f"variance_stage_{stage}.png").stat().st_size > 1000
+
+
+def test_num_categories_quantises_the_data_every_runner_loads():
+  from absl import flags
+  from absl.testing import flagsaver
+
+  from experiments import train
+  from vae_jax import data
+
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+  with flagsaver.flagsaver(num_categories=17):
+    dataset = train.dataset_from_flags()
+  assert dataset.train.dtype == np.int32 and dataset.test.dtype == np.int32
+  # digits' grey levels are k / 16: 17 bins give back the counts k.
+  np.testing.assert_array_equal(dataset.train, data.load_dataset("digits").train * 16)
 
 
 @pytest.mark.slow
