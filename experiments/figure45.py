@@ -69,7 +69,7 @@ def _check_presets(values) -> bool:
   missing = [path for path in presets if not os.path.isfile(path)]
   if missing:
     raise flags.ValidationError(f"Preset flagfiles not found: {missing}.")
-  names = [_preset_name(path) for path in dict.fromkeys(map(os.path.normpath, presets))]
+  names = [train_flags.preset_name(path) for path in dict.fromkeys(map(os.path.normpath, presets))]
   if len(set(names)) < len(names):
     # The name keys each run's subdirectory.
     raise flags.ValidationError(f"Presets must have distinct file names, got {presets}.")
@@ -80,15 +80,11 @@ MANIFOLD_LATENT_DIM = 2
 _TITLES = {"frey_face": "Frey Face", "mnist": "MNIST"}
 
 
-def _preset_name(path: str) -> str:
-  """experiments/configs/mnist.flags -> mnist."""
-  return os.path.splitext(os.path.basename(path))[0]
-
-
 def _title(dataset: str, preset: str) -> str:
   """The panel title: the data set's name, and the preset's where they differ."""
   title = _TITLES.get(dataset, dataset)
-  return title if _preset_name(preset) == dataset else f"{title} ({_preset_name(preset)})"
+  name = train_flags.preset_name(preset)
+  return title if name == dataset else f"{title} ({name})"
 
 
 def runs_needed(
@@ -101,17 +97,6 @@ def runs_needed(
   for latent_dim in sample_latent_dims:
     runs.setdefault(os.path.normpath(sample_preset), {}).setdefault(latent_dim, []).append(5)
   return runs
-
-
-def apply_preset(preset: str, command_line: list[str]) -> None:
-  """Sets the flags as if `preset` came first on `command_line` ([program, flags...]).
-
-  The training flags start again from their defaults, which keeps one preset's
-  settings (e.g. MNIST's dynamic binarisation) out of the next data set's runs.
-  """
-  for flag in flags.FLAGS.get_flags_for_module(train_flags):
-    flag.unparse()
-  flags.FLAGS([command_line[0], f"--flagfile={preset}", *command_line[1:]])
 
 
 _COLUMNS = (("data set", lambda row: row["dataset"]), ("J", lambda row: row["latent_dim"]),
@@ -128,13 +113,13 @@ def main(argv):
                      [int(j) for j in _SAMPLE_LATENT_DIMS.value])
   titles, manifolds, samples, rows = {}, {}, {}, []
   for preset, latent_dims in runs.items():
-    apply_preset(preset, command_line)
+    train_flags.apply_preset(preset, command_line)
     dataset = train_flags.dataset_from_flags()
     name = titles[preset] = _title(flags.FLAGS.dataset, preset)
     for latent_dim, uses in latent_dims.items():
       flags.FLAGS.latent_dim = latent_dim
       model, config, run = train_flags.run_from_flags(dataset)
-      workdir = os.path.join(root, f"{_preset_name(preset)}_latent{latent_dim}")
+      workdir = os.path.join(root, f"{train_flags.preset_name(preset)}_latent{latent_dim}")
       run = dataclasses.replace(run, workdir=workdir)
       logging.info("Figs. 4, 5: %s with J = %d in %s", name, latent_dim, workdir)
       state = experiment.train_and_evaluate(model, config, run, dataset.train, dataset.test,

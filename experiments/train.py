@@ -286,6 +286,22 @@ def run_from_flags(
   return model, config, run
 
 
+def preset_name(path: str) -> str:
+  """experiments/configs/mnist.flags -> mnist."""
+  return os.path.splitext(os.path.basename(path))[0]
+
+
+def apply_preset(preset: str, command_line: list[str]) -> None:
+  """Sets the flags as if `preset` came first on `command_line` ([program, flags...]).
+
+  The training flags start again from their defaults, which keeps one preset's
+  settings (e.g. MNIST's dynamic binarisation) out of the next preset's runs.
+  """
+  for flag in flags.FLAGS.get_flags_for_module(__name__):
+    flag.unparse()
+  flags.FLAGS([command_line[0], f"--flagfile={preset}", *command_line[1:]])
+
+
 def initialize_distributed_from_flags() -> None:
   """Joins the processes of a multi-process run; must precede any other JAX use.
 

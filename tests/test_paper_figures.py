@@ -84,11 +84,11 @@ def test_figure45_presets_start_from_the_defaults_and_the_command_line_wins(tmp_
   code = (
       "import sys\n"
       "from absl import flags\n"
-      "from experiments import figure45\n"
+      "from experiments import figure45, train\n"
       "command_line = ['figure45', '--learning_rate=0.5']\n"
       "flags.FLAGS(command_line)\n"
       "for preset in sys.argv[1:]:\n"
-      "  figure45.apply_preset(preset, command_line)\n"
+      "  train.apply_preset(preset, command_line)\n"
       "  F = flags.FLAGS\n"
       "  print(F.dataset, F.binarization, F.hidden_sizes, F.learning_rate)\n")
   result = subprocess.run([sys.executable, "-c", code, str(first), str(second)],
