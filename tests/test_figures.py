@@ -154,3 +154,13 @@ def test_plot_manifolds_takes_panels_of_different_image_shapes(tmp_path):
   assert width > height > 300
   with pytest.raises(ValueError, match="panel 'MNIST': expected grid_size"):
     figures.plot_manifolds({"MNIST": _images(8)}, 3, tmp_path / "bad.png")
+
+
+def test_plot_latent_scatter_writes_png_and_checks_shapes(tmp_path):
+  z = np.random.default_rng(0).normal(size=(50, 2))
+  labels = np.arange(50) % 10
+  path = figures.plot_latent_scatter({"a": (z, labels), "b": (z, labels)}, tmp_path / "s.png",
+                                     "codes")
+  assert mpimg.imread(path).shape[1] > mpimg.imread(path).shape[0]  # two panels side by side
+  with pytest.raises(ValueError, match=r"z \[n, 2\]"):
+    figures.plot_latent_scatter({"a": (np.zeros((50, 3)), labels)}, tmp_path / "t.png", "x")

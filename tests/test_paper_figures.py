@@ -101,3 +101,20 @@ def test_figure45_rejects_a_missing_preset(tmp_path):
   result = _figure45(f"--manifold_presets={tmp_path / 'nowhere.flags'}", "--sample_latent_dims=")
   assert result.returncode != 0
   assert "Preset flagfiles not found" in result.stderr
+
+
+def test_compare_runner_trains_each_variant_and_draws_every_figure(tmp_path):
+  family = "experiments/configs/family"
+  result = subprocess.run(
+      [sys.executable, "-m", "experiments.compare",
+       f"--variants={family}/vae_latent2.flags,{family}/autoencoder_latent2.flags",
+       *DIGITS_FLAGS, "--num_epochs=1", "--num_images=4", f"--workdir={tmp_path}"],
+      cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  rows = json.loads((tmp_path / "compare.json").read_text())
+  assert [(r["variant"], r["algorithm"]) for r in rows] == [
+      ("vae_latent2", "aevb"), ("autoencoder_latent2", "autoencoder")]
+  # The command line's --dataset=digits overrides the variants' mnist.flags.
+  assert all(r["dataset"] == "digits" and r["samples_seen"] == 1500 for r in rows)
+  for name in ("bounds", "samples", "reconstructions", "latents"):
+    assert mpimg.imread(tmp_path / f"compare_{name}.png").shape[0] > 100

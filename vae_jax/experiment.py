@@ -150,7 +150,7 @@ def describe(
   return json.loads(json.dumps(settings))
 
 
-def _images(flat: np.ndarray, image_shape: tuple[int, int], model: VAE) -> np.ndarray:
+def images(flat: np.ndarray, image_shape: tuple[int, int], model: VAE) -> np.ndarray:
   """Data or decoder means as intensities in [0, 1]: [N, height, width]. A
   Categorical model's values are levels in [0, K - 1], scaled by 1 / (K - 1)."""
   levels = model.decoder.num_categories - 1 if model.likelihood == "categorical" else 1
@@ -162,7 +162,7 @@ def sample_images(
     model: VAE, params: Any, key: jax.Array, num: int, image_shape: tuple[int, int]
 ) -> np.ndarray:
   """[num, height, width]: decoder means E[x|z] at z ~ N(0, I), clipped to [0, 1]."""
-  return _images(api.sample(model, params, key, num), image_shape, model)
+  return images(api.sample(model, params, key, num), image_shape, model)
 
 
 def manifold_images(
@@ -174,7 +174,16 @@ def manifold_images(
   grid = figures.manifold_grid(
       lambda z: api.decode_mean(model, params, z), grid_size, image_shape
   )
-  return _images(grid, image_shape, model)
+  return images(grid, image_shape, model)
+
+
+def reconstruction_images(
+    model: VAE, params: Any, x: np.ndarray, image_shape: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+  """(x, E[x | z = encoder mean of x]) as images [n, height, width] in [0, 1]."""
+  mean, _ = api.encode(model, params, x)
+  return (images(x, image_shape, model),
+          images(api.decode_mean(model, params, mean), image_shape, model))
 
 
 def host_params(state: training.TrainState, num_runs: int = 1) -> Any:
@@ -200,13 +209,9 @@ def write_figures(
           os.path.join(workdir, "samples.png"),
       )
   ]
-  originals = test_data[:20]
-  mean, _ = api.encode(model, params, originals)
-  reconstructions = api.decode_mean(model, params, mean)
   paths.append(
       figures.plot_reconstructions(
-          _images(originals, image_shape, model),
-          _images(reconstructions, image_shape, model),
+          *reconstruction_images(model, params, test_data[:20], image_shape),
           os.path.join(workdir, "reconstructions.png"),
       )
   )

@@ -426,3 +426,35 @@ def plot_variance_vs_samples(
   axes[0].legend()
   fig.suptitle(title)
   return _save(fig, path)
+
+
+def plot_latent_scatter(
+    panels: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    path: str | os.PathLike[str],
+    title: str,
+) -> str:
+  """2-D latent codes coloured by class, one panel per model; returns `path`.
+
+  Args:
+    panels: {panel title: (z [n, 2] codes, e.g. encoder means of test data,
+      labels [n] int class of each)}.
+    path: PNG file to write.
+    title: figure title.
+  """
+  if not panels:
+    raise ValueError("No panels to plot.")
+  fig = Figure(figsize=(4.2 * len(panels) + 0.8, 4.2), dpi=_DPI, layout="constrained")
+  axes = np.atleast_1d(fig.subplots(1, len(panels)))
+  for ax, (panel, (z, labels)) in zip(axes, panels.items()):
+    z, labels = np.asarray(z), np.asarray(labels)
+    if z.ndim != 2 or z.shape[1] != 2 or labels.shape != z.shape[:1]:
+      raise ValueError(
+          f"panel {panel!r}: expected z [n, 2] and labels [n], got {z.shape}, {labels.shape}.")
+    points = ax.scatter(z[:, 0], z[:, 1], c=labels, cmap="tab10", s=3,
+                        vmin=-0.5, vmax=9.5, rasterized=True)
+    ax.set_title(panel)
+    ax.set_xlabel("z1")
+    ax.set_ylabel("z2")
+  fig.colorbar(points, ax=axes.tolist(), ticks=range(10), label="class")
+  fig.suptitle(title)
+  return _save(fig, path)
