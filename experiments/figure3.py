@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import time
 
 import jax
 import jax.numpy as jnp
@@ -33,7 +32,6 @@ from absl import app, flags, logging
 
 from experiments import train as train_flags
 from vae_jax import api, experiment, figures, mcem, metrics, training
-from vae_jax.checkpoints import Checkpointer
 
 ALGORITHMS = ("aevb", "wake_sleep", "mcem")
 METHOD_LABELS = {"aevb": "AEVB", "wake_sleep": "Wake-sleep", "mcem": "MCEM"}
@@ -100,32 +98,21 @@ def train_and_score(model, config, algorithm, train_data, eval_sets, num_epochs,
   epoch = epoch.lower(state, train_data).compile()
   estimate_key = jax.random.key(seed + 1)
   samples_per_epoch = (num_train // config.batch_size) * config.batch_size
-  with Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=1) as checkpointer:
-    done = checkpointer.latest_step() or 0
-    if done:
-      state = checkpointer.restore(state)
-      logging.info("Resumed %s from epoch %d", workdir, done)
-    with metrics.MetricsWriter(workdir, resume_step=done) as writer:
-      records = metrics.read_metrics(writer.path)
-      seconds = records[-1]["seconds"] if records else 0.0
-      scored = set(evaluation_epochs(num_epochs, _NUM_EVALUATIONS.value))
-      for number in range(done + 1, num_epochs + 1):
-        started = time.perf_counter()
-        state, _ = epoch(state, train_data)
-        jax.block_until_ready(state)
-        seconds += time.perf_counter() - started
-        if number not in scored:
-          continue
-        scores = {
-            f"{name}_log_likelihood": float(training.mean_nats(estimate(
-                params_of(state), data, estimate_key, jnp.zeros((data.shape[0], model.latent_dim)))))
-            for name, data in eval_sets.items()
-        }
-        writer.write(number, {"samples_seen": number * samples_per_epoch, **scores,
-                              "seconds": seconds})
-        checkpointer.save(number, state)
-        logging.info("%s epoch %d: %s", workdir, number, scores)
-  return metrics.read_metrics(os.path.join(workdir, "metrics.jsonl"))
+  scored = set(evaluation_epochs(num_epochs, _NUM_EVALUATIONS.value))
+
+  def score(state, number, _):
+    scores = {
+        f"{name}_log_likelihood": float(training.mean_nats(estimate(
+            params_of(state), data, estimate_key, jnp.zeros((data.shape[0], model.latent_dim)))))
+        for name, data in eval_sets.items()
+    }
+    logging.info("%s epoch %d: %s", workdir, number, scores)
+    return scores
+
+  _, records = experiment.train_epochs_resumably(
+      workdir, state, lambda s: epoch(s, train_data), num_epochs, scored.__contains__, score,
+      samples_per_epoch, log=logging.info)
+  return records
 
 
 def main(argv):

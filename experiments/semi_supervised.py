@@ -19,7 +19,6 @@ Examples:
 from __future__ import annotations
 
 import os
-import time
 
 import jax
 import numpy as np
@@ -28,7 +27,6 @@ from absl import app, flags, logging
 from experiments import train as train_flags
 from vae_jax import (experiment, figures, metrics, semi_supervised, semi_supervised_training,
                      training)
-from vae_jax.checkpoints import Checkpointer
 
 # Kingma et al. 2014, Table 1, M2 on MNIST: test error (%) and its standard
 # deviation over runs, by number of labels.
@@ -87,37 +85,27 @@ def train_with_labels(model, config, ss_config, run, dataset, num_labels, workdi
   # Compiled ahead, so that "seconds" counts training alone.
   epoch = epoch.lower(state, unlabelled, x_labelled, y_labelled).compile()
   samples_per_epoch = (num_unlabelled // config.batch_size) * config.batch_size
-  with Checkpointer(os.path.join(workdir, "checkpoints"),
-                    max_to_keep=run.keep_checkpoints) as checkpointer:
-    done = checkpointer.latest_step() or 0
-    if done:
-      state = checkpointer.restore(state)
-      logging.info("Resumed %s from epoch %d", workdir, done)
-    with metrics.MetricsWriter(workdir, resume_step=done) as writer:
-      records = metrics.read_metrics(writer.path)
-      seconds = records[-1]["seconds"] if records else 0.0
-      for number in range(done + 1, run.num_epochs + 1):
-        started = time.perf_counter()
-        state, step_metrics = epoch(state, unlabelled, x_labelled, y_labelled)
-        objective = float(np.mean(step_metrics["objective"]))
-        seconds += time.perf_counter() - started
-        if not np.isfinite(objective):
-          raise experiment.TrainingDivergedError(
-              f"The M2 objective became {objective} in epoch {number} of {workdir}; its "
-              f"last checkpoint (epoch {checkpointer.latest_step()}) is kept.")
-        if number % run.eval_every and number != run.num_epochs:
-          continue
-        scores = {"samples_seen": number * samples_per_epoch, "objective": objective}
-        for name, x in eval_x.items():
-          values = evaluate(state.params, x, eval_y[name], eval_key)
-          scores.update({f"{name}_{key}": float(training.mean_nats(value))
-                         for key, value in values.items()})
-        scores["seconds"] = seconds
-        writer.write(number, scores)
-        checkpointer.save(number, state)
-        logging.info("%d labels, epoch %d: test error %.2f%%, test bound %.2f", num_labels,
-                     number, 100 * scores["test_error"], scores["test_unlabelled_bound"])
-  return metrics.read_metrics(os.path.join(workdir, "metrics.jsonl")), state
+
+  def score(state, number, step_metrics):
+    objective = float(np.mean(step_metrics["objective"]))
+    if not np.isfinite(objective):
+      raise experiment.TrainingDivergedError(
+          f"The M2 objective became {objective} in epoch {number} of {workdir}; its last "
+          "checkpoint is kept.")
+    scores = {"objective": objective}
+    for name, x in eval_x.items():
+      values = evaluate(state.params, x, eval_y[name], eval_key)
+      scores.update({f"{name}_{key}": float(training.mean_nats(value))
+                     for key, value in values.items()})
+    logging.info("%d labels, epoch %d: test error %.2f%%, test bound %.2f", num_labels,
+                 number, 100 * scores["test_error"], scores["test_unlabelled_bound"])
+    return scores
+
+  state, records = experiment.train_epochs_resumably(
+      workdir, state, lambda s: epoch(s, unlabelled, x_labelled, y_labelled), run.num_epochs,
+      lambda number: number % run.eval_every == 0, score, samples_per_epoch,
+      run.keep_checkpoints, log=logging.info)
+  return records, state
 
 
 def _published(dataset: str, num_labels: int) -> str:

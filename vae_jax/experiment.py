@@ -232,6 +232,53 @@ def write_figures(
   return paths
 
 
+def train_epochs_resumably(
+    workdir: str,
+    state: Any,
+    epoch: Callable[[Any], tuple[Any, Any]],
+    num_epochs: int,
+    evaluate_at: Callable[[int], bool],
+    score: Callable[[Any, int, Any], dict[str, Any]],
+    samples_per_epoch: int,
+    keep_checkpoints: int = 1,
+    log: Callable[[str], None] = print,
+) -> tuple[Any, list[dict[str, Any]]]:
+  """Runs `epoch` up to `num_epochs` epochs in `workdir`, resuming there.
+
+  A run of a runner that is not `train_and_evaluate` (Fig. 3's methods, M2):
+  the state is restored from the last checkpoint in <workdir>/checkpoints if
+  there is one (`state` is the template), then each epoch `number` runs
+  `state, aux = epoch(state)`; where `evaluate_at(number)` (and after the
+  last epoch), `score(state, number, aux)` gives the metrics written to
+  <workdir>/metrics.jsonl with "samples_seen" and the training "seconds"
+  (the epochs alone), and the state is checkpointed. `score` may raise
+  (e.g. `TrainingDivergedError`): the last checkpoint stays.
+
+  Returns:
+    (the final state, every metrics record of the run).
+  """
+  with Checkpointer(os.path.join(workdir, "checkpoints"),
+                    max_to_keep=keep_checkpoints) as checkpointer:
+    done = checkpointer.latest_step() or 0
+    if done:
+      state = checkpointer.restore(state)
+      log(f"Resumed {workdir} from epoch {done}")
+    with MetricsWriter(workdir, resume_step=done) as writer:
+      records = read_metrics(writer.path)
+      seconds = records[-1]["seconds"] if records else 0.0
+      for number in range(done + 1, num_epochs + 1):
+        started = time.perf_counter()
+        state, aux = jax.block_until_ready(epoch(state))
+        seconds += time.perf_counter() - started
+        if not evaluate_at(number) and number != num_epochs:
+          continue
+        scores = score(state, number, aux)
+        writer.write(number, {"samples_seen": number * samples_per_epoch, **scores,
+                              "seconds": seconds})
+        checkpointer.save(number, state)
+  return state, read_metrics(writer.path)
+
+
 def binarize_for_evaluation(sets: dict[str, jax.Array]) -> dict[str, jax.Array]:
   """Each grey-level evaluation set [N, data_dim] binarised once, with keys
   fixed by EVAL_BINARIZATION_SEED and the set's position: every run and
