@@ -126,3 +126,31 @@ def test_multi_run_logs_each_run_and_its_first_run_is_the_single_run(tmp_path):
   assert np.isclose(last_multi["test_bound"],
                     (last_multi["test_bound_run0"] + last_multi["test_bound_run1"]) / 2)
   assert (tmp_path / "multi" / "samples.png").exists()
+
+
+def test_train_epochs_resumably_resumes_an_interrupted_loop_to_the_same_end(tmp_path):
+  """The loop of the Fig. 3 and M2 runners: a run stopped by an error in its
+  third evaluation resumes from its second checkpoint to the same state and
+  records as a run never stopped."""
+  def epoch(state):
+    return {"x": state["x"] * 1.5 + 1.0}, state["x"]
+
+  def run(workdir, fail_at=None):
+    def score(state, number, aux):
+      if number == fail_at:
+        raise experiment.TrainingDivergedError("stop")
+      return {"x": float(state["x"]), "aux": float(aux)}
+    return experiment.train_epochs_resumably(
+        str(workdir), {"x": jax.numpy.zeros(())}, epoch, 5, lambda n: n % 2 == 0, score,
+        samples_per_epoch=10, log=lambda _: None)
+
+  straight_state, straight = run(tmp_path / "straight")
+  with pytest.raises(experiment.TrainingDivergedError):
+    run(tmp_path / "stopped", fail_at=4)
+  assert [r["step"] for r in read_metrics(tmp_path / "stopped" / "metrics.jsonl")] == [2]
+  resumed_state, resumed = run(tmp_path / "stopped")
+  assert [r["step"] for r in straight] == [2, 4, 5]  # every 2nd epoch and the last
+  assert [r["samples_seen"] for r in straight] == [20, 40, 50]
+  strip = lambda records: [{k: v for k, v in r.items() if k != "seconds"} for r in records]
+  assert strip(resumed) == strip(straight)
+  assert float(resumed_state["x"]) == float(straight_state["x"])

@@ -81,8 +81,8 @@ def test_bounds_are_below_the_exact_log_likelihoods_and_estimators_agree(tiny):
   log_joint = np.asarray(_exact_log_joint(model, params, x), np.float64)
   y = jnp.arange(6) % NUM_CLASSES
   exact_joint = log_joint[np.arange(6), np.asarray(y)]
-  bound_a = _replicates(lambda k: ss.make_labelled_bound(model, "A")(params, x, y, k), 4000)
-  bound_b = _replicates(lambda k: ss.make_labelled_bound(model, "B")(params, x, y, k), 4000)
+  bound_a = _replicates(lambda k: ss.make_labelled_bound(model, "A")(params, x, y, k), 2000)
+  bound_b = _replicates(lambda k: ss.make_labelled_bound(model, "B")(params, x, y, k), 2000)
   # A and B are unbiased for the same ELBO of log p(x, y).
   assert _within_standard_errors(bound_a, bound_b)
   assert np.all(bound_b.mean(0) < exact_joint)
@@ -93,7 +93,7 @@ def test_bounds_are_below_the_exact_log_likelihoods_and_estimators_agree(tiny):
   assert np.all(exact_joint - iwae.mean(0)
                 < 0.2 * (exact_joint - bound_b.mean(0)) + Z_TOLERANCE * iwae_se)
   # U(x) bounds log p(x) = logsumexp_y log p(x, y).
-  unlabelled = _replicates(lambda k: ss.make_unlabelled_bound(model)(params, x, k), 2000)
+  unlabelled = _replicates(lambda k: ss.make_unlabelled_bound(model)(params, x, k), 500)
   assert np.all(unlabelled.mean(0) < jax.nn.logsumexp(log_joint, axis=1))
 
 
@@ -101,7 +101,7 @@ def _tree_dot(a, b):
   return sum(jnp.vdot(u, v) for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
-NUM_REPLICATES = 1500
+NUM_REPLICATES = 1000
 
 
 def test_sampled_label_is_unbiased_in_value_and_gradient(tiny):
@@ -192,26 +192,23 @@ def _runner(tmp_path, *flags):
   return subprocess.run(
       [sys.executable, "-m", "experiments.semi_supervised", "--dataset=digits",
        "--num_labels=50", "--latent_dim=5", "--hidden_sizes=16", "--activation=softplus",
-       "--optimizer=adam", "--learning_rate=0.003", "--eval_every=10",
+       "--optimizer=adam", "--learning_rate=0.003", "--eval_every=5",
        "--eval_train_examples=300", "--style_examples=3", f"--workdir={tmp_path}", *flags],
       cwd=REPO, capture_output=True, text=True, timeout=300)
 
 
-def test_runner_learns_the_digit_classes_from_50_labels_and_resumes(tmp_path):
-  first = _runner(tmp_path, "--num_epochs=20")
-  assert first.returncode == 0, first.stderr[-3000:]
-  metrics_path = tmp_path / "labels50" / "metrics.jsonl"
-  records = [json.loads(line) for line in metrics_path.read_text().splitlines()]
-  assert [r["step"] for r in records] == [10, 20]
-  # 10 classes: chance is 90% error; these 20 epochs reach 43% (37% at epoch
-  # 10), and 85% with --alpha=0: the labels are learned through the runner.
+def test_runner_learns_the_digit_classes_from_50_labels(tmp_path):
+  result = _runner(tmp_path, "--num_epochs=10")
+  assert result.returncode == 0, result.stderr[-3000:]
+  records = [json.loads(line) for line in
+             (tmp_path / "labels50" / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in records] == [5, 10]
+  # 10 classes: chance is 90% error; these 10 epochs reach 37% (and 20 epochs
+  # with --alpha=0 85%): the labels are learned through the runner. Resuming
+  # is experiment.train_epochs_resumably's (tests/test_experiment.py).
   assert records[-1]["test_error"] < 0.5
   assert records[-1]["test_unlabelled_bound"] > records[0]["test_unlabelled_bound"]
-  assert "| 50 | 20 |" in first.stdout
+  assert "| 50 | 10 |" in result.stdout
   assert (tmp_path / "style_transfer.png").stat().st_size > 5000
-  again = _runner(tmp_path, "--num_epochs=21")
-  assert again.returncode == 0, again.stderr[-3000:]
-  resumed = [json.loads(line) for line in metrics_path.read_text().splitlines()]
-  assert [r["step"] for r in resumed] == [10, 20, 21] and resumed[:2] == records
   rows = json.loads((tmp_path / "semi_supervised.json").read_text())
-  assert rows[0]["epochs"] == 21 and rows[0]["samples_seen"] == 21 * 1500
+  assert rows[0]["epochs"] == 10 and rows[0]["samples_seen"] == 10 * 1500
