@@ -49,7 +49,7 @@ def _exact_log_joint(model, params, x):
 
 
 def _replicates(fn, num):
-  return np.asarray(jax.vmap(fn)(jax.random.split(jax.random.key(7), num)), np.float64)
+  return np.asarray(jax.jit(jax.vmap(fn))(jax.random.split(jax.random.key(7), num)), np.float64)
 
 
 def _within_standard_errors(a, b, exact=None):

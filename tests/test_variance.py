@@ -28,13 +28,11 @@ def test_welford_moments_equal_numpy_moments_of_the_same_draws(setup):
       model, estimator="A", num_samples=num_samples, num_draws=num_draws
   )(params, x, key)
   encode_fn, log_likelihood_fn = api.model_functions(model)
-  draws = [
-      estimators.per_example_gradients(
-          estimators.estimator_a, encode_fn, log_likelihood_fn, params, x,
-          jax.random.normal(k, (num_samples, NUM_EXAMPLES, LATENT_DIM)),
-      )
-      for k in jax.random.split(key, num_draws)
-  ]
+  # Compiled once: draw by draw in eager mode took most of this test's time.
+  draw = jax.jit(lambda k: estimators.per_example_gradients(
+      estimators.estimator_a, encode_fn, log_likelihood_fn, params, x,
+      jax.random.normal(k, (num_samples, NUM_EXAMPLES, LATENT_DIM))))
+  draws = [draw(k) for k in jax.random.split(key, num_draws)]
   stacked = jax.tree_util.tree_map(lambda *leaves: np.stack(leaves), *draws)
   np.testing.assert_allclose(mean[0], stacked[0].mean(0), rtol=1e-5)
   np.testing.assert_allclose(var[0], stacked[0].var(0, ddof=1), rtol=1e-4)
