@@ -186,6 +186,8 @@ def test_bad_inputs_name_the_problem(tiny):
     ss.make_unlabelled_bound(model, label_inference="gumbel")
   with pytest.raises(ValueError, match="num_classes"):
     ss.make_m2(5, 1, 2)
+  with pytest.raises(ValueError, match="alpha"):
+    sst.SemiSupervisedConfig(alpha=-1.0)
 
 
 def _runner(tmp_path, *flags):

@@ -98,7 +98,8 @@ class M2(nn.Module):
     self.decoder_mlp = _ConditionedMLP(self.num_classes, self.hidden_sizes, **mlp)
     self.decoder_logits = models.dense(self.data_dim, self.init_scheme)
 
-  def __call__(self, x: Array, y: Array) -> Array:
+  def __call__(self, x: Array, y: Array) -> tuple[Array, Array]:
+    """(classifier logits, decoder mean at the encoder mean): initialises every network."""
     mean, _ = self.encode(x, y)
     return self.classify(x), self.decode_mean(y, mean)
 

@@ -41,6 +41,8 @@ class SemiSupervisedConfig:
   def __post_init__(self):
     if self.labelled_batch_size < 1:
       raise ValueError(f"labelled_batch_size must be >= 1, got {self.labelled_batch_size}.")
+    # Checks alpha and label_inference here, not at the first epoch.
+    semi_supervised.ObjectiveConfig(alpha=self.alpha, label_inference=self.label_inference)
 
   def objective_config(self, config: training.TrainConfig) -> semi_supervised.ObjectiveConfig:
     return semi_supervised.ObjectiveConfig(
