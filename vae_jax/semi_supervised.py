@@ -239,7 +239,7 @@ def make_labelled_bound(
   """Returns `bound(params, x [batch, data_dim], y [batch] int, key) -> [batch]`,
   L(x, y) in nats, a lower bound on log p(x, y), by `estimator` with L =
   `num_samples` draws of z per example."""
-  _check_settings(estimator, num_samples, "enumerate")
+  api.check_estimator(estimator, num_samples)
   per_example = _labelled_per_example(model, estimator)
 
   def bound(params: Params, x: Array, y: Array, key: Array) -> Array:
