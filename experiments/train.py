@@ -32,6 +32,10 @@ _TFDS_MANUAL_DIR = flags.DEFINE_string(
     "tfds_manual_dir", None,
     "Directory with the raw files, so TFDS prepares without network "
     "(default: $VAE_JAX_MANUAL_DIR).")
+_ARRAYS_DIR = flags.DEFINE_string(
+    "arrays_dir", None,
+    "Directory of <dataset>.npz files written by experiments.export_arrays: read the data "
+    "set from there, without TFDS or TensorFlow (default: $VAE_JAX_ARRAYS_DIR; unset: TFDS).")
 _LATENT_DIM = flags.DEFINE_integer("latent_dim", 20, "Latent dimensions J.", lower_bound=1)
 _HIDDEN_SIZES = flags.DEFINE_list(
     "hidden_sizes", ["500"], "Hidden layer widths of encoder and decoder, comma-separated.")
@@ -187,14 +191,18 @@ def num_epochs_from_flags(num_train: int, batch_size: int) -> int:
   return _NUM_EPOCHS.value or DEFAULT_NUM_EPOCHS
 
 
+def tfds_dirs_from_flags() -> dict[str, str | None]:
+  """--tfds_data_dir and --tfds_manual_dir as `data.load_dataset`'s data_dir and manual_dir."""
+  return dict(data_dir=_TFDS_DATA_DIR.value, manual_dir=_TFDS_MANUAL_DIR.value)
+
+
 def dataset_from_flags() -> data.Dataset:
   """Loads --dataset as the model reads it: grey levels, or with
   --num_categories=K their K-bin category indices (int32, `data.quantize`).
   A data error becomes a one-line fatal message."""
   try:
     dataset = data.load_dataset(
-        _DATASET.value, data_dir=_TFDS_DATA_DIR.value, manual_dir=_TFDS_MANUAL_DIR.value
-    )
+        _DATASET.value, **tfds_dirs_from_flags(), arrays_dir=_ARRAYS_DIR.value)
   except data.DataError as error:
     raise SystemExit(f"FATAL: cannot load --dataset={_DATASET.value}: {error}") from None
   if _NUM_CATEGORIES.value is None:

@@ -1,7 +1,9 @@
-"""load_dataset: every data set's shapes, values and splits; offline preparation errors."""
+"""load_dataset: every data set's shapes, values and splits; offline preparation
+errors; the array files of export_arrays."""
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import subprocess
 import sys
@@ -180,6 +182,98 @@ def test_prepared_data_needs_no_raw_files(frey_face, tfds_data_dir, tmp_path):
   missing = tmp_path / "no_such_dir"
   again = data.load_dataset("frey_face", data_dir=tfds_data_dir, manual_dir=missing)
   np.testing.assert_array_equal(again.test, frey_face.test)
+
+
+# --- array files: export_arrays, arrays_dir ------------------------------------
+
+_FIELDS = ("train", "test", "validation", "train_labels", "test_labels")
+
+
+def _assert_same_dataset(actual: data.Dataset, expected: data.Dataset) -> None:
+  assert (actual.name, actual.image_shape, actual.likelihood, actual.num_classes) == (
+      expected.name, expected.image_shape, expected.likelihood, expected.num_classes)
+  for field in _FIELDS:
+    a, e = getattr(actual, field), getattr(expected, field)
+    assert (a is None) == (e is None), field
+    if e is not None:
+      assert a.dtype == e.dtype, field
+      np.testing.assert_array_equal(a, e, err_msg=field)
+
+
+def test_digits_array_file_gives_back_the_same_data_set(tmp_path):
+  digits = data.load_dataset("digits")
+  path = data.export_arrays(digits, tmp_path)
+  assert path == tmp_path / "digits.npz"
+  _assert_same_dataset(data.load_dataset("digits", arrays_dir=tmp_path), digits)
+
+
+def test_a_tfds_array_file_loads_bit_for_bit_without_tensorflow(frey_face, tmp_path):
+  data.export_arrays(frey_face, tmp_path)
+  code = (
+      "import sys, hashlib; from vae_jax import data\n"
+      f"d = data.load_dataset('frey_face', arrays_dir={str(tmp_path)!r})\n"
+      "print(hashlib.sha256(d.train.tobytes() + d.test.tobytes()).hexdigest())\n"
+      "print(sorted({'tensorflow', 'tensorflow_datasets'} & set(sys.modules)))\n"
+  )
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+  import hashlib
+
+  expected = hashlib.sha256(frey_face.train.tobytes() + frey_face.test.tobytes()).hexdigest()
+  assert out.stdout.split() == [expected, "[]"]
+
+
+def test_arrays_dir_comes_from_the_environment_unless_given_as_empty(tmp_path, monkeypatch):
+  digits = data.load_dataset("digits")
+  # A valid but different data set in the file: reading it is observable.
+  reversed_digits = dataclasses.replace(
+      digits, train=digits.train[::-1].copy(), train_labels=digits.train_labels[::-1].copy())
+  data.export_arrays(reversed_digits, tmp_path)
+  monkeypatch.setenv(data.ARRAYS_DIR_ENV, str(tmp_path))
+  _assert_same_dataset(data.load_dataset("digits"), reversed_digits)
+  _assert_same_dataset(data.load_dataset("digits", arrays_dir=""), digits)
+
+
+def test_export_runner_writes_what_the_training_flags_read(tmp_path):
+  code = ("from absl import flags\n"
+          "from experiments import export_arrays, train\n"
+          f"flags.FLAGS(['runner', '--datasets=digits', '--arrays_dir={tmp_path}'])\n"
+          "export_arrays.main(['runner'])\n"
+          "dataset = train.dataset_from_flags()\n"
+          "print(dataset.name, dataset.train.sum(dtype='float64'))\n")
+  out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2],
+                       capture_output=True, text=True, timeout=120, check=True)
+  assert (tmp_path / "digits.npz").is_file()
+  assert out.stdout.split()[-2:] == [
+      "digits", str(data.load_dataset("digits").train.sum(dtype=np.float64))]
+
+
+def test_missing_array_file_is_named_with_the_export_command(tmp_path):
+  with pytest.raises(data.DataError, match="experiments.export_arrays --datasets=mnist") as info:
+    data.load_dataset("mnist", arrays_dir=tmp_path)
+  assert str(tmp_path / "mnist.npz") in str(info.value)
+
+
+def test_an_array_file_of_another_data_set_is_refused(tmp_path):
+  data.export_arrays(data.load_dataset("digits"), tmp_path)
+  (tmp_path / "digits.npz").rename(tmp_path / "frey_face.npz")
+  with pytest.raises(data.DataError, match="holds 'digits'"):
+    data.load_dataset("frey_face", arrays_dir=tmp_path)
+
+
+def test_a_corrupt_array_file_is_named(tmp_path):
+  (tmp_path / "digits.npz").write_bytes(b"not an npz file")
+  with pytest.raises(data.DataError, match="cannot read array file"):
+    data.load_dataset("digits", arrays_dir=tmp_path)
+
+
+def test_only_untransformed_data_sets_are_exported(tmp_path):
+  digits = data.load_dataset("digits")
+  scaled = dataclasses.replace(digits, train=digits.train / 3)
+  with pytest.raises(data.DataError, match="multiples of 1/16"):
+    data.export_arrays(scaled, tmp_path)
+  quantized = dataclasses.replace(digits, test=np.asarray(data.quantize(digits.test, 4)))
+  with pytest.raises(data.DataError, match="int32"):
+    data.export_arrays(quantized, tmp_path)
 
 
 # --- errors ----------------------------------------------------------------------

@@ -7,21 +7,31 @@
 `DATASETS` lists the names; `vae_jax.data.loading` describes each one and its
 split, `vae_jax.data.tfds_prepare` how raw files are found for offline
 preparation, `vae_jax.data.frey_face` the Frey Face TFDS builder. TensorFlow
-and TFDS are imported only when a TFDS data set is loaded, never for "digits".
+and TFDS are imported only when a TFDS data set is loaded, never for "digits"
+nor from the array files that `export_arrays` writes (`arrays_dir=`).
 """
 
 from vae_jax.data.errors import DataError
-from vae_jax.data.loading import DATA_DIR_ENV, DATASETS, Dataset, load_dataset
+from vae_jax.data.loading import (
+    ARRAYS_DIR_ENV,
+    DATA_DIR_ENV,
+    DATASETS,
+    Dataset,
+    export_arrays,
+    load_dataset,
+)
 from vae_jax.data.tfds_prepare import MANUAL_DIR_ENV
 from vae_jax.data.transforms import binarize, quantize
 
 __all__ = [
+    "ARRAYS_DIR_ENV",
     "DATASETS",
     "DATA_DIR_ENV",
     "MANUAL_DIR_ENV",
     "DataError",
     "Dataset",
     "binarize",
+    "export_arrays",
     "load_dataset",
     "quantize",
 ]

@@ -31,6 +31,11 @@ TFDS data sets are prepared once into `data_dir` (argument, else
 `$TFDS_DATA_DIR`, else TFDS's default `~/tensorflow_datasets`) and read from
 there afterwards. Raw files for offline preparation come from `manual_dir`
 (argument, else `$VAE_JAX_MANUAL_DIR`); see `vae_jax.data.tfds_prepare`.
+
+`export_arrays` writes a loaded data set to one compressed `<name>.npz` file;
+`load_dataset(name, arrays_dir=...)` (or `$VAE_JAX_ARRAYS_DIR`) reads it back,
+bit for bit, without TFDS or TensorFlow: for machines that have JAX but no
+TensorFlow (an accelerator host, say).
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Mapping
+from pathlib import Path
 
 import numpy as np
 
@@ -45,6 +51,7 @@ from vae_jax.data import tfds_prepare
 from vae_jax.data.errors import DataError
 
 DATA_DIR_ENV = "TFDS_DATA_DIR"
+ARRAYS_DIR_ENV = "VAE_JAX_ARRAYS_DIR"
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -190,11 +197,77 @@ def _raw_tfds(
           {split: e["label"] for split, e in examples.items() if "label" in e})
 
 
+def arrays_path(arrays_dir: str | os.PathLike[str], name: str) -> Path:
+  """The array file of data set `name` in `arrays_dir`: `<arrays_dir>/<name>.npz`."""
+  return Path(arrays_dir).expanduser() / f"{name}.npz"
+
+
+def export_arrays(dataset: Dataset, arrays_dir: str | os.PathLike[str]) -> Path:
+  """Writes a data set loaded by `load_dataset` to `arrays_path(arrays_dir, name)`.
+
+  Every split is stored as its integer levels (x * the data set's maximum raw
+  value, uint8) with its labels, compressed, so that `load_dataset(name,
+  arrays_dir=arrays_dir)` returns the same arrays bit for bit.
+
+  Returns:
+    The path written.
+
+  Raises:
+    DataError: the data set is not as `load_dataset` returns it (a value
+      that is not a level, e.g. a quantised or otherwise transformed copy).
+  """
+  spec = _SPECS[dataset.name]
+  arrays = {"name": np.array(dataset.name)}
+  for split in spec.num_examples:
+    x = getattr(dataset, split)
+    levels = np.rint(np.asarray(x, np.float64) * spec.max_value)
+    if (x.dtype != np.float32 or levels.min() < 0 or levels.max() > 255
+        or not np.array_equal(levels.astype(np.float32) / np.float32(spec.max_value), x)):
+      raise DataError(
+          f"{dataset.name}[{split}]: only a data set as load_dataset returns it can be "
+          f"exported (float32 multiples of 1/{spec.max_value:g}); got {x.dtype} values "
+          "that are not.")
+    arrays[split] = levels.astype(np.uint8)
+    if spec.num_classes:
+      arrays[f"{split}_labels"] = getattr(dataset, f"{split}_labels")
+  path = arrays_path(arrays_dir, dataset.name)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  np.savez_compressed(path, **arrays)
+  return path
+
+
+def _raw_arrays(
+    name: str, splits: tuple[str, ...], arrays_dir: str | os.PathLike[str]
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+  """({split: [num_examples, data_dim] uint8 levels}, {split: labels}) read
+  from the file `export_arrays` wrote."""
+  path = arrays_path(arrays_dir, name)
+  if not path.is_file():
+    raise DataError(
+        f"{name}: array file {path} not found. Write it with `python -m "
+        f"experiments.export_arrays --datasets={name} --arrays_dir={path.parent}` on a "
+        f"machine with TFDS, or load through TFDS (no arrays_dir / ${ARRAYS_DIR_ENV}).")
+  try:
+    with np.load(path, allow_pickle=False) as contents:
+      arrays = {key: contents[key] for key in contents.files}
+  except (OSError, ValueError) as error:
+    raise DataError(f"{name}: cannot read array file {path}: {error}") from None
+  missing = [split for split in splits if split not in arrays]
+  if str(arrays.get("name", "")) != name or missing:
+    raise DataError(
+        f"{name}: {path} holds {str(arrays.get('name', 'no data set'))!r} with splits "
+        f"{sorted(set(arrays) - {'name'})}, not {name!r} with {list(splits)}; export "
+        "it again.")
+  return ({split: arrays[split] for split in splits},
+          {split: arrays[f"{split}_labels"] for split in splits if f"{split}_labels" in arrays})
+
+
 def load_dataset(
     name: str,
     *,
     data_dir: str | os.PathLike[str] | None = None,
     manual_dir: str | os.PathLike[str] | None = None,
+    arrays_dir: str | os.PathLike[str] | None = None,
 ) -> Dataset:
   """Loads a data set by name, preparing it with TFDS first if needed.
 
@@ -206,19 +279,27 @@ def load_dataset(
       a root with one subdirectory per data set); default
       `$VAE_JAX_MANUAL_DIR`, else TFDS downloads them. Only read when the
       data set is not prepared in `data_dir` yet. Unused for "digits".
+    arrays_dir: a directory of files written by `export_arrays`; default
+      `$VAE_JAX_ARRAYS_DIR`; "" for none. When set, the data set is read from
+      its file there (which must exist), and TFDS, TensorFlow and
+      scikit-learn are not imported; data_dir and manual_dir are then unused.
 
   Returns:
     The `Dataset`, every split checked for shape and value range.
 
   Raises:
     DataError: unknown name; missing, corrupt or undownloadable raw files;
-      prepared data of the wrong shape or range.
+      prepared data of the wrong shape or range; a missing or foreign array file.
   """
   if name not in _SPECS:
     raise DataError(f"Unknown data set {name!r}; valid names: {', '.join(DATASETS)}.")
   spec = _SPECS[name]
   splits = tuple(spec.num_examples)
-  if name == "digits":
+  if arrays_dir is None:
+    arrays_dir = os.environ.get(ARRAYS_DIR_ENV)
+  if arrays_dir:
+    raw, raw_labels = _raw_arrays(name, splits, arrays_dir)
+  elif name == "digits":
     raw, raw_labels = _raw_digits()
   else:
     raw, raw_labels = _raw_tfds(
