@@ -87,12 +87,8 @@ def train_with_labels(model, config, ss_config, run, dataset, num_labels, workdi
   samples_per_epoch = (num_unlabelled // config.batch_size) * config.batch_size
 
   def score(state, number, step_metrics):
-    objective = float(np.mean(step_metrics["objective"]))
-    if not np.isfinite(objective):
-      raise experiment.TrainingDivergedError(
-          f"The M2 objective became {objective} in epoch {number} of {workdir}; its last "
-          "checkpoint is kept.")
-    scores = {"objective": objective}
+    # train_epochs_resumably has checked every epoch's step metrics for NaN.
+    scores = {"objective": float(np.mean(step_metrics["objective"]))}
     for name, x in eval_x.items():
       values = evaluate(state.params, x, eval_y[name], eval_key)
       scores.update({f"{name}_{key}": float(training.mean_nats(value))

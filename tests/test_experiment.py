@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from vae_jax import experiment, models, training
+from vae_jax.checkpoints import Checkpointer
 from vae_jax.metrics import read_metrics
 
 DATA_DIM = 16
@@ -154,3 +155,22 @@ def test_train_epochs_resumably_resumes_an_interrupted_loop_to_the_same_end(tmp_
   strip = lambda records: [{k: v for k, v in r.items() if k != "seconds"} for r in records]
   assert strip(resumed) == strip(straight)
   assert float(resumed_state["x"]) == float(straight_state["x"])
+
+
+def test_train_epochs_resumably_stops_at_the_first_non_finite_epoch(tmp_path):
+  """A NaN in an epoch's outputs stops the loop in that epoch, though no
+  evaluation is due, and keeps the checkpoint of the last evaluation."""
+  def epoch(state):
+    x = state["x"] + 1.0
+    bounds = jax.numpy.where(x >= 3.0, jax.numpy.nan, -x) * jax.numpy.ones(2)
+    return {"x": x}, {"bounds": bounds}
+
+  with pytest.raises(experiment.TrainingDivergedError,
+                     match=r"\['bounds'\] became nan in epoch 3"):
+    experiment.train_epochs_resumably(
+        str(tmp_path), {"x": jax.numpy.zeros(())}, epoch, 10, lambda n: n % 2 == 0,
+        lambda state, number, aux: {"x": float(state["x"])}, samples_per_epoch=10,
+        log=lambda _: None)
+  assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [2]
+  with Checkpointer(str(tmp_path / "checkpoints")) as checkpointer:
+    assert checkpointer.latest_step() == 2

@@ -252,7 +252,10 @@ def train_epochs_resumably(
   last epoch), `score(state, number, aux)` gives the metrics written to
   <workdir>/metrics.jsonl with "samples_seen" and the training "seconds"
   (the epochs alone), and the state is checkpointed. `score` may raise
-  (e.g. `TrainingDivergedError`): the last checkpoint stays.
+  (e.g. `TrainingDivergedError`): the last checkpoint stays. So does a NaN
+  or infinite floating value in any epoch's `aux` (its per-step bounds,
+  objectives or acceptance rates), which raises `TrainingDivergedError` in
+  that epoch rather than at the next evaluation.
 
   Returns:
     (the final state, every metrics record of the run).
@@ -270,6 +273,7 @@ def train_epochs_resumably(
         started = time.perf_counter()
         state, aux = jax.block_until_ready(epoch(state))
         seconds += time.perf_counter() - started
+        _check_finite(aux, number, workdir)
         if not evaluate_at(number) and number != num_epochs:
           continue
         scores = score(state, number, aux)
@@ -277,6 +281,18 @@ def train_epochs_resumably(
                               "seconds": seconds})
         checkpointer.save(number, state)
   return state, read_metrics(writer.path)
+
+
+def _check_finite(aux: Any, number: int, workdir: str) -> None:
+  """Raises `TrainingDivergedError` if a floating value of epoch `number`'s
+  outputs `aux` (a pytree) is NaN or infinite."""
+  for path, value in jax.tree_util.tree_leaves_with_path(aux):
+    value = np.asarray(value)
+    if np.issubdtype(value.dtype, np.floating) and not np.all(np.isfinite(value)):
+      raise TrainingDivergedError(
+          f"The training value {jax.tree_util.keystr(path) or 'of the epoch'} became "
+          f"{value[~np.isfinite(value)].flat[0]} in epoch {number} of {workdir}; its last "
+          "checkpoint is kept.")
 
 
 def binarize_for_evaluation(sets: dict[str, jax.Array]) -> dict[str, jax.Array]:
