@@ -1,5 +1,6 @@
 """`python -m experiments.train` end to end, as a user runs it."""
 
+import dataclasses
 import json
 import signal
 import subprocess
@@ -121,19 +122,31 @@ def test_estimator_variance_runner_at_toy_size(tmp_path):
     assert (outdir / f"variance_stage_{stage}.png").stat().st_size > 1000
 
 
-def test_num_categories_quantises_the_data_every_runner_loads():
+def test_data_flags_every_runner_loads_through(tmp_path):
+  """experiments.export_arrays writes <arrays_dir>/<name>.npz; --arrays_dir
+  reads such a file, and --num_categories quantises what was read (one
+  subprocess: flags are process-wide)."""
+  from vae_jax import data
+
+  digits = data.load_dataset("digits")
+  # A valid but different data set, so that reading the file is observable.
+  clipped = dataclasses.replace(digits, train=np.minimum(digits.train, 0.5))
+  data.export_arrays(clipped, tmp_path / "clipped")
   code = ("from absl import flags\n"
-          "from experiments import train\n"
-          "flags.FLAGS(['runner', '--num_categories=17'])\n"
+          "from experiments import export_arrays, train\n"
+          f"flags.FLAGS(['runner', '--datasets=digits', '--arrays_dir={tmp_path / 'exported'}',"
+          " '--num_categories=17'])\n"
+          "export_arrays.main(['runner'])\n"
+          f"flags.FLAGS.arrays_dir = {str(tmp_path / 'clipped')!r}\n"
           "dataset = train.dataset_from_flags()\n"
           "print(dataset.train.dtype, dataset.train.sum(dtype='int64'))\n")
   result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
                           text=True, timeout=120, check=True)
-  from vae_jax import data
-
+  exported = data.load_dataset("digits", arrays_dir=tmp_path / "exported")
+  np.testing.assert_array_equal(exported.train, digits.train)
   # digits' grey levels are k / 16: 17 bins give back the counts k.
-  counts = int((data.load_dataset("digits").train * 16).sum(dtype=np.int64))
-  assert result.stdout.split() == ["int32", str(counts)]
+  counts = int((clipped.train * 16).sum(dtype=np.int64))
+  assert result.stdout.split()[-2:] == ["int32", str(counts)]
 
 
 @pytest.mark.slow

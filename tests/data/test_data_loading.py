@@ -233,20 +233,6 @@ def test_arrays_dir_comes_from_the_environment_unless_given_as_empty(tmp_path, m
   _assert_same_dataset(data.load_dataset("digits", arrays_dir=""), digits)
 
 
-def test_export_runner_writes_what_the_training_flags_read(tmp_path):
-  code = ("from absl import flags\n"
-          "from experiments import export_arrays, train\n"
-          f"flags.FLAGS(['runner', '--datasets=digits', '--arrays_dir={tmp_path}'])\n"
-          "export_arrays.main(['runner'])\n"
-          "dataset = train.dataset_from_flags()\n"
-          "print(dataset.name, dataset.train.sum(dtype='float64'))\n")
-  out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2],
-                       capture_output=True, text=True, timeout=120, check=True)
-  assert (tmp_path / "digits.npz").is_file()
-  assert out.stdout.split()[-2:] == [
-      "digits", str(data.load_dataset("digits").train.sum(dtype=np.float64))]
-
-
 def test_missing_array_file_is_named_with_the_export_command(tmp_path):
   with pytest.raises(data.DataError, match="experiments.export_arrays --datasets=mnist") as info:
     data.load_dataset("mnist", arrays_dir=tmp_path)
