@@ -246,6 +246,15 @@ def test_an_array_file_of_another_data_set_is_refused(tmp_path):
     data.load_dataset("frey_face", arrays_dir=tmp_path)
 
 
+def test_an_array_file_without_the_labels_is_refused(tmp_path):
+  path = data.export_arrays(data.load_dataset("digits"), tmp_path)
+  with np.load(path) as contents:
+    unlabelled = {k: contents[k] for k in contents.files if not k.endswith("_labels")}
+  np.savez_compressed(path, **unlabelled)
+  with pytest.raises(data.DataError, match="train_labels"):
+    data.load_dataset("digits", arrays_dir=tmp_path)
+
+
 def test_a_corrupt_array_file_is_named(tmp_path):
   (tmp_path / "digits.npz").write_bytes(b"not an npz file")
   with pytest.raises(data.DataError, match="cannot read array file"):

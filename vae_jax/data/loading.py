@@ -237,10 +237,10 @@ def export_arrays(dataset: Dataset, arrays_dir: str | os.PathLike[str]) -> Path:
 
 
 def _raw_arrays(
-    name: str, splits: tuple[str, ...], arrays_dir: str | os.PathLike[str]
+    name: str, splits: tuple[str, ...], labelled: bool, arrays_dir: str | os.PathLike[str]
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-  """({split: [num_examples, data_dim] uint8 levels}, {split: labels}) read
-  from the file `export_arrays` wrote."""
+  """({split: [num_examples, data_dim] uint8 levels}, {split: labels} if
+  `labelled`) read from the file `export_arrays` wrote."""
   path = arrays_path(arrays_dir, name)
   if not path.is_file():
     raise DataError(
@@ -252,14 +252,14 @@ def _raw_arrays(
       arrays = {key: contents[key] for key in contents.files}
   except (OSError, ValueError) as error:
     raise DataError(f"{name}: cannot read array file {path}: {error}") from None
-  missing = [split for split in splits if split not in arrays]
-  if str(arrays.get("name", "")) != name or missing:
+  label_keys = [f"{split}_labels" for split in splits] if labelled else []
+  expected = [*splits, *label_keys]
+  if str(arrays.get("name", "")) != name or not set(expected) <= set(arrays):
     raise DataError(
-        f"{name}: {path} holds {str(arrays.get('name', 'no data set'))!r} with splits "
-        f"{sorted(set(arrays) - {'name'})}, not {name!r} with {list(splits)}; export "
-        "it again.")
+        f"{name}: {path} holds {str(arrays.get('name', 'no data set'))!r} with "
+        f"{sorted(set(arrays) - {'name'})}, not {name!r} with {expected}; export it again.")
   return ({split: arrays[split] for split in splits},
-          {split: arrays[f"{split}_labels"] for split in splits if f"{split}_labels" in arrays})
+          {split: arrays[key] for split, key in zip(splits, label_keys)})
 
 
 def load_dataset(
@@ -298,7 +298,7 @@ def load_dataset(
   if arrays_dir is None:
     arrays_dir = os.environ.get(ARRAYS_DIR_ENV)
   if arrays_dir:
-    raw, raw_labels = _raw_arrays(name, splits, arrays_dir)
+    raw, raw_labels = _raw_arrays(name, splits, spec.num_classes > 0, arrays_dir)
   elif name == "digits":
     raw, raw_labels = _raw_digits()
   else:
