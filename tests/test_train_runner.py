@@ -91,8 +91,9 @@ def test_sigkilled_run_resumes_to_the_same_parameters_as_an_uninterrupted_one(tm
         (["--binarization=dynamic", "--likelihood=gaussian"], "--binarization=dynamic needs"),
         (["--batch_size=5000"], "--batch_size=5000 exceeds the 1500"),
         (["--num_devices=2"], "--num_devices=2 exceeds the 1 devices (1 processes)"),
-        (["--dataset=mnist", "--tfds_manual_dir=/nonexistent/raw"],
-         "cannot load --dataset=mnist: mnist: manual directory /nonexistent/raw"),
+        # A DataError as one FATAL line (the TFDS errors themselves: tests/data).
+        (["--dataset=mnist", "--arrays_dir=/nonexistent/arrays"],
+         "cannot load --dataset=mnist: mnist: array file /nonexistent/arrays/mnist.npz not found"),
     ],
 )
 def test_bad_flags_fail_at_start_naming_the_flag(tmp_path, flags, message):

@@ -406,12 +406,13 @@ def train_and_evaluate(
     if resume_step is not None:
       state = checkpointer.restore(state)
       log(f"Resumed from the checkpoint at step {resume_step} in {run.workdir}.")
-    started = time.perf_counter()
-    # Compiling ahead keeps compilation out of the first epoch's throughput.
-    train_epoch = train_epoch.lower(state, train_data).compile()
-    log(f"Compiled the training epoch in {time.perf_counter() - started:.1f} s.")
     start_step = completed_steps(state)
     start_epoch = start_step // steps_per_epoch
+    if start_epoch < run.num_epochs:
+      started = time.perf_counter()
+      # Compiling ahead keeps compilation out of the first epoch's throughput.
+      train_epoch = train_epoch.lower(state, train_data).compile()
+      log(f"Compiled the training epoch in {time.perf_counter() - started:.1f} s.")
     total_steps = run.num_epochs * steps_per_epoch
     progress = ProgressLogger(
         total_steps,
