@@ -273,7 +273,7 @@ def train_epochs_resumably(
         started = time.perf_counter()
         state, aux = jax.block_until_ready(epoch(state))
         seconds += time.perf_counter() - started
-        _check_finite(aux, number, workdir)
+        _check_finite(aux, number, workdir, checkpointer.latest_step())
         if not evaluate_at(number) and number != num_epochs:
           continue
         scores = score(state, number, aux)
@@ -283,16 +283,18 @@ def train_epochs_resumably(
   return state, read_metrics(writer.path)
 
 
-def _check_finite(aux: Any, number: int, workdir: str) -> None:
-  """Raises `TrainingDivergedError` if a floating value of epoch `number`'s
-  outputs `aux` (a pytree) is NaN or infinite."""
-  for path, value in jax.tree_util.tree_leaves_with_path(aux):
+def _check_finite(outputs: Any, epoch: int, workdir: str, last_checkpoint: int | None) -> None:
+  """Raises `TrainingDivergedError` if a floating value of an epoch's
+  `outputs` (a pytree: per-step bounds, objectives, acceptance rates) is NaN
+  or infinite, naming the value, the epoch and the checkpoint that is kept."""
+  for path, value in jax.tree_util.tree_leaves_with_path(outputs):
     value = np.asarray(value)
     if np.issubdtype(value.dtype, np.floating) and not np.all(np.isfinite(value)):
       raise TrainingDivergedError(
-          f"The training value {jax.tree_util.keystr(path) or 'of the epoch'} became "
-          f"{value[~np.isfinite(value)].flat[0]} in epoch {number} of {workdir}; its last "
-          "checkpoint is kept.")
+          f"The training value {jax.tree_util.keystr(path) or '(bound)'} became "
+          f"{value[~np.isfinite(value)].flat[0]} in epoch {epoch}; stopping. The last good "
+          f"checkpoint (step {last_checkpoint}) is kept in {workdir}; lower the learning "
+          "rate or set a variance floor, then rerun to resume.")
 
 
 def binarize_for_evaluation(sets: dict[str, jax.Array]) -> dict[str, jax.Array]:
@@ -444,13 +446,7 @@ def train_and_evaluate(
         bounds = np.asarray(bounds)  # waits for the epoch to finish
         round_seconds += time.perf_counter() - started
         round_bounds.append(bounds)
-        if not np.all(np.isfinite(bounds)):
-          raise TrainingDivergedError(
-              f"The training bound became {bounds[~np.isfinite(bounds)][0]} in epoch "
-              f"{epoch}; stopping. The last good checkpoint (step "
-              f"{checkpointer.latest_step()}) is kept in {run.workdir}; lower the "
-              "learning rate or set a variance floor, then rerun to resume."
-          )
+        _check_finite(bounds, epoch, run.workdir, checkpointer.latest_step())
         if epoch % run.eval_every and epoch != run.num_epochs:
           continue
         step = completed_steps(state)
