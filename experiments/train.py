@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Callable
 
 import jax
 import numpy as np
@@ -324,6 +325,21 @@ def initialize_distributed_from_flags() -> None:
     )
 
 
+def run_main(main: Callable[[list[str]], None]) -> None:
+  """`app.run(main)` for a runner that trains: a divergence ends the process
+  with one FATAL line and exit status 1, not a traceback, since
+  `TrainingDivergedError`'s message already names the value, the epoch and
+  the checkpoint that is kept for the rerun."""
+
+  def main_without_divergence_traceback(argv: list[str]) -> None:
+    try:
+      main(argv)
+    except experiment.TrainingDivergedError as error:
+      raise SystemExit(f"FATAL: training diverged. {error}") from None
+
+  app.run(main_without_divergence_traceback)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -345,4 +361,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  run_main(main)

@@ -103,6 +103,17 @@ def test_bad_flags_fail_at_start_naming_the_flag(tmp_path, flags, message):
   assert not (tmp_path / "checkpoints").exists()
 
 
+def test_a_diverging_run_ends_with_one_fatal_line_and_keeps_its_checkpoint(tmp_path):
+  result = _train(*DIGITS_FLAGS, "--optimizer=sgd", "--learning_rate=1e30", "--num_epochs=1",
+                  f"--workdir={tmp_path}", check=False)
+  assert result.returncode == 1
+  assert "Traceback" not in result.stderr, result.stderr[-2000:]
+  last_line = result.stderr.strip().splitlines()[-1]
+  assert last_line.startswith("FATAL: training diverged. The training value"), last_line
+  assert f"checkpoint (step 0) is kept in {tmp_path}" in last_line
+  assert (tmp_path / "checkpoints" / "0").is_dir()
+
+
 def test_estimator_variance_runner_at_toy_size(tmp_path):
   result = subprocess.run(
       [sys.executable, "-m", "experiments.estimator_variance", *DIGITS_FLAGS,
