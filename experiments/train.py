@@ -37,6 +37,10 @@ _ARRAYS_DIR = flags.DEFINE_string(
     "arrays_dir", None,
     "Directory of <dataset>.npz files written by experiments.export_arrays: read the data "
     "set from there, without TFDS or TensorFlow (default: $VAE_JAX_ARRAYS_DIR; unset: TFDS).")
+_RESPLIT_SEED = flags.DEFINE_integer(
+    "resplit_seed", None,
+    "Pool the training and test examples and deal them out again at random with this seed, "
+    "keeping the sizes (vae_jax.data.resplit); unset: the data set's own split.")
 _LATENT_DIM = flags.DEFINE_integer("latent_dim", 20, "Latent dimensions J.", lower_bound=1)
 _HIDDEN_SIZES = flags.DEFINE_list(
     "hidden_sizes", ["500"], "Hidden layer widths of encoder and decoder, comma-separated.")
@@ -199,13 +203,16 @@ def tfds_dirs_from_flags() -> dict[str, str | None]:
 
 def dataset_from_flags() -> data.Dataset:
   """Loads --dataset as the model reads it: grey levels, or with
-  --num_categories=K their K-bin category indices (int32, `data.quantize`).
-  A data error becomes a one-line fatal message."""
+  --num_categories=K their K-bin category indices (int32, `data.quantize`);
+  with --resplit_seed, split at random. A data error becomes a one-line
+  fatal message."""
   try:
     dataset = data.load_dataset(
         _DATASET.value, **tfds_dirs_from_flags(), arrays_dir=_ARRAYS_DIR.value)
   except data.DataError as error:
     raise SystemExit(f"FATAL: cannot load --dataset={_DATASET.value}: {error}") from None
+  if _RESPLIT_SEED.value is not None:
+    dataset = data.resplit(dataset, _RESPLIT_SEED.value)
   if _NUM_CATEGORIES.value is None:
     return dataset
   quantized = {split: None if x is None else np.asarray(data.quantize(x, _NUM_CATEGORIES.value))

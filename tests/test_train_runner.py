@@ -136,8 +136,8 @@ def test_estimator_variance_runner_at_toy_size(tmp_path):
 
 def test_data_flags_every_runner_loads_through(tmp_path):
   """experiments.export_arrays writes <arrays_dir>/<name>.npz; --arrays_dir
-  reads such a file, and --num_categories quantises what was read (one
-  subprocess: flags are process-wide)."""
+  reads such a file, --num_categories quantises what was read and
+  --resplit_seed splits it at random (one subprocess: flags are process-wide)."""
   from vae_jax import data
 
   digits = data.load_dataset("digits")
@@ -151,14 +151,18 @@ def test_data_flags_every_runner_loads_through(tmp_path):
           "export_arrays.main(['runner'])\n"
           f"flags.FLAGS.arrays_dir = {str(tmp_path / 'clipped')!r}\n"
           "dataset = train.dataset_from_flags()\n"
-          "print(dataset.train.dtype, dataset.train.sum(dtype='int64'))\n")
+          "print(dataset.train.dtype, dataset.train.sum(dtype='int64'))\n"
+          "flags.FLAGS.resplit_seed = 5\n"
+          "print(*train.dataset_from_flags().test_labels[:20])\n")
   result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
                           text=True, timeout=120, check=True)
   exported = data.load_dataset("digits", arrays_dir=tmp_path / "exported")
   np.testing.assert_array_equal(exported.train, digits.train)
   # digits' grey levels are k / 16: 17 bins give back the counts k.
   counts = int((clipped.train * 16).sum(dtype=np.int64))
-  assert result.stdout.split()[-2:] == ["int32", str(counts)]
+  dtype_line, labels_line = result.stdout.splitlines()[-2:]
+  assert dtype_line.split() == ["int32", str(counts)]
+  assert labels_line.split() == [str(y) for y in data.resplit(clipped, 5).test_labels[:20]]
 
 
 @pytest.mark.slow

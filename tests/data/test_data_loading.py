@@ -371,3 +371,27 @@ def test_check_split_rejects_bad_data(x, binary, match):
 def test_check_labels_rejects_bad_labels(labels, match):
   with pytest.raises(data.DataError, match=match):
     loading.check_labels(labels, name="toy", split="train", num_examples=2, num_classes=10)
+
+
+def _rows_with_labels(x, labels):
+  """The (label, pixels) rows of a split, in a canonical order."""
+  rows = np.concatenate([labels[:, None].astype(np.float32), x], axis=1)
+  return rows[np.lexsort(rows.T[::-1])]
+
+
+def test_resplit_deals_the_same_examples_with_their_labels_into_splits_of_the_same_sizes():
+  digits = data.load_dataset("digits")
+  resplit = data.resplit(digits, seed=3)
+  assert resplit.train.shape == digits.train.shape and resplit.test.shape == digits.test.shape
+  np.testing.assert_array_equal(
+      _rows_with_labels(np.concatenate([resplit.train, resplit.test]),
+                        np.concatenate([resplit.train_labels, resplit.test_labels])),
+      _rows_with_labels(np.concatenate([digits.train, digits.test]),
+                        np.concatenate([digits.train_labels, digits.test_labels])))
+  # Random, not a rotation: the original test images that stay in test are
+  # hypergeometric, mean 297 * 297 / 1797 = 49.1, standard deviation 5.9; bounds at 5 sd.
+  original_test = {row.tobytes() for row in digits.test}
+  kept_in_test = sum(row.tobytes() in original_test for row in resplit.test)
+  assert 19 < kept_in_test < 79
+  np.testing.assert_array_equal(data.resplit(digits, seed=3).test, resplit.test)
+  assert not np.array_equal(data.resplit(digits, seed=4).test, resplit.test)

@@ -19,6 +19,7 @@ from vae_jax.data.loading import (
     Dataset,
     export_arrays,
     load_dataset,
+    resplit,
 )
 from vae_jax.data.tfds_prepare import MANUAL_DIR_ENV
 from vae_jax.data.transforms import binarize, quantize
@@ -34,4 +35,5 @@ __all__ = [
     "export_arrays",
     "load_dataset",
     "quantize",
+    "resplit",
 ]

@@ -35,7 +35,9 @@ there afterwards. Raw files for offline preparation come from `manual_dir`
 `export_arrays` writes a loaded data set to one compressed `<name>.npz` file;
 `load_dataset(name, arrays_dir=...)` (or `$VAE_JAX_ARRAYS_DIR`) reads it back,
 bit for bit, without TFDS or TensorFlow: for machines that have JAX but no
-TensorFlow (an accelerator host, say).
+TensorFlow (an accelerator host, say). `resplit` deals the training and
+test examples out again at random, to check how much a data set's own split
+matters.
 """
 
 from __future__ import annotations
@@ -330,3 +332,32 @@ def load_dataset(
       test_labels=labels.get("test"),
       num_classes=spec.num_classes,
   )
+
+
+def resplit(dataset: Dataset, seed: int) -> Dataset:
+  """The training and test examples pooled and dealt out again at random.
+
+  A check of how much a data set's own split matters: Frey Face's test set,
+  say, is the last stretch of the video (`vae_jax.data.frey_face`), while a
+  random split puts near-duplicate neighbouring frames on both sides. The
+  sizes of the two splits and each example's label stay; the validation split
+  is not touched.
+
+  Args:
+    dataset: as `load_dataset` returns it.
+    seed: seeds the permutation (NumPy's default generator), so a seed names
+      one split on every machine.
+
+  Returns:
+    The `Dataset` with train: [num_train, data_dim] and test: [num_test,
+    data_dim] drawn without replacement from the pooled examples.
+  """
+  pooled = np.concatenate([dataset.train, dataset.test])
+  order = np.random.default_rng(seed).permutation(len(pooled))
+  train_order, test_order = np.split(order, [len(dataset.train)])
+  labels = {}
+  if dataset.train_labels is not None:
+    pooled_labels = np.concatenate([dataset.train_labels, dataset.test_labels])
+    labels = dict(train_labels=pooled_labels[train_order], test_labels=pooled_labels[test_order])
+  return dataclasses.replace(
+      dataset, train=pooled[train_order], test=pooled[test_order], **labels)
