@@ -86,8 +86,18 @@ def check_data(x: Any, model: VAE) -> None:
       )
 
 
+@functools.partial(jax.jit, static_argnames=("model", "method"))
+def _apply(model: VAE, params: Params, *args: Array, method: Callable[..., Any]) -> Any:
+  """`model.apply(params, *args, method=method)` as one compiled program per
+  model, method and input shape: called eagerly, Flax would compile each
+  operation on first use, seconds for the few calls that draw a run's figures."""
+  return model.apply(params, *args, method=method)
+
+
+@functools.partial(jax.jit, static_argnames="model")
 def init_params(model: VAE, key: Array) -> Params:
-  """Initialises encoder and decoder parameters: a Flax variables pytree."""
+  """Initialises encoder and decoder parameters: a Flax variables pytree
+  (compiled once per model)."""
   dtype = jnp.int32 if model.likelihood == "categorical" else jnp.float32
   return model.init(key, jnp.zeros((1, model.data_dim), dtype))
 
@@ -95,24 +105,27 @@ def init_params(model: VAE, key: Array) -> Params:
 def encode(model: VAE, params: Params, x: Array) -> tuple[Array, Array]:
   """q_phi(z|x): x [batch, data_dim] -> (mean, logvar), each [batch, latent_dim]."""
   check_data(x, model)
-  return model.apply(params, x, method=VAE.encode)
+  return _apply(model, params, x, method=VAE.encode)
 
 
 def decode(model: VAE, params: Params, z: Array) -> Any:
   """z [..., latent_dim] -> parameters of p_theta(x|z): logits [..., data_dim]
   (Bernoulli), (mean, logvar) (Gaussian) or logits [..., data_dim, K]."""
-  return model.apply(params, z, method=VAE.decode)
+  return _apply(model, params, z, method=VAE.decode)
 
 
 def decode_mean(model: VAE, params: Params, z: Array) -> Array:
   """E[x | z]: z [..., latent_dim] -> [..., data_dim] (for images and figures)."""
-  return model.apply(params, z, method=VAE.decode_mean)
+  return _apply(model, params, z, method=VAE.decode_mean)
 
 
+@functools.partial(jax.jit, static_argnames=("model", "num_samples", "mean"))
 def sample(
     model: VAE, params: Params, key: Array, num_samples: int, *, mean: bool = True
 ) -> Array:
   """Generates data from the model: z ~ N(0, I), then x given z.
+
+  One compiled program per model, num_samples and mean.
 
   Args:
     model, params: the VAE.
@@ -126,7 +139,7 @@ def sample(
   z_key, x_key = jax.random.split(key)
   z = jax.random.normal(z_key, (num_samples, model.latent_dim))
   if mean:
-    return decode_mean(model, params, z)
+    return model.apply(params, z, method=VAE.decode_mean)
   return model.apply(params, z, x_key, method=VAE.decode_sample)
 
 

@@ -37,6 +37,7 @@ the one-hot y), so the K label-conditioned passes of U share the W x product.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, Callable, Sequence
 
@@ -147,8 +148,9 @@ def make_m2(
   return M2(data_dim, num_classes, latent_dim, tuple(hidden_sizes), activation, init)
 
 
+@functools.partial(jax.jit, static_argnames="model")
 def init_params(model: M2, key: Array) -> Params:
-  """Fresh parameters of all three networks."""
+  """Fresh parameters of all three networks (compiled once per model)."""
   return model.init(key, jnp.zeros((1, model.data_dim)), jnp.zeros((1,), jnp.int32))
 
 

@@ -9,6 +9,7 @@ optional dynamic binarisation, every minibatch step) is a single compiled
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, Callable
 
@@ -203,12 +204,15 @@ def make_optimizer(
   return optax.sgd(learning_rate)
 
 
+@functools.partial(jax.jit, static_argnames=("model", "config", "num_train"))
 def init_train_state(
     model: VAE, config: TrainConfig, key: Array, num_train: int | None = None
 ) -> TrainState:
   """Fresh parameters and optimiser state; `key` seeds both and the run.
 
   num_train: the training set size, needed by a learning-rate schedule.
+  Compiled (once per model, config and num_train): run eagerly, every
+  initialiser's operations would be compiled one by one, seconds on a CPU.
   """
   init_key, run_key = jax.random.split(key)
   return train_state_for(api.init_params(model, init_key), config, run_key, num_train)
