@@ -139,7 +139,7 @@ def sample(
   z_key, x_key = jax.random.split(key)
   z = jax.random.normal(z_key, (num_samples, model.latent_dim))
   if mean:
-    return model.apply(params, z, method=VAE.decode_mean)
+    return decode_mean(model, params, z)
   return model.apply(params, z, x_key, method=VAE.decode_sample)
 
 
