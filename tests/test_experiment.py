@@ -157,6 +157,23 @@ def test_train_epochs_resumably_resumes_an_interrupted_loop_to_the_same_end(tmp_
   assert float(resumed_state["x"]) == float(straight_state["x"])
 
 
+def test_train_epochs_resumably_neither_writes_nor_checkpoints_a_non_finite_score(tmp_path):
+  def epoch(state):
+    return {"x": state["x"] + 1.0}, {}
+
+  def score(state, number, aux):
+    return {"test_bound": float("nan") if number == 4 else -float(state["x"])}
+
+  with pytest.raises(experiment.TrainingDivergedError,
+                     match=r"evaluated value \['test_bound'\] became nan in epoch 4(.|\n)*step 2"):
+    experiment.train_epochs_resumably(
+        str(tmp_path), {"x": jax.numpy.zeros(())}, epoch, 10, lambda n: n % 2 == 0, score,
+        samples_per_epoch=10, log=lambda _: None)
+  assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [2]
+  with Checkpointer(str(tmp_path / "checkpoints")) as checkpointer:
+    assert checkpointer.latest_step() == 2
+
+
 def test_train_epochs_resumably_stops_at_the_first_non_finite_epoch(tmp_path):
   """A NaN in an epoch's outputs stops the loop in that epoch, though no
   evaluation is due, and keeps the checkpoint of the last evaluation."""

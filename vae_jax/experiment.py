@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import math
 import os
 import time
 from typing import Any, Callable
@@ -255,7 +254,9 @@ def train_epochs_resumably(
   (e.g. `TrainingDivergedError`): the last checkpoint stays. So does a NaN
   or infinite floating value in any epoch's `aux` (its per-step bounds,
   objectives or acceptance rates), which raises `TrainingDivergedError` in
-  that epoch rather than at the next evaluation.
+  that epoch rather than at the next evaluation, or in the scores, which
+  raises it before they are written or the state is checkpointed (as in
+  `train_and_evaluate`).
 
   Returns:
     (the final state, every metrics record of the run).
@@ -277,21 +278,24 @@ def train_epochs_resumably(
         if not evaluate_at(number) and number != num_epochs:
           continue
         scores = score(state, number, aux)
+        _check_finite(scores, number, workdir, checkpointer.latest_step(), "evaluated")
         writer.write(number, {"samples_seen": number * samples_per_epoch, **scores,
                               "seconds": seconds})
         checkpointer.save(number, state)
   return state, read_metrics(writer.path)
 
 
-def _check_finite(outputs: Any, epoch: int, workdir: str, last_checkpoint: int | None) -> None:
+def _check_finite(outputs: Any, epoch: int, workdir: str, last_checkpoint: int | None,
+                  kind: str = "training") -> None:
   """Raises `TrainingDivergedError` if a floating value of an epoch's
-  `outputs` (a pytree: per-step bounds, objectives, acceptance rates) is NaN
-  or infinite, naming the value, the epoch and the checkpoint that is kept."""
+  `outputs` (a pytree: per-step bounds, objectives, acceptance rates, or the
+  evaluated scores with kind="evaluated") is NaN or infinite, naming the
+  value, the epoch and the checkpoint that is kept."""
   for path, value in jax.tree_util.tree_leaves_with_path(outputs):
     value = np.asarray(value)
     if np.issubdtype(value.dtype, np.floating) and not np.all(np.isfinite(value)):
       raise TrainingDivergedError(
-          f"The training value {jax.tree_util.keystr(path) or '(bound)'} became "
+          f"The {kind} value {jax.tree_util.keystr(path) or '(bound)'} became "
           f"{value[~np.isfinite(value)].flat[0]} in epoch {epoch}; stopping. The last good "
           f"checkpoint (step {last_checkpoint}) is kept in {workdir}; lower the learning "
           "rate or set a variance floor, then rerun to resume.")
@@ -451,11 +455,7 @@ def train_and_evaluate(
           continue
         step = completed_steps(state)
         scores = evaluation(state, final=epoch == run.num_epochs)
-        if not all(math.isfinite(v) for v in scores.values()):
-          raise TrainingDivergedError(
-              f"The evaluated bound is not finite after epoch {epoch}: {scores}. "
-              f"The last good checkpoint (step {checkpointer.latest_step()}) is kept."
-          )
+        _check_finite(scores, epoch, run.workdir, checkpointer.latest_step(), "evaluated")
         train_seconds += round_seconds
         examples = sum(b.size for b in round_bounds) * config.batch_size
         checkpointer.save(step, state)
