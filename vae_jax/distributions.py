@@ -18,6 +18,7 @@ Array = jax.Array
 _LOG_2PI = math.log(2.0 * math.pi)
 
 
+@jax.custom_jvp
 def bernoulli_log_prob(logits: Array, x: Array) -> Array:
   """log p(x) under independent Bernoullis with p = sigmoid(logits).
 
@@ -33,6 +34,19 @@ def bernoulli_log_prob(logits: Array, x: Array) -> Array:
     [...] log-probabilities in nats.
   """
   return jnp.sum(x * logits - jax.nn.softplus(logits), axis=-1)
+
+
+@bernoulli_log_prob.defjvp
+def _bernoulli_log_prob_jvp(primals, tangents):
+  # d/dlogits = x - sigmoid(logits), stated directly: differentiating
+  # softplus op by op costs XLA more elementwise passes over the [batch,
+  # data_dim] logits, a few percent of a CPU training step (BUILD.md).
+  logits, x = primals
+  logits_dot, x_dot = tangents
+  tangent = (x - jax.nn.sigmoid(logits)) * logits_dot
+  if jnp.issubdtype(x.dtype, jnp.inexact):
+    tangent = tangent + logits * x_dot
+  return bernoulli_log_prob(logits, x), jnp.sum(tangent, axis=-1)
 
 
 def gaussian_log_prob(mean: Array, logvar: Array, x: Array) -> Array:
