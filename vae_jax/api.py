@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vae_jax import distributions, estimators, marginal_likelihood, posteriors, wake_sleep
+from vae_jax import distributions, estimators, posteriors, wake_sleep
 from vae_jax.models import VAE
 
 Array = jax.Array
@@ -324,6 +324,10 @@ def make_marginal_likelihood_estimate(
     raise ValueError(f"num_leapfrog must be >= 1, got {num_leapfrog}.")
   if num_warmup < 0:
     raise ValueError(f"num_warmup must be >= 0, got {num_warmup}.")
+  # Imported here: it brings in blackjax, a third of a second that every
+  # runner would otherwise pay at start-up without using it.
+  from vae_jax import marginal_likelihood  # pylint: disable=g-import-not-at-top
+
   _, log_likelihood_fn = model_functions(model)
   per_example = functools.partial(
       marginal_likelihood.log_marginal_likelihood, log_likelihood_fn,
