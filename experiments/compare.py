@@ -68,7 +68,7 @@ def main(argv):
     logging.info("Compare: %s in %s", name, run.workdir)
     state = experiment.train_and_evaluate(model, config, run, dataset.train, dataset.test,
                                           dataset.image_shape, log=logging.info)
-    params = experiment.host_params(state, run.num_runs)
+    params = experiment.host_params(state)
     records = metrics.read_metrics(os.path.join(run.workdir, metrics.METRICS_FILENAME))
     bounds.setdefault(f"{model.likelihood} decoder", {})[name] = records
     samples[name] = experiment.sample_images(

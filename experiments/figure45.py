@@ -124,7 +124,7 @@ def main(argv):
       logging.info("Figs. 4, 5: %s with J = %d in %s", name, latent_dim, workdir)
       state = experiment.train_and_evaluate(model, config, run, dataset.train, dataset.test,
                                             dataset.image_shape, log=logging.info)
-      params = experiment.host_params(state, run.num_runs)
+      params = experiment.host_params(state)
       if 4 in uses:
         manifolds[name] = experiment.manifold_images(model, params, dataset.image_shape)
       if 5 in uses:

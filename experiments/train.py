@@ -119,6 +119,10 @@ _SEED = flags.DEFINE_integer("seed", 0, "Random seed.")
 _NUM_SEEDS = flags.DEFINE_integer(
     "num_seeds", 1, "Independent runs with seeds --seed, --seed+1, ... trained together as "
     "one vmapped program; metrics.jsonl has each run's bounds.", lower_bound=1)
+_LEARNING_RATES = flags.DEFINE_list(
+    "learning_rates", [], "A learning-rate sweep: --num_seeds runs at each of these rates "
+    "(replacing --learning_rate; with a schedule, the starting rates), trained together as "
+    "one vmapped program; run i has rate i // num_seeds and seed --seed + i % num_seeds.")
 _NUM_DEVICES = flags.DEFINE_integer(
     "num_devices", 1, "Devices of all processes to split each minibatch over "
     "(data-parallel); 0 means all. --batch_size must be a multiple of it, and it of "
@@ -177,6 +181,18 @@ def _check_distributed_flags(values) -> bool:
 
 flags.register_validator(
     "adam_epsilon", lambda epsilon: epsilon > 0, message="--adam_epsilon must be > 0.")
+
+
+def _positive_numbers(values: list[str]) -> bool:
+  try:
+    return all(float(value) > 0 for value in values)
+  except ValueError:
+    return False
+
+
+flags.register_validator(
+    "learning_rates", _positive_numbers,
+    message="--learning_rates must be comma-separated positive numbers, e.g. 0.01,0.02,0.05.")
 
 
 flags.register_validator(
@@ -282,10 +298,13 @@ def run_from_flags(
       keep_checkpoints=_KEEP_CHECKPOINTS.value,
       num_devices=_NUM_DEVICES.value or jax.device_count(),
       num_runs=_NUM_SEEDS.value,
+      learning_rates=tuple(map(float, _LEARNING_RATES.value)),
       log_likelihood_samples=_LOG_LIKELIHOOD_SAMPLES.value,
   )
-  if run.num_runs > 1 and run.num_devices > 1:
-    raise SystemExit("FATAL: --num_seeds > 1 and --num_devices > 1 cannot be combined yet.")
+  if run.multi_run and run.num_devices > 1:
+    raise SystemExit(
+        "FATAL: --num_seeds > 1 or --learning_rates and --num_devices > 1 cannot be "
+        "combined yet.")
   if _BATCH_SIZE.value % run.num_devices:
     raise SystemExit(
         f"FATAL: --batch_size={_BATCH_SIZE.value} is not a multiple of the "
@@ -333,18 +352,21 @@ def initialize_distributed_from_flags() -> None:
 
 
 def run_main(main: Callable[[list[str]], None]) -> None:
-  """`app.run(main)` for a runner that trains: a divergence ends the process
-  with one FATAL line and exit status 1, not a traceback, since
-  `TrainingDivergedError`'s message already names the value, the epoch and
-  the checkpoint that is kept for the rerun."""
+  """`app.run(main)` for a runner that trains: a divergence, or a work
+  directory that holds a run with other settings, ends the process with one
+  FATAL line and exit status 1, not a traceback, since the error's message
+  already says what happened and what to do (the divergence's names the
+  value, the epoch and the checkpoint that is kept for the rerun)."""
 
-  def main_without_divergence_traceback(argv: list[str]) -> None:
+  def main_without_run_error_traceback(argv: list[str]) -> None:
     try:
       main(argv)
     except experiment.TrainingDivergedError as error:
       raise SystemExit(f"FATAL: training diverged. {error}") from None
+    except experiment.RunSettingsMismatchError as error:
+      raise SystemExit(f"FATAL: {error}") from None
 
-  app.run(main_without_divergence_traceback)
+  app.run(main_without_run_error_traceback)
 
 
 def main(argv):
@@ -354,6 +376,8 @@ def main(argv):
   # Every process loads the whole data set: the data is replicated on every device.
   dataset = dataset_from_flags()
   model, config, run = run_from_flags(dataset)
+  # Before flags.txt is written: another run's directory keeps its own.
+  experiment.check_run_settings(model, config, run)
   if jax.process_index() == 0:
     os.makedirs(run.workdir, exist_ok=True)
     with open(os.path.join(run.workdir, "flags.txt"), "w", encoding="utf-8") as f:

@@ -129,6 +129,28 @@ def test_multi_run_logs_each_run_and_its_first_run_is_the_single_run(tmp_path):
   assert (tmp_path / "multi" / "samples.png").exists()
 
 
+def test_learning_rate_sweep_orders_its_runs_rate_major_and_records_the_rates(tmp_path):
+  run = experiment.RunConfig("unused", 1, seed=3, num_runs=2, learning_rates=(0.01, 0.05))
+  assert run.runs == [{"seed": 3, "learning_rate": 0.01}, {"seed": 4, "learning_rate": 0.01},
+                      {"seed": 3, "learning_rate": 0.05}, {"seed": 4, "learning_rate": 0.05}]
+  assert run.multi_run and experiment.RunConfig("unused", 1, learning_rates=(0.1,)).multi_run
+  sweep = _run(tmp_path / "sweep", num_epochs=1, seed=3, num_runs=2, learning_rates=(0.01, 0.05))
+  # Run 2 is seed 3 at rate 0.05 (the config's 0.01 unused): the single run with those
+  # (evaluated with the same key, seed + 1).
+  single_config = training.TrainConfig(batch_size=50, optimizer="adam", learning_rate=0.05)
+  single = _run(tmp_path / "single", num_epochs=1, config=single_config, seed=3)
+  chex.assert_trees_all_close(
+      single.params, jax.tree_util.tree_map(lambda a: a[2], sweep.params), rtol=1e-5, atol=1e-6)
+  last_sweep = read_metrics(tmp_path / "sweep" / "metrics.jsonl")[-1]
+  last_single = read_metrics(tmp_path / "single" / "metrics.jsonl")[-1]
+  assert np.isclose(last_sweep["test_bound_run2"], last_single["test_bound"], rtol=1e-5)
+  settings = json.loads((tmp_path / "sweep" / "run_config.json").read_text())
+  assert settings["learning_rates"] == [0.01, 0.05] and settings["num_runs"] == 2
+  with pytest.raises(experiment.RunSettingsMismatchError,
+                     match=r"learning_rates: saved \[0.01, 0.05\], now \[0.01, 0.1\]"):
+    _run(tmp_path / "sweep", num_epochs=2, seed=3, num_runs=2, learning_rates=(0.01, 0.1))
+
+
 def test_train_epochs_resumably_resumes_an_interrupted_loop_to_the_same_end(tmp_path):
   """The loop of the Fig. 3 and M2 runners: a run stopped by an error in its
   third evaluation resumes from its second checkpoint to the same state and

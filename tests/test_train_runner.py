@@ -53,6 +53,28 @@ def test_runner_on_digits_writes_its_files_and_resumes_as_a_no_op(tmp_path):
   assert len(read_metrics(workdir / "metrics.jsonl")) == 3
 
 
+def test_learning_rate_sweep_through_the_runner_and_a_mismatched_rerun(tmp_path):
+  workdir = tmp_path / "sweep"
+  result = _train(*DIGITS_FLAGS, "--num_epochs=1", "--learning_rates=0.01,0.1", "--num_seeds=2",
+                  f"--workdir={workdir}")
+  assert ("Runs (the metrics' _run<i>): 0: seed 0, learning rate 0.01; 1: seed 1, learning "
+          "rate 0.01; 2: seed 0, learning rate 0.1; 3: seed 1, learning rate 0.1") in result.stderr
+  last = read_metrics(workdir / "metrics.jsonl")[-1]
+  bounds = [last[f"test_bound_run{i}"] for i in range(4)]
+  assert np.isclose(last["test_bound"], np.mean(bounds))
+  assert len(set(bounds)) == 4
+  flags_text = (workdir / "flags.txt").read_text()
+  assert "--learning_rates=0.01,0.1" in flags_text
+  # The same directory without the sweep: one FATAL line, and nothing of it is overwritten.
+  again = _train(*DIGITS_FLAGS, "--num_epochs=2", f"--workdir={workdir}", check=False)
+  assert again.returncode == 1
+  assert "FATAL: " in again.stderr and "holds a run with other settings" in again.stderr
+  assert "learning_rates: saved [0.01, 0.1], now None" in again.stderr
+  assert "Traceback" not in again.stderr
+  assert (workdir / "flags.txt").read_text() == flags_text
+  assert read_metrics(workdir / "metrics.jsonl")[-1] == last
+
+
 def test_sigkilled_run_resumes_to_the_same_parameters_as_an_uninterrupted_one(tmp_path):
   flags = [*DIGITS_FLAGS, "--num_epochs=6", "--eval_every=1"]
   _train(*flags, f"--workdir={tmp_path / 'straight'}")

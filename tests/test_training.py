@@ -1,5 +1,7 @@
 """Train state, step, scanned epoch and evaluation."""
 
+import dataclasses
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -163,6 +165,40 @@ def test_batch_larger_than_training_set_is_an_error():
   model, _, _, _ = _setup()
   with pytest.raises(ValueError, match="batch_size 100 exceeds the 43"):
     training.make_train_epoch(model, training.TrainConfig(batch_size=100), 43)
+
+
+@pytest.mark.parametrize("optimizer,schedule", [("adagrad", "constant"), ("sgd", "iwae")])
+def test_learning_rate_sweep_trains_each_run_as_the_single_run_at_its_rate(optimizer, schedule):
+  model, _, _, data = _setup()
+  config = training.TrainConfig(
+      batch_size=8, optimizer=optimizer, learning_rate=0.3, learning_rate_schedule=schedule)
+  keys = jax.random.split(jax.random.key(7), 2)
+  rates = [0.02, 0.1]  # in place of config's 0.3
+  states = training.init_train_states(model, config, keys, 43)
+  sweep = training.make_train_epoch(model, config, 43, multi_run=True, learning_rates=rates)
+  for _ in range(2):  # with the IWAE schedule the second epoch is its stage 1
+    states, _ = sweep(states, data)
+  for i, (key, rate) in enumerate(zip(keys, rates)):
+    single_config = dataclasses.replace(config, learning_rate=rate)
+    state = training.init_train_state(model, single_config, key, 43)
+    epoch = training.make_train_epoch(model, single_config, 43)
+    for _ in range(2):
+      state, _ = epoch(state, data)
+    chex.assert_trees_all_close(
+        state.params, jax.tree_util.tree_map(lambda a: a[i], states.params),
+        rtol=1e-6, atol=1e-7)
+
+
+def test_learning_rate_sweep_needs_one_positive_rate_per_run():
+  model, config, _, data = _setup()
+  with pytest.raises(ValueError, match="one per run of a multi_run epoch"):
+    training.make_train_epoch(model, config, 43, learning_rates=[0.1, 0.2])
+  with pytest.raises(ValueError, match="positive rates"):
+    training.make_train_epoch(model, config, 43, multi_run=True, learning_rates=[0.1, 0.0])
+  states = training.init_train_states(model, config, jax.random.split(jax.random.key(0), 3))
+  sweep = training.make_train_epoch(model, config, 43, multi_run=True, learning_rates=[0.1, 0.2])
+  with pytest.raises(ValueError, match="holds 3 runs but learning_rates 2 rates"):
+    sweep(states, data)
 
 
 # Slow: test_experiment's multi-run test checks run 0 against a single run by default.

@@ -45,6 +45,10 @@ class TrainingDivergedError(RuntimeError):
   """The bound became NaN or infinite; the last good checkpoint is kept."""
 
 
+class RunSettingsMismatchError(ValueError):
+  """The work directory holds a run with other settings; nothing was changed."""
+
+
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
   """Where and for how long to train.
@@ -62,6 +66,10 @@ class RunConfig:
     num_runs: independent runs (seeds seed, seed + 1, ...) trained together
       by one vmapped program; metrics give their mean and each run's bound,
       examples_per_second counts every run's examples, figures show run 0.
+    learning_rates: a learning-rate sweep: `num_runs` seeds at each of these
+      rates (in place of the TrainConfig's; with a schedule, its starting
+      rate), all in the one vmapped program, ordered as `runs` says; ()
+      for none.
     log_likelihood_samples: k of the importance-sampled test log-likelihood
       (`api.make_log_likelihood_estimate`) logged after the last epoch as
       "test_log_likelihood"; 0 skips it.
@@ -75,7 +83,22 @@ class RunConfig:
   eval_batch_size: int = 1000
   num_devices: int = 1
   num_runs: int = 1
+  learning_rates: tuple[float, ...] = ()
   log_likelihood_samples: int = 0
+
+  @property
+  def runs(self) -> list[dict[str, Any]]:
+    """Each run's {"seed": ..., "learning_rate": ...} in the order of the
+    vmapped axis and of the metrics' "_run<i>" names: the rates of a sweep
+    outer, the seeds inner; "learning_rate" is None without a sweep."""
+    seeds = [self.seed + i for i in range(self.num_runs)]
+    return [{"seed": seed, "learning_rate": rate}
+            for rate in (self.learning_rates or (None,)) for seed in seeds]
+
+  @property
+  def multi_run(self) -> bool:
+    """Whether training is the vmapped program of several runs (or a sweep)."""
+    return self.num_runs > 1 or bool(self.learning_rates)
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -87,6 +110,19 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     else:
       flat[prefix + name] = value
   return flat
+
+
+def check_run_settings(
+    model: VAE, config: training.TrainConfig, run: RunConfig, write: bool = False
+) -> None:
+  """Raises RunSettingsMismatchError unless `run.workdir` is new or holds a
+  run with these settings; with `write`, a new run's are written to its
+  run_config.json. `train_and_evaluate` calls it (writing) before anything
+  else; a runner calls it first to write nothing into another run's
+  directory."""
+  _check_run_config(
+      run.workdir, describe(model, config, run.seed, run.num_runs, run.learning_rates), write
+  )
 
 
 def _check_run_config(
@@ -109,7 +145,7 @@ def _check_run_config(
         if saved.get(name) != now.get(name)
     ]
     if differences:
-      raise ValueError(
+      raise RunSettingsMismatchError(
           f"{workdir} holds a run with other settings; use another --workdir or "
           "the same settings. Differences:\n  " + "\n  ".join(differences)
       )
@@ -135,7 +171,8 @@ def _module_settings(module) -> dict[str, Any]:
 
 
 def describe(
-    model: VAE, config: training.TrainConfig, seed: int, num_runs: int = 1
+    model: VAE, config: training.TrainConfig, seed: int, num_runs: int = 1,
+    learning_rates: tuple[float, ...] = (),
 ) -> dict[str, Any]:
   """The settings that define a run, as they read back from JSON."""
   settings = {
@@ -146,6 +183,8 @@ def describe(
       "seed": seed,
       "num_runs": num_runs,
   }
+  if learning_rates:  # absent otherwise, as in the runs saved before sweeps existed
+    settings["learning_rates"] = list(learning_rates)
   return json.loads(json.dumps(settings))
 
 
@@ -185,10 +224,10 @@ def reconstruction_images(
           images(api.decode_mean(model, params, mean), image_shape, model))
 
 
-def host_params(state: training.TrainState, num_runs: int = 1) -> Any:
-  """The parameters of run 0 (the run seeded with `RunConfig.seed`), on the host."""
+def host_params(state: training.TrainState) -> Any:
+  """The parameters of the state's run 0 (`RunConfig.runs`), on the host."""
   params = jax.device_get(state.params)
-  if num_runs > 1:
+  if np.ndim(state.step):  # the state of several runs, stacked
     params = jax.tree_util.tree_map(lambda leaf: leaf[0], params)
   return params
 
@@ -346,9 +385,7 @@ def train_and_evaluate(
   is_main = jax.process_index() == 0
   log = log if is_main else (lambda line: None)
   os.makedirs(run.workdir, exist_ok=True)
-  _check_run_config(
-      run.workdir, describe(model, config, run.seed, run.num_runs), write=is_main
-  )
+  check_run_settings(model, config, run, write=is_main)
 
   num_train = train_data.shape[0]
   steps_per_epoch = num_train // config.batch_size
@@ -356,8 +393,11 @@ def train_and_evaluate(
   # (`make_mesh` rejects a device count they cannot share).
   multi_device = run.num_devices > 1 or jax.process_count() > 1
   mesh = training.make_mesh(run.num_devices) if multi_device else None
-  multi_run = run.num_runs > 1
-  train_epoch = training.make_train_epoch(model, config, num_train, mesh, multi_run)
+  multi_run = run.multi_run
+  train_epoch = training.make_train_epoch(
+      model, config, num_train, mesh, multi_run,
+      [r["learning_rate"] for r in run.runs] if run.learning_rates else None,
+  )
   evaluate = training.make_evaluate(
       model,
       config.estimator,
@@ -397,9 +437,13 @@ def train_and_evaluate(
     return scores
 
   if multi_run:
-    # Run i is seeded with seed + i: run 0 is the single run with this seed.
-    keys = jax.numpy.stack([jax.random.key(run.seed + i) for i in range(run.num_runs)])
+    # Each run is seeded as the single run with its seed would be.
+    keys = jax.numpy.stack([jax.random.key(r["seed"]) for r in run.runs])
     state = training.init_train_states(model, config, keys, num_train)
+    log("Runs (the metrics' _run<i>): " + "; ".join(
+        f"{i}: seed {r['seed']}" + (f", learning rate {r['learning_rate']:g}"
+                                    if r["learning_rate"] is not None else "")
+        for i, r in enumerate(run.runs)))
   else:
     state = training.init_train_state(model, config, jax.random.key(run.seed), num_train)
   # Placed before a restore, the state is its template, so that every process
@@ -477,7 +521,7 @@ def train_and_evaluate(
   if is_main:
     # On the host, so that plotting runs no program the other processes skip.
     written = write_figures(
-        model, host_params(state, run.num_runs), np.asarray(eval_sets["test"]),
+        model, host_params(state), np.asarray(eval_sets["test"]),
         image_shape, run.workdir, jax.random.key(run.seed + 2),
     )
     log("Figures: " + ", ".join(written))

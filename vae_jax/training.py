@@ -152,12 +152,12 @@ class TrainConfig:
     return posteriors.make_posterior(self.posterior, self.student_t_dof)
 
 
-def iwae_learning_rate(learning_rate: float, steps_per_epoch: int) -> optax.Schedule:
+def iwae_learning_rate(learning_rate: Any, steps_per_epoch: int) -> optax.Schedule:
   """The IWAE paper's schedule over minibatch updates.
 
   Stage i = 0, ..., 7 covers epochs [sum_{j<i} 3^j, sum_{j<=i} 3^j) at
   `learning_rate * 10^(-i/7)`; after the last stage (3280 epochs) the rate
-  stays at its final value.
+  stays at its final value. learning_rate: a float or a traced scalar.
   """
   if steps_per_epoch < 1:
     raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}.")
@@ -175,24 +175,25 @@ def iwae_learning_rate(learning_rate: float, steps_per_epoch: int) -> optax.Sche
 
 
 def make_optimizer(
-    config: TrainConfig, num_train: int | None = None
+    config: TrainConfig, num_train: int | None = None, learning_rate: Any = None
 ) -> optax.GradientTransformation:
   """The optax transformation named by the config (it minimises the loss).
 
   num_train: the training set size, which a schedule counted in epochs needs
   (steps per epoch = num_train // batch_size, as `make_train_epoch`).
+  learning_rate: in place of `config.learning_rate` (with a schedule, its
+  starting rate); may be traced, e.g. one run's rate in a vmapped sweep. The
+  optimiser state does not depend on it.
   """
-  if config.learning_rate_schedule == "constant":
+  if learning_rate is None:
     learning_rate = config.learning_rate
-  elif num_train is None:
-    raise ValueError(
-        f"learning_rate_schedule={config.learning_rate_schedule!r} counts epochs: "
-        "pass num_train, the training set size."
-    )
-  else:
-    learning_rate = iwae_learning_rate(
-        config.learning_rate, num_train // config.batch_size
-    )
+  if config.learning_rate_schedule != "constant":
+    if num_train is None:
+      raise ValueError(
+          f"learning_rate_schedule={config.learning_rate_schedule!r} counts epochs: "
+          "pass num_train, the training set size."
+      )
+    learning_rate = iwae_learning_rate(learning_rate, num_train // config.batch_size)
   if config.optimizer == "adagrad":
     return optax.adagrad(
         learning_rate,
@@ -266,19 +267,20 @@ def _training_objective(model: VAE, config: TrainConfig) -> api.ElboFn | None:
 
 
 def make_train_step(
-    model: VAE, config: TrainConfig, num_train: int
+    model: VAE, config: TrainConfig, num_train: int, learning_rate: Any = None
 ) -> Callable[[TrainState, Array, Array], tuple[TrainState, Array]]:
   """Returns `train_step(state, batch, key) -> (state, mean bound)`.
 
   batch: [M, data_dim]; the mean bound (nats per example, `config.estimator`)
   is of the batch before the update, without the weight prior. Whatever the
   algorithm or kl_weight, it is the bound (the ELBO for A and B).
+  learning_rate: in place of `config.learning_rate` (see `make_optimizer`).
   """
   elbo = api.make_elbo(
       model, config.estimator, config.num_samples, posterior=config.posterior_family
   )
   objective_fn = _training_objective(model, config)
-  optimizer = make_optimizer(config, num_train)
+  optimizer = make_optimizer(config, num_train, learning_rate)
 
   def loss_fn(params, batch, key):
     bounds = elbo(params, batch, key)
@@ -381,6 +383,7 @@ def make_train_epoch(
     num_train: int,
     mesh: jax.sharding.Mesh | None = None,
     multi_run: bool = False,
+    learning_rates: Any = None,
 ) -> Callable[[TrainState, Array], tuple[TrainState, Array]]:
   """Returns a jitted `train_epoch(state, train_data) -> (state, bounds)`.
 
@@ -401,10 +404,21 @@ def make_train_epoch(
 
   With `multi_run`, the state has a leading [num_runs] axis (see
   `init_train_states`) and one compiled program trains every run on the same
-  data with its own key: bounds are then [num_runs, N // M].
+  data with its own key: bounds are then [num_runs, N // M]. With
+  `learning_rates` as well ([num_runs] positive rates), that program is a
+  learning-rate sweep: run i trains at learning_rates[i] in place of
+  `config.learning_rate` (with a schedule, its starting rate), with the same
+  arithmetic as a single run made at that rate.
   """
   if mesh is not None and multi_run:
     raise ValueError("Data-parallel (mesh) and multi-run training cannot be combined yet.")
+  if learning_rates is not None:
+    learning_rates = np.asarray(learning_rates, np.float32)
+    if not multi_run or learning_rates.ndim != 1 or not np.all(learning_rates > 0):
+      raise ValueError(
+          "learning_rates must be a 1-D sequence of positive rates, one per run of a "
+          f"multi_run epoch; got {learning_rates.tolist()} with multi_run={multi_run}."
+      )
   if num_train < config.batch_size:
     raise ValueError(
         f"batch_size {config.batch_size} exceeds the {num_train} training examples."
@@ -415,9 +429,9 @@ def make_train_epoch(
         "devices it is split over."
     )
   num_batches = num_train // config.batch_size
-  train_step = make_train_step(model, config, num_train)
 
-  def train_epoch(state: TrainState, train_data: Array):
+  def train_epoch(state: TrainState, train_data: Array, learning_rate: Any = None):
+    train_step = make_train_step(model, config, num_train, learning_rate)
     key, step_key, (_, batches) = epoch_batches(state.key, train_data, config)
     if mesh is not None:
       batches = jax.lax.with_sharding_constraint(
@@ -429,7 +443,17 @@ def make_train_epoch(
     )
     return state.replace(key_data=jax.random.key_data(key)), bounds
 
-  if multi_run:
+  if learning_rates is not None:
+    sweep = jax.vmap(train_epoch, in_axes=(0, None, 0))
+
+    def train_epoch(state: TrainState, train_data: Array):
+      if state.step.shape != learning_rates.shape:
+        raise ValueError(
+            f"The state holds {state.step.shape[0]} runs but learning_rates "
+            f"{learning_rates.size} rates."
+        )
+      return sweep(state, train_data, learning_rates)
+  elif multi_run:
     train_epoch = jax.vmap(train_epoch, in_axes=(0, None))
   if mesh is None:
     return jax.jit(train_epoch, donate_argnums=0)
