@@ -106,9 +106,7 @@ def main(argv):
   stages = _parse_stages(_STAGES.value)
   dataset = train_flags.dataset_from_flags()
   model, config, run = train_flags.run_from_flags(dataset)
-  if run.multi_run:
-    raise SystemExit(
-        "FATAL: the variance benchmark measures one run; drop --num_seeds and --learning_rates.")
+  train_flags.exit_if_ignored(run, "the variance benchmark", uses_devices=True)
   outdir = _OUTDIR.value or os.path.join(run.workdir, "variance")
   os.makedirs(outdir, exist_ok=True)
   if _NUM_EXAMPLES.value > dataset.train.shape[0]:

@@ -82,6 +82,7 @@ def train_and_score(model, config, algorithm, train_data, eval_sets, num_epochs,
   from the run's last checkpoint. Returns its metrics records."""
   num_train = train_data.shape[0]
   key = jax.random.key(seed)
+  mcem_config = None
   if algorithm == "mcem":
     mcem_config = mcem.MCEMConfig(num_leapfrog=_MCEM_NUM_LEAPFROG.value,
                                   num_updates=_MCEM_NUM_UPDATES.value,
@@ -111,7 +112,10 @@ def train_and_score(model, config, algorithm, train_data, eval_sets, num_epochs,
 
   _, records = experiment.train_epochs_resumably(
       workdir, state, lambda s: epoch(s, train_data), num_epochs, scored.__contains__, score,
-      samples_per_epoch, log=logging.info)
+      samples_per_epoch, log=logging.info,
+      settings={**experiment.describe(model, config, seed),
+                **experiment.describe_parts(algorithm=algorithm, num_train=num_train,
+                                            mcem=mcem_config)})
   return records
 
 
@@ -120,6 +124,7 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   dataset = train_flags.dataset_from_flags()
   model, config, run = train_flags.run_from_flags(dataset)
+  train_flags.exit_if_ignored(run, "Fig. 3's runner", uses_devices=False)
   root = flags.FLAGS.workdir or os.path.join("runs", f"figure3_{flags.FLAGS.dataset}")
   test = dataset.test[: _ML_EXAMPLES.value]
   estimate = jax.jit(api.make_marginal_likelihood_estimate(

@@ -100,7 +100,10 @@ def train_with_labels(model, config, ss_config, run, dataset, num_labels, workdi
   state, records = experiment.train_epochs_resumably(
       workdir, state, lambda s: epoch(s, unlabelled, x_labelled, y_labelled), run.num_epochs,
       lambda number: number % run.eval_every == 0, score, samples_per_epoch,
-      run.keep_checkpoints, log=logging.info)
+      run.keep_checkpoints, log=logging.info,
+      settings=experiment.describe_parts(
+          m2=model, train=config, semi_supervised=ss_config, seed=run.seed,
+          num_labels=num_labels))
   return records, state
 
 
@@ -119,6 +122,7 @@ def main(argv):
     raise SystemExit(f"FATAL: --dataset={dataset.name} has no labels; M2 needs a labelled "
                      "data set (digits, mnist, fashion_mnist).")
   vae, config, run = train_flags.run_from_flags(dataset)
+  train_flags.exit_if_ignored(run, "the M2 runner", uses_devices=False)
   if vae.likelihood != "bernoulli":
     raise SystemExit(f"FATAL: M2 has a Bernoulli decoder; --likelihood={vae.likelihood} "
                      "is not supported.")

@@ -321,6 +321,19 @@ def run_from_flags(
   return model, config, run
 
 
+def exit_if_ignored(run: experiment.RunConfig, runner: str, uses_devices: bool) -> None:
+  """Ends a runner that trains one run at a time (on one device unless
+  `uses_devices`) with one FATAL line if flags ask for what it would ignore."""
+  ignored = [flag for flag, asked in (
+      ("--num_seeds", run.num_runs > 1),
+      ("--learning_rates", bool(run.learning_rates)),
+      ("--num_devices", run.num_devices > 1 and not uses_devices)) if asked]
+  if ignored:
+    raise SystemExit(f"FATAL: {runner} trains one run at a time"
+                     + ("" if uses_devices else " on one device")
+                     + f"; drop {' and '.join(ignored)}.")
+
+
 def preset_name(path: str) -> str:
   """experiments/configs/mnist.flags -> mnist."""
   return os.path.splitext(os.path.basename(path))[0]

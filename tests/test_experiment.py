@@ -158,14 +158,14 @@ def test_train_epochs_resumably_resumes_an_interrupted_loop_to_the_same_end(tmp_
   def epoch(state):
     return {"x": state["x"] * 1.5 + 1.0}, state["x"]
 
-  def run(workdir, fail_at=None):
+  def run(workdir, fail_at=None, rate=1.5):
     def score(state, number, aux):
       if number == fail_at:
         raise experiment.TrainingDivergedError("stop")
       return {"x": float(state["x"]), "aux": float(aux)}
     return experiment.train_epochs_resumably(
         str(workdir), {"x": jax.numpy.zeros(())}, epoch, 5, lambda n: n % 2 == 0, score,
-        samples_per_epoch=10, log=lambda _: None)
+        samples_per_epoch=10, log=lambda _: None, settings={"rate": rate})
 
   straight_state, straight = run(tmp_path / "straight")
   with pytest.raises(experiment.TrainingDivergedError):
@@ -177,6 +177,11 @@ def test_train_epochs_resumably_resumes_an_interrupted_loop_to_the_same_end(tmp_
   strip = lambda records: [{k: v for k, v in r.items() if k != "seconds"} for r in records]
   assert strip(resumed) == strip(straight)
   assert float(resumed_state["x"]) == float(straight_state["x"])
+  # Other settings in the same directory: an error, and the run's files untouched.
+  files = {p: p.read_bytes() for p in (tmp_path / "straight").rglob("*") if p.is_file()}
+  with pytest.raises(experiment.RunSettingsMismatchError, match="rate: saved 1.5, now 2.0"):
+    run(tmp_path / "straight", rate=2.0)
+  assert {p: p.read_bytes() for p in (tmp_path / "straight").rglob("*") if p.is_file()} == files
 
 
 def test_train_epochs_resumably_neither_writes_nor_checkpoints_a_non_finite_score(tmp_path):
@@ -190,7 +195,7 @@ def test_train_epochs_resumably_neither_writes_nor_checkpoints_a_non_finite_scor
                      match=r"evaluated value \['test_bound'\] became nan in epoch 4(.|\n)*step 2"):
     experiment.train_epochs_resumably(
         str(tmp_path), {"x": jax.numpy.zeros(())}, epoch, 10, lambda n: n % 2 == 0, score,
-        samples_per_epoch=10, log=lambda _: None)
+        samples_per_epoch=10, log=lambda _: None, settings={})
   assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [2]
   with Checkpointer(str(tmp_path / "checkpoints")) as checkpointer:
     assert checkpointer.latest_step() == 2
@@ -209,7 +214,7 @@ def test_train_epochs_resumably_stops_at_the_first_non_finite_epoch(tmp_path):
     experiment.train_epochs_resumably(
         str(tmp_path), {"x": jax.numpy.zeros(())}, epoch, 10, lambda n: n % 2 == 0,
         lambda state, number, aux: {"x": float(state["x"])}, samples_per_epoch=10,
-        log=lambda _: None)
+        log=lambda _: None, settings={})
   assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [2]
   with Checkpointer(str(tmp_path / "checkpoints")) as checkpointer:
     assert checkpointer.latest_step() == 2

@@ -118,3 +118,20 @@ def test_compare_runner_trains_each_variant_and_draws_every_figure(tmp_path):
   assert all(r["dataset"] == "digits" and r["samples_seen"] == 1500 for r in rows)
   for name in ("bounds", "samples", "reconstructions", "latents"):
     assert mpimg.imread(tmp_path / f"compare_{name}.png").shape[0] > 100
+
+
+def test_one_run_runners_refuse_the_flags_they_would_ignore(tmp_path):
+  """Fig. 3's and M2's runners train one run on one device: a sweep or extra
+  seeds would be silently dropped, so they stop with one FATAL line."""
+  for runner, flags, message in (
+      ("figure3", ["--learning_rates=0.01,0.1"], "Fig. 3's runner trains one run at a time on "
+       "one device; drop --learning_rates."),
+      ("semi_supervised", ["--num_seeds=2", "--learning_rates=0.1,0.2"], "the M2 runner trains "
+       "one run at a time on one device; drop --num_seeds and --learning_rates.")):
+    result = subprocess.run(
+        [sys.executable, "-m", f"experiments.{runner}", *DIGITS_FLAGS, *flags,
+         f"--workdir={tmp_path / runner}"],
+        cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert f"FATAL: {message}" in result.stderr
+    assert not (tmp_path / runner).exists()

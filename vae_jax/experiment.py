@@ -25,6 +25,7 @@ import os
 import time
 from typing import Any, Callable
 
+import flax.linen as nn
 import jax
 import numpy as np
 
@@ -136,9 +137,11 @@ def _check_run_config(
       saved = json.load(f)
     # A training setting added after the run was saved reads as its default,
     # which is how that run trained, so that older runs still resume.
+    now = _flatten(description)
     defaults = _flatten({"train": json.loads(json.dumps(dataclasses.asdict(
         training.TrainConfig())))})
-    saved, now = {**defaults, **_flatten(saved)}, _flatten(description)
+    saved = {**{name: value for name, value in defaults.items() if name in now},
+             **_flatten(saved)}
     differences = [
         f"{name}: saved {saved.get(name)!r}, now {now.get(name)!r}"
         for name in sorted(saved.keys() | now.keys())
@@ -168,6 +171,21 @@ def _module_settings(module) -> dict[str, Any]:
       for field in dataclasses.fields(module)
       if field.name not in ("parent", "name")
   }
+
+
+def describe_parts(**parts: Any) -> dict[str, Any]:
+  """Settings of a run that `describe` does not cover (another model, a
+  runner's own configuration), as they read back from JSON: a Flax module
+  becomes its fields, any other dataclass `dataclasses.asdict`. A TrainConfig
+  goes under "train", where a field added later reads as its default."""
+  def settings_of(value):
+    if isinstance(value, nn.Module):
+      return _module_settings(value)
+    if dataclasses.is_dataclass(value):
+      return dataclasses.asdict(value)
+    return value
+
+  return json.loads(json.dumps({name: settings_of(value) for name, value in parts.items()}))
 
 
 def describe(
@@ -280,8 +298,15 @@ def train_epochs_resumably(
     samples_per_epoch: int,
     keep_checkpoints: int = 1,
     log: Callable[[str], None] = print,
+    *,
+    settings: dict[str, Any],
 ) -> tuple[Any, list[dict[str, Any]]]:
   """Runs `epoch` up to `num_epochs` epochs in `workdir`, resuming there.
+
+  `settings` define the run (`describe`, `describe_parts`): a new run writes
+  them to <workdir>/run_config.json, and a workdir holding a run with other
+  settings raises `RunSettingsMismatchError` before anything is restored or
+  written, as in `train_and_evaluate`.
 
   A run of a runner that is not `train_and_evaluate` (Fig. 3's methods, M2):
   the state is restored from the last checkpoint in <workdir>/checkpoints if
@@ -300,6 +325,8 @@ def train_epochs_resumably(
   Returns:
     (the final state, every metrics record of the run).
   """
+  os.makedirs(workdir, exist_ok=True)
+  _check_run_config(workdir, settings, write=True)
   with Checkpointer(os.path.join(workdir, "checkpoints"),
                     max_to_keep=keep_checkpoints) as checkpointer:
     done = checkpointer.latest_step() or 0
