@@ -126,7 +126,8 @@ _LEARNING_RATES = flags.DEFINE_list(
 _NUM_DEVICES = flags.DEFINE_integer(
     "num_devices", 1, "Devices of all processes to split each minibatch over "
     "(data-parallel); 0 means all. --batch_size must be a multiple of it, and it of "
-    "--num_processes.", lower_bound=0)
+    "--num_processes. With --num_seeds > 1 or --learning_rates: the devices (of one "
+    "process) to split the runs over, a divisor of their number.", lower_bound=0)
 _COORDINATOR_ADDRESS = flags.DEFINE_string(
     "coordinator_address", None,
     "host:port of process 0 for multi-process training (jax.distributed.initialize); "
@@ -301,18 +302,22 @@ def run_from_flags(
       learning_rates=tuple(map(float, _LEARNING_RATES.value)),
       log_likelihood_samples=_LOG_LIKELIHOOD_SAMPLES.value,
   )
-  if run.multi_run and run.num_devices > 1:
-    raise SystemExit(
-        "FATAL: --num_seeds > 1 or --learning_rates and --num_devices > 1 cannot be "
-        "combined yet.")
-  if _BATCH_SIZE.value % run.num_devices:
-    raise SystemExit(
-        f"FATAL: --batch_size={_BATCH_SIZE.value} is not a multiple of the "
-        f"{run.num_devices} devices of --num_devices.")
   if run.num_devices > jax.device_count():
     raise SystemExit(
         f"FATAL: --num_devices={run.num_devices} exceeds the {jax.device_count()} "
         f"devices ({jax.process_count()} processes).")
+  if run.multi_run and jax.process_count() > 1:
+    raise SystemExit(
+        "FATAL: --num_seeds > 1 and --learning_rates train in one process; drop "
+        "--coordinator_address.")
+  if run.multi_run and len(run.runs) % run.num_devices:
+    raise SystemExit(
+        f"FATAL: --num_devices={run.num_devices} must divide the {len(run.runs)} runs of "
+        "--num_seeds and --learning_rates, which are split over the devices.")
+  if not run.multi_run and _BATCH_SIZE.value % run.num_devices:
+    raise SystemExit(
+        f"FATAL: --batch_size={_BATCH_SIZE.value} is not a multiple of the "
+        f"{run.num_devices} devices of --num_devices.")
   if run.num_devices % jax.process_count():
     raise SystemExit(
         f"FATAL: --num_devices={run.num_devices} is not a multiple of the "

@@ -64,6 +64,8 @@ class RunConfig:
     eval_batch_size: examples per evaluation batch.
     num_devices: devices to split each minibatch over (data-parallel); with
       several processes, devices of all of them, a multiple of their number.
+      With several runs (`multi_run`), the devices of this process to split
+      the runs over instead, a divisor of their number.
     num_runs: independent runs (seeds seed, seed + 1, ...) trained together
       by one vmapped program; metrics give their mean and each run's bound,
       examples_per_second counts every run's examples, figures show run 0.
@@ -475,7 +477,7 @@ def train_and_evaluate(
     state = training.init_train_state(model, config, jax.random.key(run.seed), num_train)
   # Placed before a restore, the state is its template, so that every process
   # restores straight into the devices of the mesh.
-  state = place(state)
+  state = training.shard_runs(state, mesh) if mesh and multi_run else place(state)
   with Checkpointer(
       os.path.join(run.workdir, "checkpoints"), max_to_keep=run.keep_checkpoints
   ) as checkpointer:

@@ -313,7 +313,8 @@ BATCH_AXIS = "batch"
 
 
 def make_mesh(num_devices: int) -> jax.sharding.Mesh:
-  """A 1-D mesh of `num_devices` devices of all processes, axis `BATCH_AXIS`.
+  """A 1-D mesh of `num_devices` devices of all processes, axis `BATCH_AXIS`
+  (which splits each minibatch, or in multi-run training the runs).
 
   Every process contributes its first `num_devices / jax.process_count()`
   local devices, since every process must hold a part of every minibatch to
@@ -353,6 +354,21 @@ def replicate(tree: Any, mesh: jax.sharding.Mesh) -> Any:
   return jax.make_array_from_process_local_data(
       NamedSharding(mesh, PartitionSpec()), tree
   )
+
+
+def shard_runs(tree: Any, mesh: jax.sharding.Mesh) -> Any:
+  """Places a pytree of several runs (a leading [num_runs] axis on every
+  array, e.g. `init_train_states`) with its runs split evenly over the
+  devices of the mesh, which must all belong to this process."""
+  if jax.process_count() > 1:
+    raise ValueError("Runs are split over the devices of one process only.")
+  num_runs = {leaf.shape[0] for leaf in jax.tree_util.tree_leaves(tree)}
+  if len(num_runs) != 1 or next(iter(num_runs)) % mesh.size:
+    raise ValueError(
+        f"Runs split over {mesh.size} devices must be a multiple of them in number; "
+        f"the leaves' leading axes are {sorted(num_runs)}."
+    )
+  return jax.device_put(tree, NamedSharding(mesh, PartitionSpec(BATCH_AXIS)))
 
 
 def epoch_batches(
@@ -409,9 +425,13 @@ def make_train_epoch(
   learning-rate sweep: run i trains at learning_rates[i] in place of
   `config.learning_rate` (with a schedule, its starting rate), with the same
   arithmetic as a single run made at that rate.
+
+  With both, the runs are split over the mesh's devices instead (a single
+  process; the number of runs a multiple of theirs): each device trains its
+  runs on its own copy of the data, with no communication. The state is
+  expected split so (`shard_runs`), and the returned state and bounds are.
   """
-  if mesh is not None and multi_run:
-    raise ValueError("Data-parallel (mesh) and multi-run training cannot be combined yet.")
+  data_parallel = mesh is not None and not multi_run
   if learning_rates is not None:
     learning_rates = np.asarray(learning_rates, np.float32)
     if not multi_run or learning_rates.ndim != 1 or not np.all(learning_rates > 0):
@@ -423,7 +443,7 @@ def make_train_epoch(
     raise ValueError(
         f"batch_size {config.batch_size} exceeds the {num_train} training examples."
     )
-  if mesh is not None and config.batch_size % mesh.size:
+  if data_parallel and config.batch_size % mesh.size:
     raise ValueError(
         f"batch_size {config.batch_size} must be a multiple of the {mesh.size} "
         "devices it is split over."
@@ -433,7 +453,7 @@ def make_train_epoch(
   def train_epoch(state: TrainState, train_data: Array, learning_rate: Any = None):
     train_step = make_train_step(model, config, num_train, learning_rate)
     key, step_key, (_, batches) = epoch_batches(state.key, train_data, config)
-    if mesh is not None:
+    if data_parallel:
       batches = jax.lax.with_sharding_constraint(
           batches, NamedSharding(mesh, PartitionSpec(None, BATCH_AXIS))
       )
@@ -458,7 +478,12 @@ def make_train_epoch(
   if mesh is None:
     return jax.jit(train_epoch, donate_argnums=0)
   replicated = NamedSharding(mesh, PartitionSpec())
-  return jax.jit(train_epoch, donate_argnums=0, out_shardings=replicated)
+  if data_parallel:
+    return jax.jit(train_epoch, donate_argnums=0, out_shardings=replicated)
+  by_run = NamedSharding(mesh, PartitionSpec(BATCH_AXIS))
+  return jax.jit(
+      train_epoch, donate_argnums=0, in_shardings=(by_run, replicated), out_shardings=by_run
+  )
 
 
 def make_evaluate(
