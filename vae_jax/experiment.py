@@ -328,7 +328,7 @@ def train_epochs_resumably(
     (the final state, every metrics record of the run).
   """
   os.makedirs(workdir, exist_ok=True)
-  _check_run_config(workdir, settings, write=True)
+  _check_run_config(workdir, json.loads(json.dumps(settings)), write=True)
   with Checkpointer(os.path.join(workdir, "checkpoints"),
                     max_to_keep=keep_checkpoints) as checkpointer:
     done = checkpointer.latest_step() or 0
