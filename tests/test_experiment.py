@@ -165,7 +165,7 @@ def test_train_epochs_resumably_resumes_an_interrupted_loop_to_the_same_end(tmp_
       return {"x": float(state["x"]), "aux": float(aux)}
     return experiment.train_epochs_resumably(
         str(workdir), {"x": jax.numpy.zeros(())}, epoch, 5, lambda n: n % 2 == 0, score,
-        samples_per_epoch=10, log=lambda _: None, settings={"rate": rate})
+        samples_per_epoch=10, log=lambda _: None, settings={"rate": rate, "sizes": (8, 4)})
 
   straight_state, straight = run(tmp_path / "straight")
   with pytest.raises(experiment.TrainingDivergedError):

@@ -132,7 +132,9 @@ def _check_run_config(
     workdir: str, description: dict[str, Any], write: bool
 ) -> None:
   """Checks the settings against the run being resumed; a new run's are
-  written if `write`."""
+  written if `write`. They are compared as they read back from JSON (a
+  tuple as the list it is saved as)."""
+  description = json.loads(json.dumps(description))
   path = os.path.join(workdir, "run_config.json")
   if os.path.exists(path):
     with open(path, encoding="utf-8") as f:
@@ -328,7 +330,7 @@ def train_epochs_resumably(
     (the final state, every metrics record of the run).
   """
   os.makedirs(workdir, exist_ok=True)
-  _check_run_config(workdir, json.loads(json.dumps(settings)), write=True)
+  _check_run_config(workdir, settings, write=True)
   with Checkpointer(os.path.join(workdir, "checkpoints"),
                     max_to_keep=keep_checkpoints) as checkpointer:
     done = checkpointer.latest_step() or 0
@@ -477,7 +479,7 @@ def train_and_evaluate(
     state = training.init_train_state(model, config, jax.random.key(run.seed), num_train)
   # Placed before a restore, the state is its template, so that every process
   # restores straight into the devices of the mesh.
-  state = training.shard_runs(state, mesh) if mesh and multi_run else place(state)
+  state = training.shard_runs(state, mesh) if mesh is not None and multi_run else place(state)
   with Checkpointer(
       os.path.join(run.workdir, "checkpoints"), max_to_keep=run.keep_checkpoints
   ) as checkpointer:
