@@ -184,6 +184,24 @@ def test_train_epochs_resumably_resumes_an_interrupted_loop_to_the_same_end(tmp_
   assert {p: p.read_bytes() for p in (tmp_path / "straight").rglob("*") if p.is_file()} == files
 
 
+def test_train_epochs_resumably_reads_a_setting_added_later_as_its_default(tmp_path):
+  """A run saved before a setting existed resumes when the setting is at the
+  default given for it, and not when it is set otherwise."""
+  def run(settings, num_epochs):
+    return experiment.train_epochs_resumably(
+        str(tmp_path), {"x": jax.numpy.zeros(())}, lambda s: ({"x": s["x"] + 1.0}, {}),
+        num_epochs, lambda n: True, lambda state, number, aux: {"x": float(state["x"])},
+        samples_per_epoch=10, log=lambda _: None, settings=settings,
+        setting_defaults={"part": {"new": True}})
+
+  run({"part": {"old": 1}}, 1)
+  with pytest.raises(experiment.RunSettingsMismatchError,
+                     match="part.new: saved True, now False"):
+    run({"part": {"old": 1, "new": False}}, 2)
+  state, records = run({"part": {"old": 1, "new": True}}, 2)
+  assert float(state["x"]) == 2.0 and [r["step"] for r in records] == [1, 2]
+
+
 def test_train_epochs_resumably_neither_writes_nor_checkpoints_a_non_finite_score(tmp_path):
   def epoch(state):
     return {"x": state["x"] + 1.0}, {}

@@ -142,6 +142,47 @@ def test_objective_weights_the_terms_by_set_sizes(tiny):
                              rtol=1e-6)
 
 
+def test_objective_without_unlabelled_examples_is_the_labelled_terms_alone(tiny):
+  model, params, x = tiny
+  y = jnp.arange(6) % NUM_CLASSES
+  objective = ss.make_objective(model, ss.ObjectiveConfig(alpha=0.5), 20, 0)
+  # x_unlabelled is not read: NaNs there reach neither the value nor the gradient.
+  nans = jnp.full_like(x, jnp.nan)
+  (value, aux), grads = jax.value_and_grad(objective, has_aux=True)(
+      params, x, y, nans, jax.random.key(0))
+  assert set(aux) == {"labelled_bound", "classification_loss"}
+  np.testing.assert_allclose(value, aux["labelled_bound"] - 0.5 * aux["classification_loss"],
+                             rtol=1e-6)
+  assert all(np.isfinite(g).all() for g in jax.tree.leaves(grads))
+
+
+def test_supervised_baseline_epoch_ignores_the_unlabelled_set():
+  """With use_unlabelled=False two different unlabelled sets train the same
+  parameters (the set only sets the number of steps); with it they do not."""
+  model = ss.make_m2(5, NUM_CLASSES, 1, hidden_sizes=(8,), activation="tanh", init="flax")
+  config = training.TrainConfig(optimizer="adam", learning_rate=0.01, batch_size=4,
+                                dynamic_binarization=False)
+  x_labelled = (jax.random.uniform(jax.random.key(1), (6, 5)) < 0.5).astype(jnp.float32)
+  y_labelled = jnp.arange(6) % NUM_CLASSES
+  sets = [(jax.random.uniform(jax.random.key(k), (12, 5)) < 0.5).astype(jnp.float32)
+          for k in (2, 3)]
+
+  def trained(use_unlabelled, unlabelled):
+    epoch = sst.make_train_epoch(
+        model, config, sst.SemiSupervisedConfig(labelled_batch_size=3,
+                                                use_unlabelled=use_unlabelled), 6, 12)
+    state = sst.init_state(model, config, jax.random.key(0), 12)
+    state, metrics = epoch(state, unlabelled, x_labelled, y_labelled)
+    assert metrics["objective"].shape == (3,)
+    assert ("unlabelled_bound" in metrics) == use_unlabelled
+    return jax.tree.leaves(state.params)
+
+  for a, b in zip(trained(False, sets[0]), trained(False, sets[1])):
+    np.testing.assert_array_equal(a, b)
+  assert any(not np.array_equal(a, b)
+             for a, b in zip(trained(True, sets[0]), trained(True, sets[1])))
+
+
 def test_style_transfer_draws_every_label_from_one_style(tiny):
   model, params, x = tiny
   # Full float32 products: on GPUs, TF32 rounds the vmapped and the direct
@@ -214,3 +255,15 @@ def test_runner_learns_the_digit_classes_from_50_labels(tmp_path):
   assert (tmp_path / "style_transfer.png").stat().st_size > 5000
   rows = json.loads((tmp_path / "semi_supervised.json").read_text())
   assert rows[0]["epochs"] == 10 and rows[0]["samples_seen"] == 10 * 1500
+
+
+def test_runner_trains_the_supervised_baseline_and_keeps_it_apart(tmp_path):
+  result = _runner(tmp_path, "--num_epochs=1", "--nouse_unlabelled")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "trained on the labels alone (no U(x))" in result.stdout
+  settings = json.loads((tmp_path / "labels50" / "run_config.json").read_text())
+  assert settings["semi_supervised"]["use_unlabelled"] is False
+  # M2 in the baseline's directory would resume the wrong run: refused.
+  result = _runner(tmp_path, "--num_epochs=2")
+  assert result.returncode == 1
+  assert "semi_supervised.use_unlabelled: saved False, now True" in result.stderr

@@ -129,11 +129,14 @@ def check_run_settings(
 
 
 def _check_run_config(
-    workdir: str, description: dict[str, Any], write: bool
+    workdir: str, description: dict[str, Any], write: bool,
+    defaults: dict[str, Any] | None = None,
 ) -> None:
   """Checks the settings against the run being resumed; a new run's are
   written if `write`. They are compared as they read back from JSON (a
-  tuple as the list it is saved as)."""
+  tuple as the list it is saved as). `defaults`: settings (as `description`
+  nests them) that a run saved before they existed trained with; a
+  TrainConfig's under "train" always count."""
   description = json.loads(json.dumps(description))
   path = os.path.join(workdir, "run_config.json")
   if os.path.exists(path):
@@ -142,8 +145,8 @@ def _check_run_config(
     # A training setting added after the run was saved reads as its default,
     # which is how that run trained, so that older runs still resume.
     now = _flatten(description)
-    defaults = _flatten({"train": json.loads(json.dumps(dataclasses.asdict(
-        training.TrainConfig())))})
+    defaults = _flatten(json.loads(json.dumps(
+        {"train": dataclasses.asdict(training.TrainConfig()), **(defaults or {})})))
     saved = {**{name: value for name, value in defaults.items() if name in now},
              **_flatten(saved)}
     differences = [
@@ -304,13 +307,16 @@ def train_epochs_resumably(
     log: Callable[[str], None] = print,
     *,
     settings: dict[str, Any],
+    setting_defaults: dict[str, Any] | None = None,
 ) -> tuple[Any, list[dict[str, Any]]]:
   """Runs `epoch` up to `num_epochs` epochs in `workdir`, resuming there.
 
   `settings` define the run (`describe`, `describe_parts`): a new run writes
   them to <workdir>/run_config.json, and a workdir holding a run with other
   settings raises `RunSettingsMismatchError` before anything is restored or
-  written, as in `train_and_evaluate`.
+  written, as in `train_and_evaluate`. A setting missing from a saved run
+  (added to the code after it) reads as its value in `setting_defaults`
+  (nested as `settings`; a TrainConfig's defaults always count).
 
   A run of a runner that is not `train_and_evaluate` (Fig. 3's methods, M2):
   the state is restored from the last checkpoint in <workdir>/checkpoints if
@@ -330,7 +336,7 @@ def train_epochs_resumably(
     (the final state, every metrics record of the run).
   """
   os.makedirs(workdir, exist_ok=True)
-  _check_run_config(workdir, settings, write=True)
+  _check_run_config(workdir, settings, write=True, defaults=setting_defaults)
   with Checkpointer(os.path.join(workdir, "checkpoints"),
                     max_to_keep=keep_checkpoints) as checkpointer:
     done = checkpointer.latest_step() or 0

@@ -308,9 +308,11 @@ def make_objective(
 
   x_labelled: [B_l, data_dim], y_labelled: [B_l] int, x_unlabelled: [B_u,
   data_dim]: minibatches of the two sets, whose sizes N_l, N_u weight the
-  terms so that the value is unbiased for J_alpha / N. aux: the batch means
-  "labelled_bound", "unlabelled_bound" (nats) and "classification_loss"
-  (nats) that make it up.
+  terms so that the value is unbiased for J_alpha / N. With num_unlabelled =
+  0 the unlabelled term is left out (x_unlabelled is not read): the
+  classifier then learns from the labels alone, the supervised baseline. aux:
+  the batch means "labelled_bound", "unlabelled_bound" (nats; absent without
+  unlabelled examples) and "classification_loss" (nats) that make it up.
   """
   if num_labelled < 1 or num_unlabelled < 0:
     raise ValueError(
@@ -323,13 +325,14 @@ def make_objective(
   def objective(params, x_labelled, y_labelled, x_unlabelled, key):
     labelled_key, unlabelled_key = jax.random.split(key)
     labelled = jnp.mean(labelled_bound(params, x_labelled, y_labelled, labelled_key))
-    unlabelled = jnp.mean(unlabelled_bound(params, x_unlabelled, unlabelled_key))
     log_q_y = jax.nn.log_softmax(classify(model, params, x_labelled))
     classification_loss = -jnp.mean(jnp.take_along_axis(log_q_y, y_labelled[:, None], 1))
-    value = ((num_labelled / total) * labelled + (num_unlabelled / total) * unlabelled
-             - config.alpha * classification_loss)
-    return value, {"labelled_bound": labelled, "unlabelled_bound": unlabelled,
-                   "classification_loss": classification_loss}
+    value = (num_labelled / total) * labelled - config.alpha * classification_loss
+    aux = {"labelled_bound": labelled, "classification_loss": classification_loss}
+    if num_unlabelled:
+      aux["unlabelled_bound"] = jnp.mean(unlabelled_bound(params, x_unlabelled, unlabelled_key))
+      value += (num_unlabelled / total) * aux["unlabelled_bound"]
+    return value, aux
 
   return objective
 

@@ -32,11 +32,15 @@ class SemiSupervisedConfig:
       alpha / N; the paper: 0.1).
     label_inference: "enumerate" (the paper) or "sample" y in U(x).
     labelled_batch_size: labelled examples per step (at most all of them).
+    use_unlabelled: False leaves the unlabelled bound U(x) out of the
+      objective: the same networks and steps, the classifier trained on the
+      labels alone (the supervised baseline that M2 should beat).
   """
 
   alpha: float = 0.1
   label_inference: str = "enumerate"
   labelled_batch_size: int = 100
+  use_unlabelled: bool = True
 
   def __post_init__(self):
     if self.labelled_batch_size < 1:
@@ -118,7 +122,8 @@ def make_train_epoch(
     raise ValueError(
         f"batch_size {config.batch_size} exceeds the {num_unlabelled} unlabelled examples.")
   objective = semi_supervised.make_objective(
-      model, ss_config.objective_config(config), num_labelled, num_unlabelled)
+      model, ss_config.objective_config(config), num_labelled,
+      num_unlabelled if ss_config.use_unlabelled else 0)
   optimizer = training.make_optimizer(config, num_unlabelled)
   labelled_batch_size = min(ss_config.labelled_batch_size, num_labelled)
   num_batches = num_unlabelled // config.batch_size
