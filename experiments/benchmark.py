@@ -1,7 +1,7 @@
 r"""Training and evaluation speed: `python -m experiments.benchmark [flags]`.
 
 Times, on the default JAX device, the jitted train step and the scanned epoch
-(`vae_jax.training.make_train_epoch`) of an MLP VAE across batch sizes,
+(`vae_jax.training.epoch.make_train_epoch`) of an MLP VAE across batch sizes,
 estimators and L, plus whole-set evaluation, and compares the matmul FLOP rate
 they reach with the device's own float32 matmul rate measured here. Prints a
 markdown table and writes JSON (--output).
@@ -31,7 +31,10 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from vae_jax import estimators, models, training
+from experiments import tables
+from vae_jax import training
+from vae_jax.math import estimators
+from vae_jax.models import vae as models
 
 _DATA_DIM = flags.DEFINE_integer("data_dim", 784, "D.", lower_bound=1)
 _HIDDEN = flags.DEFINE_integer("hidden_size", 500, "Hidden width H (one layer).", lower_bound=1)
@@ -327,23 +330,24 @@ def main(argv):
         f"product, matmul precision {jax.config.jax_default_matmul_precision or 'default'}); "
         "peak device memory "
         f"{results['peak_memory_bytes'] or 'n/a (not reported on CPU)'}\n")
-  print("| M | estimator | L | compile s | ms/epoch | examples/s (epoch) | examples/s (step) "
-        "| of matmul rate |")
-  print("|---:|---|---:|---:|---:|---:|---:|---:|")
-  for r in train_rows:
-    print(f"| {r['batch_size']} | {r['estimator']} | {r['num_samples']} | {r['compile_seconds']:.1f} | "
-          f"{r['epoch_ms']:.1f} | {r['epoch_examples_per_second']:,.0f} | "
-          f"{r['step_examples_per_second']:,.0f} | {100 * r['fraction_of_matmul_rate']:.0f}% |")
+  print(tables.markdown_table(
+      ["M", "estimator", "L", "compile s", "ms/epoch", "examples/s (epoch)",
+       "examples/s (step)", "of matmul rate"],
+      [[r["batch_size"], r["estimator"], r["num_samples"], f"{r['compile_seconds']:.1f}",
+        f"{r['epoch_ms']:.1f}", f"{r['epoch_examples_per_second']:,.0f}",
+        f"{r['step_examples_per_second']:,.0f}", f"{100 * r['fraction_of_matmul_rate']:.0f}%"]
+       for r in train_rows], [True, False] + [True] * 6))
   one_run_ms = next((r["epoch_ms"] for r in run_rows if r["num_runs"] == 1), None)
-  print(f"\n| runs (M={_BATCH_SIZES.value[0]}, {_ESTIMATORS.value[0]}) | ms/epoch | runs/s | vs one run |")
-  print("|---:|---:|---:|---:|")
-  for r in run_rows:
-    speedup = f"{r['num_runs'] * one_run_ms / r['epoch_ms']:.2f}x" if one_run_ms else "n/a"
-    print(f"| {r['num_runs']} | {r['epoch_ms']:.1f} | {1e3 * r['num_runs'] / r['epoch_ms']:.3f} | {speedup} |")
-  print(f"\n| evaluation of {_NUM_EVAL.value} examples | k | s | examples/s |\n|---|---:|---:|---:|")
-  for r in eval_rows:
-    print(f"| {r['estimator']} | {r['num_samples']} | {r['seconds']:.2f} | "
-          f"{r['examples_per_second']:,.0f} |")
+  print(tables.markdown_table(
+      [f"runs (M={_BATCH_SIZES.value[0]}, {_ESTIMATORS.value[0]})", "ms/epoch", "runs/s",
+       "vs one run"],
+      [[r["num_runs"], f"{r['epoch_ms']:.1f}", f"{1e3 * r['num_runs'] / r['epoch_ms']:.3f}",
+        f"{r['num_runs'] * one_run_ms / r['epoch_ms']:.2f}x" if one_run_ms else "n/a"]
+       for r in run_rows], [True] * 4))
+  print(tables.markdown_table(
+      [f"evaluation of {_NUM_EVAL.value} examples", "k", "s", "examples/s"],
+      [[r["estimator"], r["num_samples"], f"{r['seconds']:.2f}",
+        f"{r['examples_per_second']:,.0f}"] for r in eval_rows], [False, True, True, True]))
   if profile:
     print_profile(profile)
 
@@ -353,12 +357,14 @@ def print_profile(profile: dict) -> None:
         f"L={_SAMPLE_COUNTS.value[0]}): {profile['wall_ms']:.0f} ms wall, "
         f"{profile['op_ms']:.0f} ms in XLA ops, {profile['ops_per_step']:.1f} ops run per step "
         f"(profiling adds overhead; the trace is in {_PROFILE_DIR.value})\n")
-  print("| where | ms | share of op time |\n|---|---:|---:|")
-  for category, ms in profile["categories"].items():
-    print(f"| {category} | {ms:.0f} | {100 * ms / profile['op_ms']:.1f}% |")
-  print("\n| op | ms | source |\n|---|---:|---|")
-  for op in profile["top_ops"]:
-    print(f"| {op['op']} | {op['ms']:.1f} | {op['source'][-90:]} |")
+  print(tables.markdown_table(
+      ["where", "ms", "share of op time"],
+      [[category, f"{ms:.0f}", f"{100 * ms / profile['op_ms']:.1f}%"]
+       for category, ms in profile["categories"].items()], [False, True, True]))
+  print(tables.markdown_table(
+      ["op", "ms", "source"],
+      [[op["op"], f"{op['ms']:.1f}", op["source"][-90:]] for op in profile["top_ops"]],
+      [False, True, False]))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 r"""Compare model variants: `python -m experiments.compare --variants=a.flags,b.flags [flags]`.
 
-Each variant is a flagfile of `experiments.train` (e.g. experiments/configs/
+Each variant is a flagfile of the shared flags (`experiments.config_flags`) (e.g. experiments/configs/
 family/*.flags: a posterior family, the autoencoder, beta, IWAE, the
 Categorical decoder), applied as `experiments.figure45` applies its presets:
 the flag defaults, then the variant, then this command line, whose flags (the
@@ -33,8 +33,12 @@ import jax
 import numpy as np
 from absl import app, flags, logging
 
-from experiments import train as train_flags
-from vae_jax import api, experiment, figures, metrics
+from experiments import config_flags, tables
+from vae_jax.figures import images, plots
+from vae_jax.figures.run_figures import RunFigures
+from vae_jax.models.functions import encode
+from vae_jax.training import metrics
+from vae_jax.training import run as run_lib
 
 _VARIANTS = flags.DEFINE_list(
     "variants", None, "Flagfiles of experiments.train, one run each, with distinct file names.")
@@ -48,7 +52,7 @@ flags.mark_flag_as_required("variants")
 @flags.validator("variants", message="--variants must name existing flagfiles with "
                  "distinct file names.")
 def _check_variants(paths) -> bool:
-  names = [train_flags.preset_name(path) for path in paths]
+  names = [config_flags.preset_name(path) for path in paths]
   return bool(paths) and all(map(os.path.isfile, paths)) and len(set(names)) == len(names)
 
 
@@ -56,55 +60,56 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   root = flags.FLAGS.workdir or os.path.join("runs", "compare")
-  command_line = list(sys.argv)
   bounds, samples, reconstructions, latents, rows = {}, {}, {}, {}, []
   num = _NUM_IMAGES.value
   for variant in _VARIANTS.value:
-    train_flags.apply_preset(variant, command_line)
-    name = train_flags.preset_name(variant)
-    dataset = train_flags.dataset_from_flags()
-    model, config, run = train_flags.run_from_flags(dataset)
-    run = dataclasses.replace(run, workdir=os.path.join(root, name))
+    config = config_flags.preset_config(variant, list(sys.argv))
+    name = config_flags.preset_name(variant)
+    dataset = config_flags.load_data(config.data)
+    model = config_flags.make_model(config, dataset)
+    run = dataclasses.replace(config.run, workdir=os.path.join(root, name))
     logging.info("Compare: %s in %s", name, run.workdir)
-    state = experiment.train_and_evaluate(model, config, run, dataset.train, dataset.test,
-                                          dataset.image_shape, log=logging.info)
-    params = experiment.host_params(state)
+    figures = RunFigures(model, dataset.test, dataset.image_shape, run.workdir,
+                         jax.random.key(run.seed + 2), log=logging.info)
+    state = run_lib.train_and_evaluate(model, config.train, run, dataset.train, dataset.test,
+                                       hooks=[figures], log=logging.info)
+    params = run_lib.host_params(state)
     records = metrics.read_metrics(os.path.join(run.workdir, metrics.METRICS_FILENAME))
     bounds.setdefault(f"{model.likelihood} decoder", {})[name] = records
-    samples[name] = experiment.sample_images(
+    samples[name] = images.sample_images(
         model, params, jax.random.key(run.seed), num, dataset.image_shape)
-    reconstructions[name] = np.concatenate(experiment.reconstruction_images(
+    reconstructions[name] = np.concatenate(images.reconstruction_images(
         model, params, dataset.test[: num // 2], dataset.image_shape))
     if model.latent_dim == 2 and dataset.test_labels is not None:
       points = dataset.test[: _NUM_LATENT_POINTS.value]
-      latents[name] = (np.asarray(api.encode(model, params, points)[0]),
+      latents[name] = (np.asarray(encode(model, params, points)[0]),
                        dataset.test_labels[: _NUM_LATENT_POINTS.value])
     rows.append({"variant": name, "dataset": dataset.name, "likelihood": model.likelihood,
-                 "algorithm": config.algorithm, "estimator": config.estimator,
-                 **metrics.final_summary(records)})
+                 "algorithm": config.train.algorithm, "estimator": config.train.estimator,
+                 **tables.final_summary(records)})
   written = [
-      figures.plot_bound_comparison(bounds, os.path.join(root, "compare_bounds.png"),
+      plots.plot_bound_comparison(bounds, os.path.join(root, "compare_bounds.png"),
                                     "Variational lower bound per variant"),
-      figures.plot_image_grids(samples, os.path.join(root, "compare_samples.png"),
+      plots.plot_image_grids(samples, os.path.join(root, "compare_samples.png"),
                                title="Samples: decoder means at z ~ N(0, I)"),
-      figures.plot_image_grids(reconstructions,
+      plots.plot_image_grids(reconstructions,
                                os.path.join(root, "compare_reconstructions.png"),
                                ncols=num // 2,
                                title="Test examples (top) and reconstructions (bottom)"),
   ]
   if latents:
-    written.append(figures.plot_latent_scatter(
+    written.append(plots.plot_latent_scatter(
         latents, os.path.join(root, "compare_latents.png"),
         "Test examples' encoder means, by class"))
-  table = metrics.summary_table(
+  table = tables.summary_table(
       "Final bounds per example (nats); the autoencoder's is the ELBO of its networks read "
       "as a VAE, a categorical decoder's is in nats of the quantised image.",
       [("variant", lambda r: r["variant"]), ("algorithm", lambda r: r["algorithm"]),
        ("estimator", lambda r: r["estimator"]), ("decoder", lambda r: r["likelihood"])], rows)
-  metrics.write_summary(root, "compare", table, rows)
+  tables.write_summary(root, "compare", table, rows)
   print(table)
   logging.info("Wrote %s", ", ".join(written))
 
 
 if __name__ == "__main__":
-  train_flags.run_main(main)
+  config_flags.run_main(main)

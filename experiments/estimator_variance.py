@@ -1,7 +1,7 @@
 r"""Estimator-variance benchmark: `python -m experiments.estimator_variance [flags]`.
 
-Trains (or resumes) the run that the training flags describe (every flag of
-`experiments.train` applies, e.g. --flagfile=experiments/configs/mnist.flags)
+Trains (or resumes) the run that the training flags describe (every shared flag
+of `experiments.config_flags` applies, e.g. --flagfile=experiments/configs/mnist.flags)
 up to each --stages budget, and at each stage measures, per estimator and L:
 the variance of the bound estimate, the trace of the gradient covariance of
 encoder and decoder, the gradient's signal-to-noise ratio and the wall time per
@@ -26,10 +26,14 @@ import os
 import jax
 from absl import app, flags, logging
 
-from experiments import train as train_flags
-from vae_jax import estimators, experiment, figures, variance
-from vae_jax.checkpoints import Checkpointer
+from experiments import config_flags, tables
 from vae_jax.data.transforms import binarize
+from vae_jax.figures import plots
+from vae_jax.inference import variance
+from vae_jax.math import estimators
+from vae_jax.training import evaluation
+from vae_jax.training import run as run_lib
+from vae_jax.training.checkpoints import Checkpointer
 
 _STAGES = flags.DEFINE_list(
     "stages", ["0"], "Training budgets in examples processed (e.g. 0,1e5,1e6), "
@@ -67,9 +71,9 @@ def _parse_stages(values: list[str]) -> list[int]:
 
 def _train_to(stage_epochs, model, config, run, dataset):
   """The train state after `stage_epochs` epochs, training or restoring it."""
-  state = experiment.train_and_evaluate(
+  state = run_lib.train_and_evaluate(
       model, config, dataclasses.replace(run, num_epochs=stage_epochs),
-      dataset.train, dataset.test, dataset.image_shape, log=logging.info,
+      dataset.train, dataset.test, log=logging.info,
   )
   steps = stage_epochs * (dataset.train.shape[0] // config.batch_size)
   if int(state.step) == steps:
@@ -83,30 +87,31 @@ def _train_to(stage_epochs, model, config, run, dataset):
 
 
 def _markdown(rows: list[dict]) -> str:
-  lines = []
+  """One table per stage: each estimator's moments with their 95% intervals."""
+  headers = ["estimator", "L", "Var[bound]", "tr Cov[grad enc]", "tr Cov[grad dec]",
+             "SNR enc", "SNR dec", "us/grad"]
+  sections = []
   for stage in dict.fromkeys(r["stage"] for r in rows):
-    lines += [
-        f"### After {stage:,} training examples",
-        "",
-        "| estimator | L | Var[bound] | tr Cov[grad enc] | tr Cov[grad dec] | SNR enc | SNR dec | us/grad |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in (r for r in rows if r["stage"] == stage):
-      cells = [f"{r[k]:.3g} ± {r[k + '_ci']:.2g}" for k in (
-          "bound_variance", "encoder_variance", "decoder_variance", "encoder_snr", "decoder_snr")]
-      cells.append(f"{1e6 * r['seconds_per_gradient']:.0f}")
-      lines.append(f"| {r['estimator']} | {r['num_samples']} | " + " | ".join(cells) + " |")
-    lines.append("")
-  return "\n".join(lines)
+    cells = [[r["estimator"], r["num_samples"],
+              *(f"{r[k]:.3g} ± {r[k + '_ci']:.2g}" for k in (
+                  "bound_variance", "encoder_variance", "decoder_variance", "encoder_snr",
+                  "decoder_snr")),
+              f"{1e6 * r['seconds_per_gradient']:.0f}"]
+             for r in rows if r["stage"] == stage]
+    sections.append(f"### After {stage:,} training examples\n\n"
+                    + tables.markdown_table(headers, cells, [False] + [True] * 7))
+  return "\n".join(sections)
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   stages = _parse_stages(_STAGES.value)
-  dataset = train_flags.dataset_from_flags()
-  model, config, run = train_flags.run_from_flags(dataset)
-  train_flags.exit_if_ignored(run, "the variance benchmark", uses_devices=True)
+  experiment = config_flags.config_from_flags()
+  config, run = experiment.train, experiment.run
+  config_flags.exit_if_ignored(run, "the variance benchmark", uses_devices=True)
+  dataset = config_flags.load_data(experiment.data)
+  model = config_flags.make_model(experiment, dataset)
   outdir = _OUTDIR.value or os.path.join(run.workdir, "variance")
   os.makedirs(outdir, exist_ok=True)
   if _NUM_EXAMPLES.value > dataset.train.shape[0]:
@@ -114,7 +119,7 @@ def main(argv):
                      f"{dataset.train.shape[0]} training examples.")
   x = jax.numpy.asarray(dataset.train[: _NUM_EXAMPLES.value])
   if config.dynamic_binarization:
-    x = binarize(jax.random.key(experiment.EVAL_BINARIZATION_SEED), x)
+    x = binarize(jax.random.key(evaluation.EVAL_BINARIZATION_SEED), x)
   examples_per_epoch = (dataset.train.shape[0] // config.batch_size) * config.batch_size
   key = jax.random.key(run.seed + 3)
   rows = []
@@ -137,7 +142,7 @@ def main(argv):
         logging.info("stage %d %s L=%d: Var[bound] %.3g, tr Cov enc %.3g, dec %.3g",
                      stage, estimator, num_samples, row["bound_variance"],
                      row["encoder_variance"], row["decoder_variance"])
-    figures.plot_variance_vs_samples(
+    plots.plot_variance_vs_samples(
         [r for r in rows if r["stage"] == stage],
         os.path.join(outdir, f"variance_stage_{stage}.png"),
         title=f"Estimator variance after {stage:,} training examples",
@@ -145,7 +150,7 @@ def main(argv):
   with open(os.path.join(outdir, "results.json"), "w", encoding="utf-8") as f:
     json.dump({"settings": {"num_examples": _NUM_EXAMPLES.value, "num_draws": _NUM_DRAWS.value,
                             "num_repetitions": _NUM_REPETITIONS.value,
-                            "run": experiment.describe(model, config, run.seed)},
+                            "run": run_lib.describe(model, config, run.seed)},
                "rows": rows}, f, indent=2)
   with open(os.path.join(outdir, "results.csv"), "w", newline="", encoding="utf-8") as f:
     writer = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -158,4 +163,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  train_flags.run_main(main)
+  config_flags.run_main(main)

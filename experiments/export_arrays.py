@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from absl import app, flags
 
-from experiments import train as train_flags
+from experiments import config_flags  # noqa: F401 (defines the data flags read here)
 from vae_jax import data
 
 _DATASETS = flags.DEFINE_list(
@@ -36,7 +36,8 @@ def main(argv):
   for name in _DATASETS.value:
     try:
       # arrays_dir="": through TFDS even when $VAE_JAX_ARRAYS_DIR is set.
-      dataset = data.load_dataset(name, **train_flags.tfds_dirs_from_flags(), arrays_dir="")
+      dataset = data.load_dataset(name, data_dir=flags.FLAGS.tfds_data_dir,
+                                manual_dir=flags.FLAGS.tfds_manual_dir, arrays_dir="")
     except data.DataError as error:
       raise SystemExit(f"FATAL: cannot load {name}: {error}") from None
     path = data.export_arrays(dataset, flags.FLAGS.arrays_dir)

@@ -7,12 +7,12 @@ Fig. 5: random samples (decoder means at z ~ N(0, I)) of the model of
 MNIST, J = 2, 5, 10, 20). A run both figures need (MNIST with J = 2) is
 trained once.
 
-A preset is a flagfile of `experiments.train` describing one data set's model
+A preset is a flagfile of the shared flags (`experiments.config_flags`) describing one data set's model
 and optimiser (experiments/configs/mnist.flags, frey_face.flags). Each preset
-is read as if it came first on the command line: the flag defaults, then the
-preset, then this command line's flags, which therefore apply to every data
-set (the budget, the data directories; a model flag given here overrides
-every preset's). --latent_dim is set per run. Each run lives in
+is read as if it came first on the command line (`config_flags.preset_config`):
+the flag defaults, then the preset, then this command line's flags, which
+therefore apply to every data set (the budget, the data directories; a model
+flag given here overrides every preset's). The latent size is set per run. Each run lives in
 <workdir>/<preset name>_latent<J> (--workdir, default runs/figure45) and
 resumes like any run. Writes <workdir>/figure4.png, figure5.png, figure45.md
 (the final bounds of each run) and figure45.json.
@@ -32,8 +32,12 @@ import sys
 import jax
 from absl import app, flags, logging
 
-from experiments import train as train_flags
-from vae_jax import experiment, figures, metrics
+from experiments import config_flags, tables
+from vae_jax.figures import images, plots
+from vae_jax.figures.run_figures import RunFigures
+from vae_jax.models import vae as vae_models
+from vae_jax.training import metrics
+from vae_jax.training import run as run_lib
 
 _MANIFOLD_PRESETS = flags.DEFINE_list(
     "manifold_presets",
@@ -69,7 +73,7 @@ def _check_presets(values) -> bool:
   missing = [path for path in presets if not os.path.isfile(path)]
   if missing:
     raise flags.ValidationError(f"Preset flagfiles not found: {missing}.")
-  names = [train_flags.preset_name(path) for path in dict.fromkeys(map(os.path.normpath, presets))]
+  names = [config_flags.preset_name(path) for path in dict.fromkeys(map(os.path.normpath, presets))]
   if len(set(names)) < len(names):
     # The name keys each run's subdirectory.
     raise flags.ValidationError(f"Presets must have distinct file names, got {presets}.")
@@ -83,7 +87,7 @@ _TITLES = {"frey_face": "Frey Face", "mnist": "MNIST"}
 def _title(dataset: str, preset: str) -> str:
   """The panel title: the data set's name, and the preset's where they differ."""
   title = _TITLES.get(dataset, dataset)
-  name = train_flags.preset_name(preset)
+  name = config_flags.preset_name(preset)
   return title if name == dataset else f"{title} ({name})"
 
 
@@ -106,51 +110,51 @@ _COLUMNS = (("data set", lambda row: row["dataset"]), ("J", lambda row: row["lat
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  # Read before any preset sets --workdir to its own run's directory.
   root = flags.FLAGS.workdir or os.path.join("runs", "figure45")
-  command_line = list(sys.argv)
   runs = runs_needed(_MANIFOLD_PRESETS.value, _SAMPLE_PRESET.value,
                      [int(j) for j in _SAMPLE_LATENT_DIMS.value])
   titles, manifolds, samples, rows = {}, {}, {}, []
   for preset, latent_dims in runs.items():
-    train_flags.apply_preset(preset, command_line)
-    dataset = train_flags.dataset_from_flags()
-    name = titles[preset] = _title(flags.FLAGS.dataset, preset)
+    config = config_flags.preset_config(preset, list(sys.argv))
+    dataset = config_flags.load_data(config.data)
+    name = titles[preset] = _title(config.data.dataset, preset)
     for latent_dim, uses in latent_dims.items():
-      flags.FLAGS.latent_dim = latent_dim
-      model, config, run = train_flags.run_from_flags(dataset)
-      workdir = os.path.join(root, f"{train_flags.preset_name(preset)}_latent{latent_dim}")
-      run = dataclasses.replace(run, workdir=workdir)
+      model = vae_models.vae_from_config(
+          dataset.data_dim, dataclasses.replace(config.model, latent_dim=latent_dim))
+      workdir = os.path.join(root, f"{config_flags.preset_name(preset)}_latent{latent_dim}")
+      run = dataclasses.replace(config.run, workdir=workdir)
       logging.info("Figs. 4, 5: %s with J = %d in %s", name, latent_dim, workdir)
-      state = experiment.train_and_evaluate(model, config, run, dataset.train, dataset.test,
-                                            dataset.image_shape, log=logging.info)
-      params = experiment.host_params(state)
+      figures = RunFigures(model, dataset.test, dataset.image_shape, workdir,
+                           jax.random.key(run.seed + 2), log=logging.info)
+      state = run_lib.train_and_evaluate(model, config.train, run, dataset.train, dataset.test,
+                                         hooks=[figures], log=logging.info)
+      params = run_lib.host_params(state)
       if 4 in uses:
-        manifolds[name] = experiment.manifold_images(model, params, dataset.image_shape)
+        manifolds[name] = images.manifold_images(model, params, dataset.image_shape)
       if 5 in uses:
-        samples[latent_dim] = experiment.sample_images(
+        samples[latent_dim] = images.sample_images(
             model, params, jax.random.key(run.seed), _SAMPLES_PER_PANEL.value,
             dataset.image_shape)
       records = metrics.read_metrics(os.path.join(workdir, metrics.METRICS_FILENAME))
-      rows.append({"dataset": flags.FLAGS.dataset, "preset": preset, "latent_dim": latent_dim,
-                   "figures": uses, "workdir": workdir, **metrics.final_summary(records)})
+      rows.append({"dataset": config.data.dataset, "preset": preset, "latent_dim": latent_dim,
+                   "figures": uses, "workdir": workdir, **tables.final_summary(records)})
   written = []
   if manifolds:
-    written.append(figures.plot_manifolds(
-        manifolds, experiment.MANIFOLD_GRID_SIZE, os.path.join(root, "figure4.png"),
+    written.append(plots.plot_manifolds(
+        manifolds, images.MANIFOLD_GRID_SIZE, os.path.join(root, "figure4.png"),
         "Learned data manifolds, J = 2 (Fig. 4)"))
   if samples:
     panels = {f"J = {j}": samples[int(j)] for j in _SAMPLE_LATENT_DIMS.value}
-    written.append(figures.plot_image_grids(
+    written.append(plots.plot_image_grids(
         panels, os.path.join(root, "figure5.png"),
         title="Random samples from the learned generative models, "
               f"{titles[os.path.normpath(_SAMPLE_PRESET.value)]} (Fig. 5)"))
-  table = metrics.summary_table(
+  table = tables.summary_table(
       "Final lower bounds per example (nats) of the runs behind Figs. 4 and 5.", _COLUMNS, rows)
-  metrics.write_summary(root, "figure45", table, rows)
+  tables.write_summary(root, "figure45", table, rows)
   print(table)
   logging.info("Wrote %s", ", ".join(written))
 
 
 if __name__ == "__main__":
-  train_flags.run_main(main)
+  config_flags.run_main(main)

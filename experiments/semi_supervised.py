@@ -1,11 +1,11 @@
 r"""Semi-supervised M2 (Kingma et al. 2014): `python -m experiments.semi_supervised [flags]`.
 
-For each N of --num_labels, trains M2 (`vae_jax.semi_supervised`) with N
+For each N of --num_labels, trains M2 (`vae_jax.models.m2`) with N
 labelled training examples (N / 10 per class, drawn with --seed) and the
 whole training set as the unlabelled set, then reports the test
 classification error of q(y|x) next to the published M2 error (Kingma et al.
-2014, Table 1). The model and optimiser flags are those of `experiments.train`
-(use the preset). Each run lives in <workdir>/labels<N>: its metrics.jsonl
+2014, Table 1). The model and optimiser flags are the shared ones
+(`experiments.config_flags`; use the preset). Each run lives in <workdir>/labels<N>: its metrics.jsonl
 and checkpoints, from which a rerun resumes. Writes <workdir>/
 semi_supervised.md (the table), semi_supervised.json and style_transfer.png
 (test digits' styles z, fixed, drawn with every label y: one panel per N).
@@ -26,9 +26,14 @@ import jax
 import numpy as np
 from absl import app, flags, logging
 
-from experiments import train as train_flags
-from vae_jax import (experiment, figures, metrics, semi_supervised, semi_supervised_training,
-                     training)
+from experiments import config_flags, tables
+from vae_jax.figures import plots
+from vae_jax.inference import semi_supervised
+from vae_jax.models import m2
+from vae_jax.training import evaluation
+from vae_jax.training import semi_supervised as m2_training
+from vae_jax.training.loop import LoopPlan
+from vae_jax.training.run_dir import describe_parts, train_in_directory
 
 # Kingma et al. 2014, Table 1, M2 on MNIST: test error (%) and its standard
 # deviation over runs, by number of labels.
@@ -40,14 +45,13 @@ _NUM_LABELS = flags.DEFINE_list(
     "Labelled training examples per run, multiples of the number of classes.")
 _ALPHA = flags.DEFINE_float(
     "alpha", 0.1, "Weight of the labelled examples' classification loss per example: the "
-    "paper's alpha / N (the paper: alpha = 0.1 N).", lower_bound=0.0)
+    "paper's alpha / N (the paper: alpha = 0.1 N).")
 _LABEL_INFERENCE = flags.DEFINE_enum(
     "label_inference", "enumerate", list(semi_supervised.LABEL_INFERENCES),
     "enumerate: sum over the labels y in the unlabelled bound (the paper); sample: one "
     "y ~ q(y|x) per example, score-function gradient with a batch baseline.")
 _LABELLED_BATCH_SIZE = flags.DEFINE_integer(
-    "labelled_batch_size", 100, "Labelled examples per step (at most all of them).",
-    lower_bound=1)
+    "labelled_batch_size", 100, "Labelled examples per step (at most all of them).")
 _USE_UNLABELLED = flags.DEFINE_bool(
     "use_unlabelled", True, "False: leave the unlabelled bound U(x) out, so that q(y|x) learns "
     "from the labels alone: the supervised baseline, with M2's networks and steps.")
@@ -67,7 +71,7 @@ def train_with_labels(model, config, ss_config, run, dataset, num_labels, workdi
   checkpointing every run.eval_every epochs; resumes from the last
   checkpoint. Returns (metrics records, final state)."""
   try:
-    chosen = semi_supervised_training.select_labelled(
+    chosen = m2_training.select_labelled(
         dataset.train_labels, num_labels, dataset.num_classes, run.seed)
   except ValueError as error:
     raise SystemExit(f"FATAL: --num_labels={num_labels}: {error}") from None
@@ -75,42 +79,35 @@ def train_with_labels(model, config, ss_config, run, dataset, num_labels, workdi
   y_labelled = jax.device_put(dataset.train_labels[chosen])
   unlabelled = jax.device_put(dataset.train)
   num_unlabelled = unlabelled.shape[0]
-  evaluate = semi_supervised_training.make_evaluate(
+  evaluate = m2_training.make_evaluate(
       model, config.estimator, config.num_samples, run.eval_batch_size)
   eval_x = {"train": unlabelled[: _EVAL_TRAIN_EXAMPLES.value], "test": dataset.test}
   eval_y = {"train": dataset.train_labels[: _EVAL_TRAIN_EXAMPLES.value],
             "test": dataset.test_labels}
   if config.dynamic_binarization:
-    eval_x = experiment.binarize_for_evaluation(eval_x)
+    eval_x = evaluation.binarize_for_evaluation(eval_x)
   eval_key = jax.random.key(run.seed + 1)
-  state = semi_supervised_training.init_state(
-      model, config, jax.random.key(run.seed), num_unlabelled)
-  epoch = semi_supervised_training.make_train_epoch(
-      model, config, ss_config, num_labels, num_unlabelled)
-  # Compiled ahead, so that "seconds" counts training alone.
-  epoch = epoch.lower(state, unlabelled, x_labelled, y_labelled).compile()
-  samples_per_epoch = (num_unlabelled // config.batch_size) * config.batch_size
+  state = m2_training.init_state(model, config, jax.random.key(run.seed), num_unlabelled)
+  epoch = m2_training.make_train_epoch(model, config, ss_config, num_labels, num_unlabelled)
 
-  def score(state, number, step_metrics):
-    # train_epochs_resumably has checked every epoch's step metrics for NaN.
-    scores = {"objective": float(np.mean(step_metrics["objective"]))}
+  def score(state, epoch, outputs):
+    del epoch  # the loop has checked every epoch's step metrics for NaN
+    scores = {"objective": float(np.mean(outputs[-1]["objective"]))} if outputs else {}
     for name, x in eval_x.items():
       values = evaluate(state.params, x, eval_y[name], eval_key)
-      scores.update({f"{name}_{key}": float(training.mean_nats(value))
+      scores.update({f"{name}_{key}": float(evaluation.mean_nats(value))
                      for key, value in values.items()})
-    logging.info("%d labels, epoch %d: test error %.2f%%, test bound %.2f", num_labels,
-                 number, 100 * scores["test_error"], scores["test_unlabelled_bound"])
     return scores
 
-  state, records = experiment.train_epochs_resumably(
-      workdir, state, lambda s: epoch(s, unlabelled, x_labelled, y_labelled), run.num_epochs,
-      lambda number: number % run.eval_every == 0, score, samples_per_epoch,
-      run.keep_checkpoints, log=logging.info,
-      settings=experiment.describe_parts(
-          m2=model, train=config, semi_supervised=ss_config, seed=run.seed,
-          num_labels=num_labels),
-      setting_defaults=experiment.describe_parts(
-          semi_supervised=semi_supervised_training.SemiSupervisedConfig()))
+  plan = LoopPlan(num_epochs=run.num_epochs, steps_per_epoch=num_unlabelled // config.batch_size,
+                  batch_size=config.batch_size,
+                  evaluate_at=lambda epoch: epoch % run.eval_every == 0)
+  state, records = train_in_directory(
+      workdir, describe_parts(m2=model, train=config, semi_supervised=ss_config, seed=run.seed,
+                              num_labels=num_labels),
+      state, epoch, (unlabelled, x_labelled, y_labelled), score, plan,
+      keep_checkpoints=run.keep_checkpoints, log=logging.info,
+      setting_defaults=describe_parts(semi_supervised=m2_training.SemiSupervisedConfig()))
   return records, state
 
 
@@ -124,24 +121,23 @@ def _published(dataset: str, num_labels: int) -> str:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  dataset = train_flags.dataset_from_flags()
+  config = config_flags.config_from_flags(default_workdir="runs/semi_supervised_{dataset}")
+  config_flags.exit_if_ignored(config.run, "the M2 runner", uses_devices=False)
+  if config.model.likelihood != "bernoulli":
+    raise SystemExit(f"FATAL: M2 has a Bernoulli decoder; --likelihood={config.model.likelihood} "
+                     "is not supported.")
+  # A ConfigError here ends the runner with one FATAL line naming the flag (run_main).
+  m2_training.check_train_config(config.train)
+  ss_config = m2_training.SemiSupervisedConfig(
+      _ALPHA.value, _LABEL_INFERENCE.value, _LABELLED_BATCH_SIZE.value, _USE_UNLABELLED.value)
+  dataset = config_flags.load_data(config.data)
   if not dataset.num_classes:
     raise SystemExit(f"FATAL: --dataset={dataset.name} has no labels; M2 needs a labelled "
                      "data set (digits, mnist, fashion_mnist).")
-  vae, config, run = train_flags.run_from_flags(dataset)
-  train_flags.exit_if_ignored(run, "the M2 runner", uses_devices=False)
-  if vae.likelihood != "bernoulli":
-    raise SystemExit(f"FATAL: M2 has a Bernoulli decoder; --likelihood={vae.likelihood} "
-                     "is not supported.")
-  try:
-    semi_supervised_training.check_train_config(config)
-    ss_config = semi_supervised_training.SemiSupervisedConfig(
-        _ALPHA.value, _LABEL_INFERENCE.value, _LABELLED_BATCH_SIZE.value, _USE_UNLABELLED.value)
-  except ValueError as error:
-    raise SystemExit(f"FATAL: {error}") from None
-  model = semi_supervised.make_m2(
-      dataset.data_dim, dataset.num_classes, **train_flags.network_from_flags())
-  root = flags.FLAGS.workdir or os.path.join("runs", f"semi_supervised_{dataset.name}")
+  model = m2.make_m2(dataset.data_dim, dataset.num_classes, config.model.latent_dim,
+                     hidden_sizes=config.model.hidden_sizes, activation=config.model.activation,
+                     init=config.model.init)
+  run, root = config.run, config.run.workdir
   os.makedirs(root, exist_ok=True)
   style_x = dataset.test[: _STYLE_EXAMPLES.value]
   rows, panels = [], {}
@@ -150,23 +146,23 @@ def main(argv):
     logging.info("M2 with %d labels on %s for %d epochs in %s", num_labels, dataset.name,
                  run.num_epochs, workdir)
     records, state = train_with_labels(
-        model, config, ss_config, run, dataset, num_labels, workdir)
+        model, config.train, ss_config, run, dataset, num_labels, workdir)
     last = records[-1]
     rows.append({"num_labels": num_labels, "test_error_percent": 100 * last["test_error"],
-                 "epochs": last["step"], **metrics.final_summary(records, "unlabelled_bound")})
-    transfer = np.asarray(semi_supervised.style_transfer(model, state.params, style_x))
+                 "epochs": last["epoch"], **tables.final_summary(records, "unlabelled_bound")})
+    transfer = np.asarray(m2.style_transfer(model, state.params, style_x))
     images = np.concatenate([style_x[:, None], transfer], axis=1)
     panels[f"{num_labels} labels"] = images.reshape(-1, *dataset.image_shape)
   trained_on = "" if ss_config.use_unlabelled else " trained on the labels alone (no U(x))"
-  table = metrics.summary_table(
+  table = tables.summary_table(
       f"M2 on {dataset.name}{trained_on}: test classification error of q(y|x), and the bound "
       "U(x) <= log p(x) (nats per example); published: Kingma et al. 2014, Table 1 (MNIST).",
       [("labels", lambda r: r["num_labels"]), ("epochs", lambda r: r["epochs"]),
        ("test error %", lambda r: f"{r['test_error_percent']:.2f}"),
        ("published M2 error %", lambda r: _published(dataset.name, r["num_labels"]))],
       rows, value="unlabelled_bound", value_header="U(x)")
-  metrics.write_summary(root, "semi_supervised", table, rows)
-  path = figures.plot_image_grids(
+  tables.write_summary(root, "semi_supervised", table, rows)
+  path = plots.plot_image_grids(
       panels, os.path.join(root, "style_transfer.png"), ncols=dataset.num_classes + 1,
       title="M2 style transfer: a test digit (left), then its style z drawn as y = 0, ..., 9")
   print(table)
@@ -174,4 +170,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  train_flags.run_main(main)
+  config_flags.run_main(main)

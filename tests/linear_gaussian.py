@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import stats
 
-from vae_jax import distributions
+from vae_jax.math import distributions
 
 LATENT_DIM, DATA_DIM, BATCH = 3, 6, 4
 NOISE_STD = 0.7

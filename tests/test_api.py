@@ -7,7 +7,7 @@ import pytest
 from scipy import special, stats
 
 import vae_jax
-from vae_jax import distributions
+from vae_jax.math import distributions
 
 DATA_DIM, LATENT_DIM, BATCH = 12, 3, 5
 

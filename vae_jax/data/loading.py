@@ -89,7 +89,7 @@ class Dataset:
 
 
 @dataclasses.dataclass(frozen=True)
-class _Spec:
+class DatasetSpec:
   image_shape: tuple[int, int]
   likelihood: str
   # Split name -> expected number of examples; also which splits to load.
@@ -101,20 +101,28 @@ class _Spec:
   num_classes: int = 0
 
 
-_MNIST_LIKE = _Spec(
+_MNIST_LIKE = DatasetSpec(
     (28, 28), "bernoulli", {"train": 60_000, "test": 10_000}, 255.0, num_classes=10)
-_SPECS: dict[str, _Spec] = {
-    "digits": _Spec((8, 8), "bernoulli", {"train": 1500, "test": 297}, 16.0, num_classes=10),
+_SPECS: dict[str, DatasetSpec] = {
+    "digits": DatasetSpec((8, 8), "bernoulli", {"train": 1500, "test": 297}, 16.0, num_classes=10),
     "mnist": _MNIST_LIKE,
     "fashion_mnist": _MNIST_LIKE,
-    "binarized_mnist": _Spec(
+    "binarized_mnist": DatasetSpec(
         (28, 28), "bernoulli",
         {"train": 50_000, "validation": 10_000, "test": 10_000}, 1.0, binary=True,
     ),
     # Must agree with the split in `vae_jax.data.frey_face`.
-    "frey_face": _Spec((28, 20), "gaussian", {"train": 1765, "test": 200}, 255.0),
+    "frey_face": DatasetSpec((28, 20), "gaussian", {"train": 1765, "test": 200}, 255.0),
 }
 DATASETS: tuple[str, ...] = tuple(_SPECS)
+
+
+def dataset_spec(name: str) -> DatasetSpec:
+  """What is known of a data set before it is loaded: image shape, default
+  likelihood, split sizes, classes."""
+  if name not in _SPECS:
+    raise DataError(f"Unknown data set {name!r}; valid names: {', '.join(DATASETS)}.")
+  return _SPECS[name]
 _DIGITS_NUM_TRAIN = 1500
 
 

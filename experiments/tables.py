@@ -1,0 +1,88 @@
+"""Markdown tables of the runners' results, written by one helper.
+
+`markdown_table` lays out any table (the benchmark's, the variance
+benchmark's); `summary_table` is the runners' table of final values, one line
+per run, and `write_summary` saves it with its rows as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]],
+                   right_aligned: Sequence[bool] | None = None) -> str:
+  """A markdown table: a header line, the alignment line and one line per row.
+
+  Args:
+    headers: the column names.
+    rows: the cells, already formatted or any value (written with `str`).
+    right_aligned: per column; by default the columns whose every cell is a
+      number.
+
+  Returns:
+    The table's lines joined by newlines, with a final newline.
+  """
+  if right_aligned is None:
+    right_aligned = [all(isinstance(row[i], (int, float)) for row in rows) if rows else False
+                     for i in range(len(headers))]
+  lines = ["| " + " | ".join(headers) + " |",
+           "|" + "|".join("---:" if right else "---" for right in right_aligned) + "|"]
+  lines += ["| " + " | ".join(map(str, row)) + " |" for row in rows]
+  return "\n".join(lines) + "\n"
+
+
+def final_summary(records: Sequence[Mapping[str, Any]], value: str = "bound") -> dict[str, Any]:
+  """A run's result: samples_seen, train_<value>, test_<value> and seconds of
+  its last record (value "bound", or e.g. "log_likelihood")."""
+  if not records:
+    raise ValueError("No metrics records: the run was never evaluated.")
+  keys = ("samples_seen", f"train_{value}", f"test_{value}", "seconds")
+  return {key: records[-1][key] for key in keys}
+
+
+def summary_table(
+    caption: str,
+    columns: Sequence[tuple[str, Callable[[Mapping[str, Any]], Any]]],
+    rows: Sequence[Mapping[str, Any]],
+    value: str = "bound",
+    value_header: str = "bound",
+) -> str:
+  """A markdown table of runs' final values, one line per run.
+
+  Args:
+    caption: the line above the table.
+    columns: the leading columns, (header, row -> cell) pairs; a column of
+      numbers is right-aligned.
+    rows: dicts holding the `final_summary(records, value)` keys and what
+      `columns` read.
+    value: which final values: "bound" or e.g. "log_likelihood".
+    value_header: their name in the headers ("train <value_header>").
+
+  Returns:
+    The caption, a blank line and the table: the leading columns, then
+    training samples, the train and test values (nats) and training seconds.
+  """
+  leading = [[cell(row) for _, cell in columns] for row in rows]
+  numeric = [all(isinstance(line[i], (int, float)) for line in leading)
+             for i in range(len(columns))]
+  headers = [header for header, _ in columns]
+  headers += ["training samples", f"train {value_header}", f"test {value_header}", "training s"]
+  cells = [line + [f"{row['samples_seen']:,}", f"{row[f'train_{value}']:.2f}",
+                   f"{row[f'test_{value}']:.2f}", f"{row['seconds']:.0f}"]
+           for line, row in zip(leading, rows)]
+  return f"{caption}\n\n" + markdown_table(headers, cells, numeric + [True] * 4)
+
+
+def write_summary(
+    directory: str | os.PathLike[str], name: str, table: str, rows: Sequence[Mapping[str, Any]]
+) -> None:
+  """Writes a runner's results as `<name>.md` (the `summary_table`) and
+  `<name>.json` (the rows) in `directory`."""
+  with open(os.path.join(directory, f"{name}.md"), "w", encoding="utf-8") as f:
+    f.write(table)
+  with open(os.path.join(directory, f"{name}.json"), "w", encoding="utf-8") as f:
+    json.dump(list(rows), f, indent=2)

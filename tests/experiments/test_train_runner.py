@@ -1,0 +1,202 @@
+"""`python -m experiments.train` end to end, as a user runs it."""
+
+import dataclasses
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import chex
+import jax
+import numpy as np
+import pytest
+
+from vae_jax.models import vae as models
+from vae_jax import training
+from vae_jax.training.checkpoints import Checkpointer
+from vae_jax.training.metrics import read_metrics
+
+REPO = Path(__file__).resolve().parents[2]
+DIGITS_FLAGS = ["--dataset=digits", "--latent_dim=2", "--hidden_sizes=32", "--batch_size=100"]
+
+
+def _train(*args, check=True):
+  return subprocess.run(
+      [sys.executable, "-m", "experiments.train", *args],
+      cwd=REPO, capture_output=True, text=True, timeout=300, check=check,
+  )
+
+
+def _final_params(workdir):
+  model = models.make_vae(64, 2, hidden_sizes=(32,))
+  template = training.init_train_state(model, training.TrainConfig(), jax.random.key(0))
+  with Checkpointer(Path(workdir) / "checkpoints") as checkpointer:
+    return checkpointer.restore(template)
+
+
+def test_runner_on_digits_writes_its_files_and_resumes_as_a_no_op(tmp_path):
+  workdir = tmp_path / "run"
+  result = _train(*DIGITS_FLAGS, "--num_epochs=4", "--eval_every=2", f"--workdir={workdir}")
+  assert "samples/s" in result.stderr and "ETA" in result.stderr
+  for name in ("flags.txt", "run_config.json", "metrics.jsonl", "samples.png",
+               "reconstructions.png", "learning_curve.png", "manifold.png"):
+    assert (workdir / name).is_file(), name
+  assert "--dataset=digits" in (workdir / "flags.txt").read_text()
+  records = read_metrics(workdir / "metrics.jsonl")
+  assert [r["epoch"] for r in records] == [0, 2, 4]
+  assert [r["samples_seen"] for r in records] == [0, 3000, 6000]
+  assert records[-1]["test_bound"] > records[0]["test_bound"]
+  assert json.loads((workdir / "run_config.json").read_text())["encoder"]["latent_dim"] == 2
+  again = _train(*DIGITS_FLAGS, "--num_epochs=4", "--eval_every=2", f"--workdir={workdir}")
+  assert "nothing to do" in again.stderr
+  assert len(read_metrics(workdir / "metrics.jsonl")) == 3
+
+
+def test_learning_rate_sweep_through_the_runner_and_a_mismatched_rerun(tmp_path):
+  workdir = tmp_path / "sweep"
+  result = _train(*DIGITS_FLAGS, "--num_epochs=1", "--learning_rates=0.01,0.1", "--num_seeds=2",
+                  f"--workdir={workdir}")
+  assert ("Runs (the metrics' _run<i>): 0: seed 0, learning rate 0.01; 1: seed 1, learning "
+          "rate 0.01; 2: seed 0, learning rate 0.1; 3: seed 1, learning rate 0.1") in result.stderr
+  last = read_metrics(workdir / "metrics.jsonl")[-1]
+  bounds = [last[f"test_bound_run{i}"] for i in range(4)]
+  assert np.isclose(last["test_bound"], np.mean(bounds))
+  assert len(set(bounds)) == 4
+  flags_text = (workdir / "flags.txt").read_text()
+  assert "--learning_rates=0.01,0.1" in flags_text
+  # The same directory without the sweep: one FATAL line, and nothing of it is overwritten.
+  again = _train(*DIGITS_FLAGS, "--num_epochs=2", f"--workdir={workdir}", check=False)
+  assert again.returncode == 1
+  assert "FATAL: " in again.stderr and "holds a run with other settings" in again.stderr
+  assert "learning_rates: saved [0.01, 0.1], now None" in again.stderr
+  assert "Traceback" not in again.stderr
+  assert (workdir / "flags.txt").read_text() == flags_text
+  assert read_metrics(workdir / "metrics.jsonl")[-1] == last
+
+
+def test_sigkilled_run_resumes_to_the_same_parameters_as_an_uninterrupted_one(tmp_path):
+  flags = [*DIGITS_FLAGS, "--num_epochs=6", "--eval_every=1"]
+  _train(*flags, f"--workdir={tmp_path / 'straight'}")
+  killed = tmp_path / "killed"
+  process = subprocess.Popen(
+      [sys.executable, "-m", "experiments.train", *flags, f"--workdir={killed}"],
+      cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+  )
+  deadline = time.monotonic() + 240
+  while time.monotonic() < deadline and process.poll() is None:
+    metrics = killed / "metrics.jsonl"
+    if metrics.exists() and len(read_metrics(metrics)) >= 3:
+      break
+    time.sleep(0.05)
+  assert process.poll() is None, "the run ended before it could be killed"
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  records_at_kill = read_metrics(killed / "metrics.jsonl")
+  assert 0 < records_at_kill[-1]["epoch"] < 6
+  resumed = _train(*flags, f"--workdir={killed}")
+  assert "Resumed from the checkpoint" in resumed.stderr
+  chex.assert_trees_all_equal(_final_params(tmp_path / "straight"), _final_params(killed))
+  epochs = [r["epoch"] for r in read_metrics(killed / "metrics.jsonl")]
+  assert epochs == list(range(7))
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--dataset=cifar"], "dataset"),
+        (["--hidden_sizes=500,abc"], "FATAL: --hidden_sizes: hidden_sizes must be comma-separated ints"),
+        (["--num_epochs=0"], "FATAL: --num_epochs: num_epochs must be >= 1, got 0."),
+        (["--num_train_samples=300", "--num_steps=5"], "FATAL: --num_steps: Give at most one of num_train_samples, num_steps."),
+        (["--estimator=iwae", "--kl_weight=0.5"],
+         "FATAL: --kl_weight: kl_weight = 0.5 is defined only for the estimators"),
+        (["--binarization=dynamic", "--likelihood=gaussian"], "FATAL: --binarization: binarization=dynamic needs a Bernoulli likelihood"),
+        (["--batch_size=5000"], "FATAL: --batch_size: batch_size=5000 exceeds the 1500"),
+        (["--num_devices=2"], "FATAL: --num_devices: num_devices=2 exceeds the 1 devices (1 processes)"),
+        # A DataError as one FATAL line (the TFDS errors themselves: tests/data).
+        (["--dataset=mnist", "--arrays_dir=/nonexistent/arrays"],
+         "cannot load --dataset=mnist: mnist: array file /nonexistent/arrays/mnist.npz not found"),
+    ],
+)
+def test_bad_flags_fail_at_start_naming_the_flag(tmp_path, flags, message):
+  result = _train(*flags, f"--workdir={tmp_path}", check=False)
+  assert result.returncode != 0
+  assert message in result.stderr, result.stderr[-2000:]
+  assert not (tmp_path / "checkpoints").exists()
+
+
+def test_a_diverging_run_ends_with_one_fatal_line_and_keeps_its_checkpoint(tmp_path):
+  result = _train(*DIGITS_FLAGS, "--optimizer=sgd", "--learning_rate=1e30", "--num_epochs=1",
+                  f"--workdir={tmp_path}", check=False)
+  assert result.returncode == 1
+  assert "Traceback" not in result.stderr, result.stderr[-2000:]
+  last_line = result.stderr.strip().splitlines()[-1]
+  assert last_line.startswith("FATAL: training diverged. The training value"), last_line
+  assert f"checkpoint (step 0) is kept in {tmp_path}" in last_line
+  assert (tmp_path / "checkpoints" / "0").is_dir()
+
+
+def test_estimator_variance_runner_at_toy_size(tmp_path):
+  result = subprocess.run(
+      [sys.executable, "-m", "experiments.estimator_variance", *DIGITS_FLAGS,
+       f"--workdir={tmp_path}", "--stages=0,1500", "--estimators=score",
+       "--sample_counts=4", "--num_examples=5", "--num_draws=10", "--num_repetitions=2"],
+      cwd=REPO, capture_output=True, text=True, timeout=300, check=True,
+  )
+  outdir = tmp_path / "variance"
+  rows = json.loads((outdir / "results.json").read_text())["rows"]
+  assert {(r["stage"], r["estimator"], r["num_samples"]) for r in rows} == {
+      (0, "score", 4), (1500, "score", 4)}
+  assert all(r["encoder_variance"] > 0 and r["encoder_variance_ci"] >= 0 for r in rows)
+  assert rows[-1]["step"] == 15  # 1500 examples at M=100
+  assert (outdir / "results.csv").read_text().startswith("stage,step,estimator,num_samples")
+  assert "| score | 4 |" in (outdir / "table.md").read_text()
+  assert "After 1,500 training examples" in result.stdout
+  for stage in (0, 1500):
+    assert (outdir / f"variance_stage_{stage}.png").stat().st_size > 1000
+
+
+def test_data_flags_every_runner_loads_through(tmp_path):
+  """experiments.export_arrays writes <arrays_dir>/<name>.npz; --arrays_dir
+  reads such a file, --num_categories quantises what was read and
+  --resplit_seed splits it at random (one subprocess: flags are process-wide)."""
+  from vae_jax import data
+
+  digits = data.load_dataset("digits")
+  # A valid but different data set, so that reading the file is observable.
+  clipped = dataclasses.replace(digits, train=np.minimum(digits.train, 0.5))
+  data.export_arrays(clipped, tmp_path / "clipped")
+  code = ("from absl import flags\n"
+          "from experiments import config_flags, export_arrays\n"
+          f"flags.FLAGS(['runner', '--datasets=digits', '--arrays_dir={tmp_path / 'exported'}',"
+          " '--num_categories=17'])\n"
+          "export_arrays.main(['runner'])\n"
+          f"flags.FLAGS.arrays_dir = {str(tmp_path / 'clipped')!r}\n"
+          "load = lambda: config_flags.load_data(config_flags.config_from_flags().data)\n"
+          "dataset = load()\n"
+          "print(dataset.train.dtype, dataset.train.sum(dtype='int64'))\n"
+          "flags.FLAGS.resplit_seed = 5\n"
+          "print(*load().test_labels[:20])\n")
+  result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                          text=True, timeout=120, check=True)
+  exported = data.load_dataset("digits", arrays_dir=tmp_path / "exported")
+  np.testing.assert_array_equal(exported.train, digits.train)
+  # digits' grey levels are k / 16: 17 bins give back the counts k.
+  counts = int((clipped.train * 16).sum(dtype=np.int64))
+  dtype_line, labels_line = result.stdout.splitlines()[-2:]
+  assert dtype_line.split() == ["int32", str(counts)]
+  assert labels_line.split() == [str(y) for y in data.resplit(clipped, 5).test_labels[:20]]
+
+
+@pytest.mark.slow
+def test_categorical_preset_runs_on_digits(tmp_path):
+  """The mnist_categorical preset's decoder on digits' 17 levels, a smoke test."""
+  workdir = tmp_path / "run"
+  _train("--flagfile=experiments/configs/mnist_categorical.flags", *DIGITS_FLAGS,
+         "--num_categories=17", "--num_epochs=2", "--eval_every=1", f"--workdir={workdir}")
+  records = read_metrics(workdir / "metrics.jsonl")
+  assert records[-1]["test_bound"] > records[0]["test_bound"]
+  settings = json.loads((workdir / "run_config.json").read_text())
+  assert settings["likelihood"] == "categorical"
+  assert settings["decoder"]["num_categories"] == 17

@@ -1,0 +1,105 @@
+"""The variance measurements: moments, summaries, 1/L scaling, intervals."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import stats
+
+import vae_jax
+from vae_jax.models.functions import model_functions
+from vae_jax.math import estimators
+from vae_jax.inference import variance
+
+DATA_DIM, LATENT_DIM, NUM_EXAMPLES = 12, 3, 4
+
+
+@pytest.fixture(scope="module")
+def setup():
+  model = vae_jax.make_vae(DATA_DIM, LATENT_DIM, hidden_sizes=(16,), init="flax")
+  params = vae_jax.init_params(model, jax.random.key(0))
+  x = jnp.asarray(np.random.default_rng(0).integers(0, 2, (NUM_EXAMPLES, DATA_DIM)),
+                  jnp.float32)
+  return model, params, x
+
+
+def test_welford_moments_equal_numpy_moments_of_the_same_draws(setup):
+  model, params, x = setup
+  num_draws, num_samples, key = 7, 2, jax.random.key(1)
+  mean, var = variance.make_gradient_moments(
+      model, estimator="A", num_samples=num_samples, num_draws=num_draws
+  )(params, x, key)
+  encode_fn, log_likelihood_fn = model_functions(model)
+  # Compiled once: draw by draw in eager mode took most of this test's time.
+  draw = jax.jit(lambda k: estimators.per_example_gradients(
+      estimators.estimator_a, encode_fn, log_likelihood_fn, params, x,
+      jax.random.normal(k, (num_samples, NUM_EXAMPLES, LATENT_DIM))))
+  draws = [draw(k) for k in jax.random.split(key, num_draws)]
+  stacked = jax.tree_util.tree_map(lambda *leaves: np.stack(leaves), *draws)
+  np.testing.assert_allclose(mean[0], stacked[0].mean(0), rtol=1e-5)
+  np.testing.assert_allclose(var[0], stacked[0].var(0, ddof=1), rtol=1e-4)
+  for got_mean, got_var, draw in zip(jax.tree_util.tree_leaves(mean[1]),
+                                     jax.tree_util.tree_leaves(var[1]),
+                                     jax.tree_util.tree_leaves(stacked[1])):
+    np.testing.assert_allclose(got_mean, draw.mean(0), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(got_var, draw.var(0, ddof=1), rtol=1e-3, atol=1e-8)
+
+
+def test_summarize_traces_and_snr_by_hand():
+  gradient_mean = {"params": {"encoder": {"w": jnp.array([[3.0, 4.0]])},
+                              "decoder": {"w": jnp.array([[1.0]])}}}
+  gradient_variance = {"params": {"encoder": {"w": jnp.array([[1.0, 3.0]])},
+                                  "decoder": {"w": jnp.array([[4.0]])}}}
+  summary = variance.summarize(variance.Moments(
+      bound_mean=jnp.array([-5.0]), bound_variance=jnp.array([2.0]),
+      gradient_mean=gradient_mean, gradient_variance=gradient_variance,
+      seconds_per_gradient=0.5,
+  ))
+  assert summary["encoder_variance"] == 4.0 and summary["decoder_variance"] == 4.0
+  assert summary["total_variance"] == 8.0
+  assert np.isclose(summary["encoder_snr"], 5.0 / 2.0)
+  assert np.isclose(summary["decoder_snr"], 1.0 / 2.0)
+  assert np.isclose(summary["total_snr"], np.sqrt(26.0 / 8.0))
+  assert summary["bound_variance"] == 2.0
+
+
+@pytest.mark.parametrize("estimator", ["A", "B", "stl"])
+def test_pathwise_variances_scale_as_one_over_l(setup, estimator):
+  """log Var vs log L has slope -1 for a mean of L iid terms; the slope's
+  standard error is propagated from the spread over repetitions."""
+  model, params, x = setup
+  sample_counts = np.array([1, 8, 64])
+  num_repetitions = 5
+  log_means, log_errors = [], []
+  for num_samples in sample_counts:
+    totals = [
+        variance.summarize(m)["total_variance"]
+        for m in variance.gradient_moments(
+            model, params, x, jax.random.split(jax.random.key(num_samples), num_repetitions),
+            estimator=estimator, num_samples=int(num_samples), num_draws=200,
+        )
+    ]
+    log_means.append(np.log(np.mean(totals)))
+    log_errors.append(np.std(totals, ddof=1) / np.sqrt(num_repetitions) / np.mean(totals))
+  weights = 1.0 / np.square(log_errors)
+  design = np.stack([np.ones(len(sample_counts)), np.log(sample_counts)], axis=1)
+  covariance = np.linalg.inv(design.T @ (weights[:, None] * design))
+  slope = (covariance @ design.T @ (weights * np.array(log_means)))[1]
+  slope_error = np.sqrt(covariance[1, 1])
+  z = stats.norm.isf(1e-3 / 2 / 3)
+  assert abs(slope + 1.0) < z * slope_error, (slope, slope_error)
+  assert slope_error < 0.05  # the test has the power to see a wrong slope
+
+
+def test_confidence_interval_is_student_t():
+  mean, half = variance.confidence_interval(np.array([1.0, 2.0, 3.0]))
+  assert mean == 2.0
+  assert np.isclose(half, stats.t.ppf(0.975, 2) * 1.0 / np.sqrt(3))
+
+
+def test_bad_arguments_are_named(setup):
+  model, params, x = setup
+  with pytest.raises(ValueError, match="num_draws must be >= 2"):
+    variance.make_gradient_moments(model, estimator="A", num_samples=1, num_draws=1)
+  with pytest.raises(ValueError, match="Unknown estimator"):
+    variance.make_gradient_moments(model, estimator="C", num_samples=1, num_draws=5)

@@ -1,0 +1,191 @@
+"""Bounds on log p(x) of a `VAE` as pure functions of (params, x, key).
+
+    elbo = vae_jax.make_elbo(model, estimator="B", num_samples=1)
+    bounds = elbo(params, x, key)            # [batch], nats per example
+
+`elbo` is pure: `jax.jit`, `jax.grad` of its mean and `jax.vmap` over keys
+all work on it. The per-example estimators are `vae_jax.math.estimators`';
+here they are bound to a Flax model and vmapped over the batch.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vae_jax.errors import ConfigError
+from vae_jax.math import estimators, posteriors
+from vae_jax.models.functions import check_data, model_functions
+from vae_jax.models.vae import VAE
+
+Array = jax.Array
+Params = Any
+ElboFn = Callable[[Params, Array, Array], Array]
+
+
+def check_estimator(estimator: str, num_samples: int) -> None:
+  """Raises a ConfigError/TypeError for an unknown estimator name or L < 1."""
+  if estimator not in estimators.ESTIMATORS:
+    raise ConfigError(
+        "estimator",
+        f"Unknown estimator {estimator!r}; choose one of "
+        f"{sorted(estimators.ESTIMATORS)}."
+    )
+  check_num_samples(num_samples)
+
+
+def check_num_samples(num_samples: int) -> None:
+  """Raises a TypeError/ConfigError unless L is an int >= 1."""
+  if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)):
+    raise TypeError(f"num_samples must be an int, got {num_samples!r}.")
+  if num_samples < 1:
+    raise ConfigError("num_samples", f"num_samples (L) must be >= 1, got {num_samples}.")
+
+
+def check_kl_weight(kl_weight: float, estimator: str) -> None:
+  """Raises a ConfigError for beta < 0, or beta != 1 with an estimator that has
+  no KL term to weight (see `estimators.KL_WEIGHTED_ESTIMATORS`)."""
+  if not kl_weight >= 0:
+    raise ConfigError("kl_weight", f"kl_weight must be >= 0, got {kl_weight}.")
+  if kl_weight != 1 and estimator not in estimators.KL_WEIGHTED_ESTIMATORS:
+    raise ConfigError(
+        "kl_weight",
+        f"kl_weight = {kl_weight} is defined only for the estimators "
+        f"{list(estimators.KL_WEIGHTED_ESTIMATORS)}, not {estimator!r}; use 1."
+    )
+
+
+def check_posterior(posterior: posteriors.Posterior, estimator: str) -> None:
+  """Raises a ConfigError for estimator B with a q family that has no
+  closed-form KL to N(0, I)."""
+  if estimator == "B" and not posterior.analytic_kl:
+    raise ConfigError(
+        "posterior",
+        f"Estimator B needs KL(q || N(0, I)) in closed form, which the "
+        f"{posterior.name!r} posterior lacks; use estimator A, iwae or "
+        "stl, or the gaussian posterior."
+    )
+
+
+def make_elbo(
+    model: VAE,
+    estimator: str = "B",
+    num_samples: int = 1,
+    kl_weight: float = 1.0,
+    posterior: posteriors.Posterior = posteriors.GAUSSIAN,
+) -> ElboFn:
+  """Returns `elbo(params, x, key) -> [batch]`, the per-example bound in nats.
+
+  Args:
+    model: a `VAE` (see `vae_jax.make_vae`).
+    estimator: "A" (eq. 6), "B" (eq. 7), "iwae" (importance-weighted bound
+      with k = num_samples), or one of A's variants that differ only in
+      their gradients: "stl", "score", "score_baseline" (see
+      `vae_jax.estimators`).
+    num_samples: L >= 1, samples of z per example.
+    kl_weight: beta >= 0 of the beta-VAE objective E_q log p(x|z) - beta KL,
+      estimators "A" and "B" only; other than 1 the value is that training
+      objective, not a bound.
+    posterior: the family of q(z|x) (`vae_jax.posteriors`), whose location
+      and log squared scale the encoder outputs; all but the Gaussian need
+      an estimator other than "B".
+
+  The returned function takes params (from `init_params`), x [batch,
+  data_dim] and a PRNG key; it draws eps [L, batch, latent_dim] from the key
+  and vmaps the per-example estimator over the batch and the decoder over L.
+  """
+  check_estimator(estimator, num_samples)
+  check_kl_weight(kl_weight, estimator)
+  check_posterior(posterior, estimator)
+  per_example = estimators.ESTIMATORS[estimator]
+  if kl_weight != 1:
+    per_example = functools.partial(per_example, kl_weight=kl_weight)
+  if posterior is not posteriors.GAUSSIAN:
+    per_example = functools.partial(per_example, log_q=posterior.log_prob)
+  encode_fn, log_likelihood_fn = model_functions(model)
+
+  def elbo(params: Params, x: Array, key: Array) -> Array:
+    check_data(x, model)
+    eps = posterior_noise(model, key, num_samples, x.shape[0], posterior)
+    return estimators.batch_bound(
+        per_example, encode_fn, log_likelihood_fn, params, x, eps
+    )
+
+  return elbo
+
+
+def posterior_noise(
+    model: VAE, key: Array, num_samples: int, batch: int,
+    posterior: posteriors.Posterior = posteriors.GAUSSIAN,
+) -> Array:
+  """eps [L, batch, latent_dim], the posterior family's standardised noise
+  (N(0, I) for the Gaussian) that `make_elbo` draws from `key`."""
+  return posterior.sample_noise(
+      key, (num_samples, batch, model.latent_dim), jnp.result_type(float)
+  )
+
+
+def _largest_divisor_at_most(n: int, limit: int) -> int:
+  return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
+
+
+def make_log_likelihood_estimate(
+    model: VAE, num_samples: int = 5000, samples_per_pass: int = 100,
+    posterior: posteriors.Posterior = posteriors.GAUSSIAN,
+) -> ElboFn:
+  """Returns `log_likelihood(params, x, key) -> [batch]`, log p(x) in nats.
+
+  The importance-sampled estimate with q(z|x) as proposal,
+  log (1/k) sum_k p(x, z_k) / q(z_k|x) over k = `num_samples` draws: the
+  standard test metric (k = 5000 in Burda et al., 2016). It is the IWAE
+  bound at k, so it is a stochastic lower bound on log p(x) that tightens as
+  k grows.
+
+  The k draws are taken `samples_per_pass` at a time (the largest divisor of
+  k not above it), so memory is that of `samples_per_pass` decoder passes
+  over the batch, [samples_per_pass, batch, data_dim], whatever k is; each
+  pass's log-weights are reduced by logsumexp before the next, and the
+  passes are combined by logsumexp again, which is exact.
+  """
+  check_estimator("iwae", num_samples)
+  if samples_per_pass < 1:
+    raise ConfigError("samples_per_pass", f"samples_per_pass must be >= 1, got {samples_per_pass}.")
+  per_pass = _largest_divisor_at_most(num_samples, samples_per_pass)
+  num_passes = num_samples // per_pass
+  pass_bound = make_elbo(model, "iwae", per_pass, posterior=posterior)
+
+  def log_likelihood(params: Params, x: Array, key: Array) -> Array:
+    keys = jax.random.split(key, num_passes)
+    # iwae_bound(k') + log k' is the logsumexp of one pass's k' log-weights.
+    pass_logsumexp = jax.lax.map(lambda k: pass_bound(params, x, k), keys)
+    return jax.nn.logsumexp(pass_logsumexp, axis=0) + (
+        np.log(per_pass) - np.log(num_samples)
+    )
+
+  return log_likelihood
+
+
+def make_autoencoder_objective(model: VAE) -> ElboFn:
+  """Returns `objective(params, x, key) -> [batch]`, log p(x | z = mean(x)).
+
+  The deterministic autoencoder baseline (`estimators.reconstruction_at_mean`):
+  ascending its mean trains the encoder mean and the decoder with no noise
+  and no KL. It is not a bound; the key is unused and kept so that it has
+  `make_elbo`'s signature. Evaluate such a model with `make_elbo`: it is
+  still a VAE, so its ELBO is defined, though its q variance is untrained.
+  """
+  encode_fn, log_likelihood_fn = model_functions(model)
+
+  def objective(params: Params, x: Array, key: Array) -> Array:
+    del key
+    check_data(x, model)
+    return jax.vmap(
+        lambda x_i: estimators.reconstruction_at_mean(
+            encode_fn, log_likelihood_fn, params, x_i)
+    )(x)
+
+  return objective

@@ -1,0 +1,377 @@
+"""The SGVB estimators of the per-example lower bound (AEVB paper, Sec. 2.3).
+
+Each estimator is written once, for ONE example and the noise of its L
+samples, in terms of two pure functions supplied by the caller:
+
+  encode_fn(params, x) -> (mean, logvar)      x: [data_dim] -> 2 x [latent_dim]
+  log_likelihood_fn(params, x, z) -> scalar    log p_theta(x | z) in nats
+
+`batch_bound` vmaps a per-example estimator over the batch; inside, the
+decoder is vmapped over the L samples. Nothing here knows about Flax or
+training: `vae_jax.inference.bounds.make_elbo` binds these to a Flax model.
+
+Per example, with z_l = mu(x) + sigma(x) * eps_l and eps_l ~ N(0, I) (or
+the standardised noise of another family of `vae_jax.posteriors`, whose
+log-density every estimator but B takes as `log_q`):
+  A (eq. 6):  (1/L) sum_l [log p(x, z_l) - log q(z_l | x)]
+  B (eq. 7):  -KL(q(z|x) || p(z)) + (1/L) sum_l log p(x | z_l)
+  IWAE:       log (1/L) sum_l p(x, z_l) / q(z_l | x)   (Burda et al., 2016)
+All are in nats; A and B are unbiased for the ELBO, IWAE is a tighter bound
+that is biased for it. Three more objectives share A's value and differ only
+in their gradients: "sticking the landing" and the score-function (REINFORCE)
+estimator with and without a baseline; `per_example_gradients` returns any
+estimator's gradient for each example separately, for variance studies.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Protocol
+
+import chex
+import jax
+import jax.numpy as jnp
+
+from vae_jax.math import distributions
+
+Array = jax.Array
+Params = Any
+EncodeFn = Callable[[Params, Array], tuple[Array, Array]]
+LogLikelihoodFn = Callable[[Params, Array, Array], Array]
+# log q(z | x) from the encoder's outputs: (mean, logvar, z) [..., latent] -> [...].
+LogPosteriorFn = Callable[[Array, Array, Array], Array]
+GAUSSIAN_LOG_Q = distributions.gaussian_log_prob
+
+
+class PerExampleEstimator(Protocol):
+
+  def __call__(
+      self,
+      encode_fn: EncodeFn,
+      log_likelihood_fn: LogLikelihoodFn,
+      params: Params,
+      x: Array,
+      eps: Array,
+  ) -> Array:
+    ...
+
+
+def _posterior_samples(
+    encode_fn: EncodeFn,
+    log_likelihood_fn: LogLikelihoodFn,
+    params: Params,
+    x: Array,
+    eps: Array,
+) -> tuple[Array, Array, Array, Array]:
+  """Encodes x, reparameterises, decodes each sample.
+
+  Returns (mean [latent], logvar [latent], z [L, latent], log p(x|z_l) [L]).
+  """
+  mean, logvar = encode_fn(params, x)
+  z = distributions.reparameterize(mean, logvar, eps)
+  log_px_given_z = jax.vmap(log_likelihood_fn, in_axes=(None, None, 0))(
+      params, x, z
+  )
+  return mean, logvar, z, log_px_given_z
+
+
+def _log_weight(
+    log_px_given_z: Array, z: Array, mean: Array, logvar: Array,
+    kl_weight: float = 1.0, log_q: LogPosteriorFn = GAUSSIAN_LOG_Q,
+) -> Array:
+  """log p(x|z) + beta * (log p(z) - log q(z|x)) for z [..., latent] -> [...].
+
+  beta = `kl_weight`; at 1 (the log importance weight) the products are
+  exact, so the value is bit for bit the unweighted one.
+  """
+  return (
+      log_px_given_z
+      + kl_weight * distributions.standard_normal_log_prob(z)
+      - kl_weight * log_q(mean, logvar, z)
+  )
+
+
+def log_importance_weights(
+    encode_fn: EncodeFn,
+    log_likelihood_fn: LogLikelihoodFn,
+    params: Params,
+    x: Array,
+    eps: Array,
+    kl_weight: float = 1.0,
+    log_q: LogPosteriorFn = GAUSSIAN_LOG_Q,
+) -> Array:
+  """log w_l = log p(x, z_l) - log q(z_l | x) for one example.
+
+  Args:
+    encode_fn, log_likelihood_fn: see the module docstring.
+    params: the pytree both functions take.
+    x: [data_dim] one example.
+    eps: [L, latent_dim] standardised noise of q's family (standard normal
+      for the Gaussian q).
+    kl_weight: beta; other than 1, log p(z_l) - log q(z_l|x) is scaled by it
+      (beta-VAE) and the result is no longer a log importance weight.
+    log_q: q's log-density (`vae_jax.posteriors.Posterior.log_prob`).
+
+  Returns:
+    [L] log-weights in nats.
+  """
+  mean, logvar, z, log_px_given_z = _posterior_samples(
+      encode_fn, log_likelihood_fn, params, x, eps
+  )
+  return _log_weight(log_px_given_z, z, mean, logvar, kl_weight, log_q)
+
+
+def estimator_a(
+    encode_fn: EncodeFn,
+    log_likelihood_fn: LogLikelihoodFn,
+    params: Params,
+    x: Array,
+    eps: Array,
+    kl_weight: float = 1.0,
+    log_q: LogPosteriorFn = GAUSSIAN_LOG_Q,
+) -> Array:
+  """SGVB estimator A (eq. 6) for one example. x: [data_dim], eps: [L, latent].
+
+  With kl_weight = beta != 1 it is the beta-VAE objective (Higgins et al.,
+  2017), (1/L) sum_l [log p(x|z_l) + beta (log p(z_l) - log q(z_l|x))], an
+  unbiased estimate of E_q log p(x|z) - beta KL(q || p), like B's.
+  """
+  return jnp.mean(
+      log_importance_weights(
+          encode_fn, log_likelihood_fn, params, x, eps, kl_weight, log_q
+      )
+  )
+
+
+def estimator_b(
+    encode_fn: EncodeFn,
+    log_likelihood_fn: LogLikelihoodFn,
+    params: Params,
+    x: Array,
+    eps: Array,
+    kl_weight: float = 1.0,
+) -> Array:
+  """SGVB estimator B (eq. 7) for one example: analytic KL + MC likelihood.
+
+  kl_weight = beta scales the KL: E_q log p(x|z) - beta KL(q || p), the
+  beta-VAE objective (Higgins et al., 2017); beta = 1 is the ELBO.
+  """
+  mean, logvar, _, log_px_given_z = _posterior_samples(
+      encode_fn, log_likelihood_fn, params, x, eps
+  )
+  return -kl_weight * distributions.kl_standard_normal(mean, logvar) + jnp.mean(
+      log_px_given_z
+  )
+
+
+def iwae_bound(
+    encode_fn: EncodeFn,
+    log_likelihood_fn: LogLikelihoodFn,
+    params: Params,
+    x: Array,
+    eps: Array,
+    log_q: LogPosteriorFn = GAUSSIAN_LOG_Q,
+) -> Array:
+  """The importance-weighted bound with k = L samples, for one example.
+
+  log (1/k) sum_l w_l, computed with logsumexp; for k = 1 it equals A.
+  """
+  log_w = log_importance_weights(
+      encode_fn, log_likelihood_fn, params, x, eps, log_q=log_q
+  )
+  return jax.nn.logsumexp(log_w) - math.log(log_w.shape[0])
+
+
+def estimator_stl(
+    encode_fn: EncodeFn,
+    log_likelihood_fn: LogLikelihoodFn,
+    params: Params,
+    x: Array,
+    eps: Array,
+    log_q: LogPosteriorFn = GAUSSIAN_LOG_Q,
+) -> Array:
+  """"Sticking the landing" (Roeder et al., 2017): A with q's score term stopped.
+
+  The value equals estimator A's. In the gradient, log q(z|x) is
+  differentiated only through z, not through q's parameters; that drops a
+  term whose expectation is zero, so the gradient stays unbiased and its
+  variance vanishes as q approaches the exact posterior.
+  """
+  mean, logvar, z, log_px_given_z = _posterior_samples(
+      encode_fn, log_likelihood_fn, params, x, eps
+  )
+  frozen_mean, frozen_logvar = jax.lax.stop_gradient((mean, logvar))
+  return jnp.mean(
+      _log_weight(log_px_given_z, z, frozen_mean, frozen_logvar, log_q=log_q)
+  )
+
+
+def _score_function(
+    encode_fn: EncodeFn,
+    log_likelihood_fn: LogLikelihoodFn,
+    params: Params,
+    x: Array,
+    eps: Array,
+    use_baseline: bool,
+    log_q: LogPosteriorFn,
+) -> Array:
+  """Surrogate whose value is A's and whose gradient is REINFORCE's.
+
+  z is sampled but not differentiated through. The encoder's gradient is
+  (1/L) sum_l (log w_l - b) grad log q(z_l|x) + grad(-log q(z_l|x)); the
+  decoder's is (1/L) sum_l grad log p(x|z_l). The baseline b, when used, is
+  log w at z = mean(x): it does not depend on the sampled z_l, so it leaves
+  the estimator unbiased and removes most of the scale of log w.
+  """
+  mean, logvar = encode_fn(params, x)
+  z = jax.lax.stop_gradient(distributions.reparameterize(mean, logvar, eps))
+  log_px_given_z = jax.vmap(log_likelihood_fn, in_axes=(None, None, 0))(
+      params, x, z
+  )
+  log_qz = log_q(mean, logvar, z)
+  log_w = _log_weight(log_px_given_z, z, mean, logvar, log_q=log_q)
+  signal = log_w
+  if use_baseline:
+    baseline = _log_weight(
+        log_likelihood_fn(params, x, mean), mean, mean, logvar, log_q=log_q
+    )
+    signal = log_w - baseline
+  score_term = jax.lax.stop_gradient(signal) * log_qz
+  return jnp.mean(log_w + score_term - jax.lax.stop_gradient(score_term))
+
+
+def score_function(
+    encode_fn: EncodeFn,
+    log_likelihood_fn: LogLikelihoodFn,
+    params: Params,
+    x: Array,
+    eps: Array,
+    log_q: LogPosteriorFn = GAUSSIAN_LOG_Q,
+) -> Array:
+  """The naive score-function (REINFORCE) estimator, as a surrogate (value: A)."""
+  return _score_function(
+      encode_fn, log_likelihood_fn, params, x, eps, use_baseline=False, log_q=log_q
+  )
+
+
+def score_function_baseline(
+    encode_fn: EncodeFn,
+    log_likelihood_fn: LogLikelihoodFn,
+    params: Params,
+    x: Array,
+    eps: Array,
+    log_q: LogPosteriorFn = GAUSSIAN_LOG_Q,
+) -> Array:
+  """Score-function estimator with the baseline log w(mean(x)) (value: A)."""
+  return _score_function(
+      encode_fn, log_likelihood_fn, params, x, eps, use_baseline=True, log_q=log_q
+  )
+
+
+def reconstruction_at_mean(
+    encode_fn: EncodeFn,
+    log_likelihood_fn: LogLikelihoodFn,
+    params: Params,
+    x: Array,
+) -> Array:
+  """log p(x | z = mean(x)) for one example x [data_dim]: a scalar in nats.
+
+  The deterministic autoencoder's objective: the same encoder mean and
+  decoder with no noise and no KL. For a Bernoulli decoder it is the negated
+  cross-entropy; for a Gaussian one a squared error weighted by the learned
+  variance. It is not a bound on log p(x).
+  """
+  mean, _ = encode_fn(params, x)
+  return log_likelihood_fn(params, x, mean)
+
+
+# The estimators that take `kl_weight` (beta-VAE): those whose value splits
+# into a reconstruction term and a KL term. IWAE's log-mean-exp does not split,
+# and A's gradient variants would need beta in their own surrogate terms.
+KL_WEIGHTED_ESTIMATORS = ("A", "B")
+
+# Every entry is a per-example objective: its value estimates a bound and its
+# gradient is the named gradient estimator.
+ESTIMATORS: dict[str, PerExampleEstimator] = {
+    "A": estimator_a,
+    "B": estimator_b,
+    "iwae": iwae_bound,
+    "stl": estimator_stl,
+    "score": score_function,
+    "score_baseline": score_function_baseline,
+}
+
+
+def _over_batch(per_example, params: Params, x: Array, eps: Array):
+  """vmaps per_example(params, x_i [data_dim], eps_i [L, latent]) over x
+  [batch, data_dim] and eps [L, batch, latent]."""
+  chex.assert_rank([x, eps], [2, 3])
+  chex.assert_equal(eps.shape[1], x.shape[0])
+  return jax.vmap(per_example, in_axes=(None, 0, 1))(params, x, eps)
+
+
+def batch_bound(
+    estimator: PerExampleEstimator,
+    encode_fn: EncodeFn,
+    log_likelihood_fn: LogLikelihoodFn,
+    params: Params,
+    x: Array,
+    eps: Array,
+) -> Array:
+  """A per-example estimator vmapped over the batch.
+
+  Args:
+    estimator: one of `ESTIMATORS`' values.
+    encode_fn, log_likelihood_fn, params: see the module docstring.
+    x: [batch, data_dim].
+    eps: [L, batch, latent_dim] standard-normal noise.
+
+  Returns:
+    [batch] per-example bound estimates in nats.
+  """
+  return _over_batch(
+      lambda p, x_i, eps_i: estimator(encode_fn, log_likelihood_fn, p, x_i, eps_i),
+      params, x, eps,
+  )
+
+
+def per_example_gradients(
+    estimator: PerExampleEstimator,
+    encode_fn: EncodeFn,
+    log_likelihood_fn: LogLikelihoodFn,
+    params: Params,
+    x: Array,
+    eps: Array,
+) -> tuple[Array, Params]:
+  """Each example's bound estimate and its gradient: vmap of value_and_grad.
+
+  Args:
+    estimator, encode_fn, log_likelihood_fn, params: as for `batch_bound`.
+    x: [batch, data_dim].
+    eps: [L, batch, latent_dim].
+
+  Returns:
+    (bounds [batch], gradients: a pytree like params with a leading [batch]).
+  """
+  return _over_batch(
+      jax.value_and_grad(
+          lambda p, x_i, eps_i: estimator(encode_fn, log_likelihood_fn, p, x_i, eps_i)
+      ),
+      params, x, eps,
+  )
+
+
+def gaussian_weight_log_prior(params: Params, stddev: float = 1.0) -> Array:
+  """log N(params; 0, stddev^2 I) summed over every leaf of a pytree.
+
+  The paper's MAP term log p(theta) (its experiments use N(0, I), which acts
+  as weight decay). It is a term of the whole data set's objective, so a
+  minibatch objective per example adds it as `log_prior / num_train`
+  (eq. 8 divided by N); see `vae_jax.training.objectives.with_weight_prior`.
+  """
+  leaves = jax.tree_util.tree_leaves(params)
+  sum_squares = sum(jnp.sum(jnp.square(leaf)) for leaf in leaves)
+  count = sum(leaf.size for leaf in leaves)
+  return -0.5 * sum_squares / stddev**2 - count * (
+      0.5 * math.log(2.0 * math.pi) + math.log(stddev)
+  )
