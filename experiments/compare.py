@@ -1,8 +1,8 @@
 r"""Compare model variants: `python -m experiments.compare --variants=a.flags,b.flags [flags]`.
 
-Each variant is a flagfile of the shared flags (`experiments.config_flags`) (e.g. experiments/configs/
-family/*.flags: a posterior family, the autoencoder, beta, IWAE, the
-Categorical decoder), applied as `experiments.figure45` applies its presets:
+Each variant is a flagfile of the shared flags (`experiments.config_flags`; e.g.
+experiments/configs/family/*.flags: a posterior family, the autoencoder, beta,
+IWAE, the Categorical decoder), applied as `experiments.figure45` applies its presets:
 the flag defaults, then the variant, then this command line, whose flags (the
 budget, the data directories) therefore apply to every variant. Each run
 lives in <workdir>/<variant name> and resumes like any run. Writes, in
@@ -41,16 +41,20 @@ from vae_jax.training import metrics
 from vae_jax.training import run as run_lib
 
 _VARIANTS = flags.DEFINE_list(
-    "variants", None, "Flagfiles of experiments.train, one run each, with distinct file names.")
+  "variants", None, "Flagfiles of experiments.train, one run each, with distinct file names."
+)
 _NUM_IMAGES = flags.DEFINE_integer(
-    "num_images", 20, "Samples and reconstructions per variant.", lower_bound=1)
+  "num_images", 20, "Samples and reconstructions per variant.", lower_bound=1
+)
 _NUM_LATENT_POINTS = flags.DEFINE_integer(
-    "num_latent_points", 5000, "Test examples in the latent-space scatter.", lower_bound=1)
+  "num_latent_points", 5000, "Test examples in the latent-space scatter.", lower_bound=1
+)
 flags.mark_flag_as_required("variants")
 
 
-@flags.validator("variants", message="--variants must name existing flagfiles with "
-                 "distinct file names.")
+@flags.validator(
+  "variants", message="--variants must name existing flagfiles with distinct file names."
+)
 def _check_variants(paths) -> bool:
   names = [config_flags.preset_name(path) for path in paths]
   return bool(paths) and all(map(os.path.isfile, paths)) and len(set(names)) == len(names)
@@ -69,43 +73,75 @@ def main(argv):
     model = config_flags.make_model(config, dataset)
     run = dataclasses.replace(config.run, workdir=os.path.join(root, name))
     logging.info("Compare: %s in %s", name, run.workdir)
-    figures = RunFigures(model, dataset.test, dataset.image_shape, run.workdir,
-                         jax.random.key(run.seed + 2), log=logging.info)
-    state = run_lib.train_and_evaluate(model, config.train, run, dataset.train, dataset.test,
-                                       hooks=[figures], log=logging.info)
+    figures = RunFigures(
+      model,
+      dataset.test,
+      dataset.image_shape,
+      run.workdir,
+      jax.random.key(run.seed + 2),
+      log=logging.info,
+    )
+    state = run_lib.train_and_evaluate(
+      model, config.train, run, dataset.train, dataset.test, hooks=[figures], log=logging.info
+    )
     params = run_lib.host_params(state)
     records = metrics.read_metrics(os.path.join(run.workdir, metrics.METRICS_FILENAME))
     bounds.setdefault(f"{model.likelihood} decoder", {})[name] = records
     samples[name] = images.sample_images(
-        model, params, jax.random.key(run.seed), num, dataset.image_shape)
-    reconstructions[name] = np.concatenate(images.reconstruction_images(
-        model, params, dataset.test[: num // 2], dataset.image_shape))
+      model, params, jax.random.key(run.seed), num, dataset.image_shape
+    )
+    reconstructions[name] = np.concatenate(
+      images.reconstruction_images(model, params, dataset.test[: num // 2], dataset.image_shape)
+    )
     if model.latent_dim == 2 and dataset.test_labels is not None:
       points = dataset.test[: _NUM_LATENT_POINTS.value]
-      latents[name] = (np.asarray(encode(model, params, points)[0]),
-                       dataset.test_labels[: _NUM_LATENT_POINTS.value])
-    rows.append({"variant": name, "dataset": dataset.name, "likelihood": model.likelihood,
-                 "algorithm": config.train.algorithm, "estimator": config.train.estimator,
-                 **tables.final_summary(records)})
+      latents[name] = (
+        np.asarray(encode(model, params, points)[0]),
+        dataset.test_labels[: _NUM_LATENT_POINTS.value],
+      )
+    rows.append(
+      {
+        "variant": name,
+        "dataset": dataset.name,
+        "likelihood": model.likelihood,
+        "algorithm": config.train.algorithm,
+        "estimator": config.train.estimator,
+        **tables.final_summary(records),
+      }
+    )
   written = [
-      plots.plot_bound_comparison(bounds, os.path.join(root, "compare_bounds.png"),
-                                    "Variational lower bound per variant"),
-      plots.plot_image_grids(samples, os.path.join(root, "compare_samples.png"),
-                               title="Samples: decoder means at z ~ N(0, I)"),
-      plots.plot_image_grids(reconstructions,
-                               os.path.join(root, "compare_reconstructions.png"),
-                               ncols=num // 2,
-                               title="Test examples (top) and reconstructions (bottom)"),
+    plots.plot_bound_comparison(
+      bounds, os.path.join(root, "compare_bounds.png"), "Variational lower bound per variant"
+    ),
+    plots.plot_image_grids(
+      samples,
+      os.path.join(root, "compare_samples.png"),
+      title="Samples: decoder means at z ~ N(0, I)",
+    ),
+    plots.plot_image_grids(
+      reconstructions,
+      os.path.join(root, "compare_reconstructions.png"),
+      ncols=num // 2,
+      title="Test examples (top) and reconstructions (bottom)",
+    ),
   ]
   if latents:
-    written.append(plots.plot_latent_scatter(
-        latents, os.path.join(root, "compare_latents.png"),
-        "Test examples' encoder means, by class"))
+    written.append(
+      plots.plot_latent_scatter(
+        latents, os.path.join(root, "compare_latents.png"), "Test examples' encoder means, by class"
+      )
+    )
   table = tables.summary_table(
-      "Final bounds per example (nats); the autoencoder's is the ELBO of its networks read "
-      "as a VAE, a categorical decoder's is in nats of the quantised image.",
-      [("variant", lambda r: r["variant"]), ("algorithm", lambda r: r["algorithm"]),
-       ("estimator", lambda r: r["estimator"]), ("decoder", lambda r: r["likelihood"])], rows)
+    "Final bounds per example (nats); the autoencoder's is the ELBO of its networks read "
+    "as a VAE, a categorical decoder's is in nats of the quantised image.",
+    [
+      ("variant", lambda r: r["variant"]),
+      ("algorithm", lambda r: r["algorithm"]),
+      ("estimator", lambda r: r["estimator"]),
+      ("decoder", lambda r: r["likelihood"]),
+    ],
+    rows,
+  )
   tables.write_summary(root, "compare", table, rows)
   print(table)
   logging.info("Wrote %s", ", ".join(written))

@@ -33,106 +33,160 @@ from vae_jax.training.run_dir import RunFormatError, RunSettingsMismatchError
 
 flags.DEFINE_enum("dataset", "digits", data.DATASETS, "Data set.")
 flags.DEFINE_string(
-    "tfds_data_dir", None,
-    "Where TFDS keeps prepared data sets (default: $TFDS_DATA_DIR or ~/tensorflow_datasets).")
+  "tfds_data_dir",
+  None,
+  "Where TFDS keeps prepared data sets (default: $TFDS_DATA_DIR or ~/tensorflow_datasets).",
+)
 flags.DEFINE_string(
-    "tfds_manual_dir", None,
-    "Directory with the raw files, so TFDS prepares without network "
-    "(default: $VAE_JAX_MANUAL_DIR).")
+  "tfds_manual_dir",
+  None,
+  "Directory with the raw files, so TFDS prepares without network (default: $VAE_JAX_MANUAL_DIR).",
+)
 flags.DEFINE_string(
-    "arrays_dir", None,
-    "Directory of <dataset>.npz files written by experiments.export_arrays: read the data "
-    "set from there, without TFDS or TensorFlow (default: $VAE_JAX_ARRAYS_DIR; unset: TFDS).")
+  "arrays_dir",
+  None,
+  "Directory of <dataset>.npz files written by experiments.export_arrays: read the data "
+  "set from there, without TFDS or TensorFlow (default: $VAE_JAX_ARRAYS_DIR; unset: TFDS).",
+)
 flags.DEFINE_integer(
-    "resplit_seed", None,
-    "Pool the training and test examples and deal them out again at random with this seed, "
-    "keeping the sizes (vae_jax.data.resplit); unset: the data set's own split.")
+  "resplit_seed",
+  None,
+  "Pool the training and test examples and deal them out again at random with this seed, "
+  "keeping the sizes (vae_jax.data.resplit); unset: the data set's own split.",
+)
 flags.DEFINE_integer("latent_dim", 20, "Latent dimensions J.")
 flags.DEFINE_list(
-    "hidden_sizes", ["500"], "Hidden layer widths of encoder and decoder, comma-separated.")
+  "hidden_sizes", ["500"], "Hidden layer widths of encoder and decoder, comma-separated."
+)
+flags.DEFINE_enum("activation", "tanh", list(vae_models.ACTIVATIONS), "Hidden-layer activation.")
 flags.DEFINE_enum(
-    "activation", "tanh", list(vae_models.ACTIVATIONS), "Hidden-layer activation.")
-flags.DEFINE_enum(
-    "likelihood", None, list(vae_models.LIKELIHOODS),
-    "Decoder p(x|z); default: categorical with --num_categories, else the data set's "
-    "(Gaussian for frey_face, else Bernoulli).")
+  "likelihood",
+  None,
+  list(vae_models.LIKELIHOODS),
+  "Decoder p(x|z); default: categorical with --num_categories, else the data set's "
+  "(Gaussian for frey_face, else Bernoulli).",
+)
 flags.DEFINE_integer(
-    "num_categories", None,
-    "K for the categorical decoder: grey levels are quantised to K equal-width bins of "
-    "[0, 1] (vae_jax.data.quantize).")
+  "num_categories",
+  None,
+  "K for the categorical decoder: grey levels are quantised to K equal-width bins of "
+  "[0, 1] (vae_jax.data.quantize).",
+)
 flags.DEFINE_enum(
-    "init", "paper", list(vae_models.INITIALIZATIONS),
-    "paper: all parameters from N(0, 0.01^2); glorot: Glorot & Bengio's uniform kernels, "
-    "zero biases (the IWAE paper); flax: LeCun-normal kernels, zero biases.")
+  "init",
+  "paper",
+  list(vae_models.INITIALIZATIONS),
+  "paper: all parameters from N(0, 0.01^2); glorot: Glorot & Bengio's uniform kernels, "
+  "zero biases (the IWAE paper); flax: LeCun-normal kernels, zero biases.",
+)
 flags.DEFINE_float("min_variance", 0.0, "Gaussian decoder variance floor.")
 flags.DEFINE_enum(
-    "binarization", None, ["dynamic", "none"],
-    "dynamic: re-draw binary pixels from grey levels every epoch; none: train on the "
-    "values as they are. Default: dynamic for mnist and fashion_mnist.")
+  "binarization",
+  None,
+  ["dynamic", "none"],
+  "dynamic: re-draw binary pixels from grey levels every epoch; none: train on the "
+  "values as they are. Default: dynamic for mnist and fashion_mnist.",
+)
 flags.DEFINE_enum(
-    "algorithm", "aevb", list(state_lib.ALGORITHMS),
-    "aevb: ascend the bound of --estimator; wake_sleep: the paper's baseline (Hinton et "
-    "al. 1995) with the same networks; autoencoder: a deterministic autoencoder, "
-    "log p(x | z = encoder mean), no noise, no KL. Both report the bound of --estimator.")
+  "algorithm",
+  "aevb",
+  list(state_lib.ALGORITHMS),
+  "aevb: ascend the bound of --estimator; wake_sleep: the paper's baseline (Hinton et "
+  "al. 1995) with the same networks; autoencoder: a deterministic autoencoder, "
+  "log p(x | z = encoder mean), no noise, no KL. Both report the bound of --estimator.",
+)
 flags.DEFINE_enum(
-    "estimator", "B", list(estimators.ESTIMATORS),
-    "Bound estimator: A, B, iwae, or A's gradient variants stl, score, score_baseline.")
+  "estimator",
+  "B",
+  list(estimators.ESTIMATORS),
+  "Bound estimator: A, B, iwae, or A's gradient variants stl, score, score_baseline.",
+)
 flags.DEFINE_float(
-    "kl_weight", 1.0,
-    "beta of the beta-VAE objective E_q log p(x|z) - beta KL (Higgins et al. 2017), for "
-    "--estimator=A or B: training ascends it, the reported bound stays the ELBO; 1 is the "
-    "ELBO.")
+  "kl_weight",
+  1.0,
+  "beta of the beta-VAE objective E_q log p(x|z) - beta KL (Higgins et al. 2017), for "
+  "--estimator=A or B: training ascends it, the reported bound stays the ELBO; 1 is the "
+  "ELBO.",
+)
 flags.DEFINE_enum(
-    "posterior", "gaussian", list(posteriors.POSTERIORS),
-    "Family of q(z|x), location-scale around the encoder's outputs (vae_jax.math.posteriors); "
-    "all but gaussian need --estimator other than B.")
+  "posterior",
+  "gaussian",
+  list(posteriors.POSTERIORS),
+  "Family of q(z|x), location-scale around the encoder's outputs (vae_jax.math.posteriors); "
+  "all but gaussian need --estimator other than B.",
+)
 flags.DEFINE_float("student_t_dof", 5.0, "Degrees of freedom of --posterior=student_t.")
 flags.DEFINE_integer("num_samples", 1, "L, samples of z per example.")
 flags.DEFINE_integer("batch_size", 100, "Minibatch size M.")
 flags.DEFINE_enum(
-    "optimizer", "adagrad", list(state_lib.OPTIMIZERS), "Optimiser (the paper: adagrad).")
+  "optimizer", "adagrad", list(state_lib.OPTIMIZERS), "Optimiser (the paper: adagrad)."
+)
 flags.DEFINE_float("learning_rate", 0.02, "Step size; with a schedule, its starting value.")
 flags.DEFINE_enum(
-    "learning_rate_schedule", "constant", list(state_lib.LEARNING_RATE_SCHEDULES),
-    "constant: --learning_rate throughout; iwae: the IWAE paper's stages i = 0..7 of 3^i "
-    "epochs at --learning_rate * 10^(-i/7) (3280 epochs), then the last rate.")
+  "learning_rate_schedule",
+  "constant",
+  list(state_lib.LEARNING_RATE_SCHEDULES),
+  "constant: --learning_rate throughout; iwae: the IWAE paper's stages i = 0..7 of 3^i "
+  "epochs at --learning_rate * 10^(-i/7) (3280 epochs), then the last rate.",
+)
 flags.DEFINE_float(
-    "adam_epsilon", 1e-8, "Adam's epsilon (--optimizer=adam only; the IWAE paper: 1e-4).")
+  "adam_epsilon", 1e-8, "Adam's epsilon (--optimizer=adam only; the IWAE paper: 1e-4)."
+)
 flags.DEFINE_float(
-    "adagrad_initial_accumulator", 0.0,
-    "Adagrad's initial sum of squared gradients (classic Adagrad: 0; optax default: 0.1).")
+  "adagrad_initial_accumulator",
+  0.0,
+  "Adagrad's initial sum of squared gradients (classic Adagrad: 0; optax default: 0.1).",
+)
 flags.DEFINE_bool(
-    "weight_prior", False, "Add the paper's N(0, I) prior on the parameters (weight decay).")
+  "weight_prior", False, "Add the paper's N(0, I) prior on the parameters (weight decay)."
+)
 flags.DEFINE_integer("num_epochs", None, "Training budget in epochs (default 100).")
 flags.DEFINE_integer(
-    "num_train_samples", None,
-    "Training budget in examples processed (the paper's x-axis), rounded up to whole epochs; "
-    "replaces --num_epochs.")
+  "num_train_samples",
+  None,
+  "Training budget in examples processed (the paper's x-axis), rounded up to whole epochs; "
+  "replaces --num_epochs.",
+)
 flags.DEFINE_integer(
-    "num_steps", None, "Training budget in minibatch updates, rounded up to whole epochs; "
-    "replaces --num_epochs.")
+  "num_steps",
+  None,
+  "Training budget in minibatch updates, rounded up to whole epochs; replaces --num_epochs.",
+)
 flags.DEFINE_integer("eval_every", 10, "Evaluate, checkpoint and log every this many epochs.")
 flags.DEFINE_integer("keep_checkpoints", 3, "How many recent checkpoints to keep.")
 flags.DEFINE_integer("seed", 0, "Random seed.")
 flags.DEFINE_integer(
-    "num_seeds", 1, "Independent runs with seeds --seed, --seed+1, ... trained together as "
-    "one vmapped program; metrics.jsonl has each run's bounds.")
+  "num_seeds",
+  1,
+  "Independent runs with seeds --seed, --seed+1, ... trained together as "
+  "one vmapped program; metrics.jsonl has each run's bounds.",
+)
 flags.DEFINE_list(
-    "learning_rates", [], "A learning-rate sweep: --num_seeds runs at each of these rates "
-    "(replacing --learning_rate; with a schedule, the starting rates), trained together as "
-    "one vmapped program; run i has rate i // num_seeds and seed --seed + i % num_seeds.")
+  "learning_rates",
+  [],
+  "A learning-rate sweep: --num_seeds runs at each of these rates "
+  "(replacing --learning_rate; with a schedule, the starting rates), trained together as "
+  "one vmapped program; run i has rate i // num_seeds and seed --seed + i % num_seeds.",
+)
 flags.DEFINE_integer(
-    "num_devices", 1, "Devices of all processes to split each minibatch over "
-    "(data-parallel); 0 means all. --batch_size must be a multiple of it, and it of the "
-    "number of processes. With --num_seeds > 1 or --learning_rates: the devices (of one "
-    "process) to split the runs over, a divisor of their number.")
+  "num_devices",
+  1,
+  "Devices of all processes to split each minibatch over "
+  "(data-parallel); 0 means all. --batch_size must be a multiple of it, and it of the "
+  "number of processes. With --num_seeds > 1 or --learning_rates: the devices (of one "
+  "process) to split the runs over, a divisor of their number.",
+)
 flags.DEFINE_integer(
-    "log_likelihood_samples", 0,
-    "k of the importance-sampled test log-likelihood estimate (5000 is the standard "
-    "metric) logged after the last epoch; 0 skips it.")
+  "log_likelihood_samples",
+  0,
+  "k of the importance-sampled test log-likelihood estimate (5000 is the standard "
+  "metric) logged after the last epoch; 0 skips it.",
+)
 flags.DEFINE_string(
-    "workdir", None, "Run directory (default: runs/<dataset>, or the runner's own); an "
-    "existing run is resumed.")
+  "workdir",
+  None,
+  "Run directory (default: runs/<dataset>, or the runner's own); an existing run is resumed.",
+)
 
 DEFAULT_NUM_EPOCHS = 100
 # The library's parameter names that differ from the flags that set them.
@@ -167,8 +221,7 @@ class Budget:
   num_steps: int | None = None
 
   def __post_init__(self):
-    given = {name: value for name, value in dataclasses.asdict(self).items()
-             if value is not None}
+    given = {name: value for name, value in dataclasses.asdict(self).items() if value is not None}
     for name, value in given.items():
       if value < 1:
         raise ConfigError(name, f"{name} must be >= 1, got {value}.")
@@ -201,51 +254,83 @@ def _parse_list(name: str, values: list[str], kind: type) -> tuple:
   try:
     return tuple(kind(value) for value in values)
   except ValueError:
-    raise ConfigError(name, f"{name} must be comma-separated {kind.__name__}s, got "
-                      f"{','.join(values)!r}.") from None
+    raise ConfigError(
+      name, f"{name} must be comma-separated {kind.__name__}s, got {','.join(values)!r}."
+    ) from None
 
 
 def _model_config(fv: flags.FlagValues, spec: data.DatasetSpec) -> vae_models.ModelConfig:
   likelihood = fv.likelihood or ("categorical" if fv.num_categories else spec.likelihood)
   return vae_models.ModelConfig(
-      latent_dim=fv.latent_dim, hidden_sizes=_parse_list("hidden_sizes", fv.hidden_sizes, int),
-      activation=fv.activation, init=fv.init, likelihood=likelihood,
-      num_categories=fv.num_categories, min_variance=fv.min_variance)
+    latent_dim=fv.latent_dim,
+    hidden_sizes=_parse_list("hidden_sizes", fv.hidden_sizes, int),
+    activation=fv.activation,
+    init=fv.init,
+    likelihood=likelihood,
+    num_categories=fv.num_categories,
+    min_variance=fv.min_variance,
+  )
 
 
 def _train_config(fv: flags.FlagValues, likelihood: str) -> state_lib.TrainConfig:
   binarization = fv.binarization or (
-      "dynamic" if fv.dataset in ("mnist", "fashion_mnist") and likelihood == "bernoulli"
-      else "none")
+    "dynamic" if fv.dataset in ("mnist", "fashion_mnist") and likelihood == "bernoulli" else "none"
+  )
   if binarization == "dynamic" and likelihood != "bernoulli":
-    raise ConfigError("dynamic_binarization", "binarization=dynamic needs a Bernoulli "
-                      f"likelihood, got {likelihood!r}.")
+    raise ConfigError(
+      "dynamic_binarization",
+      f"binarization=dynamic needs a Bernoulli likelihood, got {likelihood!r}.",
+    )
   return state_lib.TrainConfig(
-      algorithm=fv.algorithm, estimator=fv.estimator, num_samples=fv.num_samples,
-      batch_size=fv.batch_size, optimizer=fv.optimizer, learning_rate=fv.learning_rate,
-      learning_rate_schedule=fv.learning_rate_schedule, adam_epsilon=fv.adam_epsilon,
-      adagrad_initial_accumulator=fv.adagrad_initial_accumulator,
-      weight_prior=fv.weight_prior, dynamic_binarization=binarization == "dynamic",
-      kl_weight=fv.kl_weight, posterior=fv.posterior, student_t_dof=fv.student_t_dof)
+    algorithm=fv.algorithm,
+    estimator=fv.estimator,
+    num_samples=fv.num_samples,
+    batch_size=fv.batch_size,
+    optimizer=fv.optimizer,
+    learning_rate=fv.learning_rate,
+    learning_rate_schedule=fv.learning_rate_schedule,
+    adam_epsilon=fv.adam_epsilon,
+    adagrad_initial_accumulator=fv.adagrad_initial_accumulator,
+    weight_prior=fv.weight_prior,
+    dynamic_binarization=binarization == "dynamic",
+    kl_weight=fv.kl_weight,
+    posterior=fv.posterior,
+    student_t_dof=fv.student_t_dof,
+  )
 
 
 def _check_devices(run: run_lib.RunConfig, batch_size: int) -> None:
   """The device settings against the devices and processes JAX sees."""
   if run.num_devices > jax.device_count():
-    raise ConfigError("num_devices", f"num_devices={run.num_devices} exceeds the "
-                      f"{jax.device_count()} devices ({jax.process_count()} processes).")
+    raise ConfigError(
+      "num_devices",
+      f"num_devices={run.num_devices} exceeds the "
+      f"{jax.device_count()} devices ({jax.process_count()} processes).",
+    )
   if run.num_devices % jax.process_count():
-    raise ConfigError("num_devices", f"num_devices={run.num_devices} is not a multiple of "
-                      f"the {jax.process_count()} processes; 0 uses all {jax.device_count()}.")
+    raise ConfigError(
+      "num_devices",
+      f"num_devices={run.num_devices} is not a multiple of "
+      f"the {jax.process_count()} processes; 0 uses all {jax.device_count()}.",
+    )
   if run.multi_run and jax.process_count() > 1:
-    raise ConfigError("num_runs", "Several runs (num_seeds > 1, learning_rates) train in one "
-                      "process; drop --coordinator_address.")
+    raise ConfigError(
+      "num_runs",
+      "Several runs (num_seeds > 1, learning_rates) train in one "
+      "process; drop --coordinator_address.",
+    )
   if run.multi_run and len(run.runs) % run.num_devices:
-    raise ConfigError("num_devices", f"num_devices={run.num_devices} must divide the "
-                      f"{len(run.runs)} runs, which are split over the devices.")
+    raise ConfigError(
+      "num_devices",
+      f"num_devices={run.num_devices} must divide the "
+      f"{len(run.runs)} runs, which are split over the devices.",
+    )
   if not run.multi_run and batch_size % run.num_devices:
-    raise ConfigError("num_devices", f"batch_size={batch_size} is not a multiple of the "
-                      f"{run.num_devices} devices it is split over.")
+    raise ConfigError(
+      "num_devices",
+      f"batch_size={batch_size} is not a multiple of the "
+      f"{run.num_devices} devices it is split over.",
+    )
 
 
 def _build(fv: flags.FlagValues, default_workdir: str) -> ExperimentConfig:
@@ -254,24 +339,36 @@ def _build(fv: flags.FlagValues, default_workdir: str) -> ExperimentConfig:
   train = _train_config(fv, model.likelihood)
   num_train = spec.num_examples["train"]
   if train.batch_size > num_train:
-    raise ConfigError("batch_size", f"batch_size={train.batch_size} exceeds the {num_train} "
-                      f"training examples of {fv.dataset}.")
+    raise ConfigError(
+      "batch_size",
+      f"batch_size={train.batch_size} exceeds the {num_train} training examples of {fv.dataset}.",
+    )
   budget = Budget(fv.num_epochs, fv.num_train_samples, fv.num_steps)
   run = run_lib.RunConfig(
-      workdir=fv.workdir or default_workdir.format(dataset=fv.dataset),
-      num_epochs=budget.epochs(num_train, train.batch_size), eval_every=fv.eval_every,
-      seed=fv.seed, keep_checkpoints=fv.keep_checkpoints,
-      num_devices=fv.num_devices or jax.device_count(), num_runs=fv.num_seeds,
-      learning_rates=_parse_list("learning_rates", fv.learning_rates, float),
-      log_likelihood_samples=fv.log_likelihood_samples)
+    workdir=fv.workdir or default_workdir.format(dataset=fv.dataset),
+    num_epochs=budget.epochs(num_train, train.batch_size),
+    eval_every=fv.eval_every,
+    seed=fv.seed,
+    keep_checkpoints=fv.keep_checkpoints,
+    num_devices=fv.num_devices or jax.device_count(),
+    num_runs=fv.num_seeds,
+    learning_rates=_parse_list("learning_rates", fv.learning_rates, float),
+    log_likelihood_samples=fv.log_likelihood_samples,
+  )
   _check_devices(run, train.batch_size)
-  data_config = DataConfig(fv.dataset, fv.tfds_data_dir, fv.tfds_manual_dir, fv.arrays_dir,
-                           fv.resplit_seed, fv.num_categories)
+  data_config = DataConfig(
+    fv.dataset,
+    fv.tfds_data_dir,
+    fv.tfds_manual_dir,
+    fv.arrays_dir,
+    fv.resplit_seed,
+    fv.num_categories,
+  )
   return ExperimentConfig(data_config, model, train, run, budget)
 
 
 def config_from_flags(
-    flag_values: flags.FlagValues = flags.FLAGS, default_workdir: str = "runs/{dataset}"
+  flag_values: flags.FlagValues = flags.FLAGS, default_workdir: str = "runs/{dataset}"
 ) -> ExperimentConfig:
   """The shared flags as configs, checked once; a bad value ends the process
   with one FATAL line naming its flag. `default_workdir` ("{dataset}" is
@@ -282,8 +379,11 @@ def config_from_flags(
     raise fatal_config_error(error, flag_values) from None
 
 
-def fatal_config_error(error: ConfigError, flag_values: flags.FlagValues = flags.FLAGS,
-                       flag_of: dict[str, str] | None = None) -> SystemExit:
+def fatal_config_error(
+  error: ConfigError,
+  flag_values: flags.FlagValues = flags.FLAGS,
+  flag_of: dict[str, str] | None = None,
+) -> SystemExit:
   """The one FATAL line for a library setting, naming the flag that sets it:
   the parameter's own name, unless `flag_of` (a runner's own flags) or the
   shared flags' table maps it to another."""
@@ -292,8 +392,9 @@ def fatal_config_error(error: ConfigError, flag_values: flags.FlagValues = flags
   return SystemExit(f"FATAL: {named}{error}")
 
 
-def preset_config(preset: str, command_line: list[str],
-                  default_workdir: str = "runs/{dataset}") -> ExperimentConfig:
+def preset_config(
+  preset: str, command_line: list[str], default_workdir: str = "runs/{dataset}"
+) -> ExperimentConfig:
   """The config of `preset` (a flagfile) read as if it came first on
   `command_line` ([program, flags...]): defaults, then the preset, then the
   command line. Parsed into a copy of the flags, so that one preset's
@@ -314,17 +415,26 @@ def load_data(config: DataConfig) -> data.Dataset:
   their category indices (int32, `data.quantize`); split again with
   resplit_seed. A data error ends the process with one FATAL line."""
   try:
-    dataset = data.load_dataset(config.dataset, data_dir=config.tfds_data_dir,
-                                manual_dir=config.tfds_manual_dir, arrays_dir=config.arrays_dir)
+    dataset = data.load_dataset(
+      config.dataset,
+      data_dir=config.tfds_data_dir,
+      manual_dir=config.tfds_manual_dir,
+      arrays_dir=config.arrays_dir,
+    )
   except data.DataError as error:
     raise SystemExit(f"FATAL: cannot load --dataset={config.dataset}: {error}") from None
   if config.resplit_seed is not None:
     dataset = data.resplit(dataset, config.resplit_seed)
   if config.num_categories is None:
     return dataset
-  quantized = {split: None if x is None else np.asarray(data.quantize(x, config.num_categories))
-               for split, x in (("train", dataset.train), ("test", dataset.test),
-                                ("validation", dataset.validation))}
+  quantized = {
+    split: None if x is None else np.asarray(data.quantize(x, config.num_categories))
+    for split, x in (
+      ("train", dataset.train),
+      ("test", dataset.test),
+      ("validation", dataset.validation),
+    )
+  }
   return dataclasses.replace(dataset, **quantized)
 
 
@@ -336,14 +446,21 @@ def make_model(config: ExperimentConfig, dataset: data.Dataset) -> vae_models.VA
 def exit_if_ignored(run: run_lib.RunConfig, runner: str, uses_devices: bool) -> None:
   """Ends a runner that trains one run at a time (on one device unless
   `uses_devices`) with one FATAL line if flags ask for what it would ignore."""
-  ignored = [flag for flag, asked in (
+  ignored = [
+    flag
+    for flag, asked in (
       ("--num_seeds", run.num_runs > 1),
       ("--learning_rates", bool(run.learning_rates)),
-      ("--num_devices", run.num_devices > 1 and not uses_devices)) if asked]
+      ("--num_devices", run.num_devices > 1 and not uses_devices),
+    )
+    if asked
+  ]
   if ignored:
-    raise SystemExit(f"FATAL: {runner} trains one run at a time"
-                     + ("" if uses_devices else " on one device")
-                     + f"; drop {' and '.join(ignored)}.")
+    raise SystemExit(
+      f"FATAL: {runner} trains one run at a time"
+      + ("" if uses_devices else " on one device")
+      + f"; drop {' and '.join(ignored)}."
+    )
 
 
 def run_main(main: Callable[[list[str]], None]) -> None:

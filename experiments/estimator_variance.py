@@ -36,27 +36,40 @@ from vae_jax.training import run as run_lib
 from vae_jax.training.checkpoints import Checkpointer
 
 _STAGES = flags.DEFINE_list(
-    "stages", ["0"], "Training budgets in examples processed (e.g. 0,1e5,1e6), "
-    "each rounded up to whole epochs; 0 is the initialisation.")
+  "stages",
+  ["0"],
+  "Training budgets in examples processed (e.g. 0,1e5,1e6), "
+  "each rounded up to whole epochs; 0 is the initialisation.",
+)
 _ESTIMATORS = flags.DEFINE_list(
-    "estimators", ["A", "B", "stl", "score", "score_baseline", "iwae"],
-    f"Estimators to measure, from {list(estimators.ESTIMATORS)}.")
+  "estimators",
+  ["A", "B", "stl", "score", "score_baseline", "iwae"],
+  f"Estimators to measure, from {list(estimators.ESTIMATORS)}.",
+)
 _SAMPLE_COUNTS = flags.DEFINE_list(
-    "sample_counts", ["1", "2", "5", "10", "100"], "Values of L (k for iwae).")
+  "sample_counts", ["1", "2", "5", "10", "100"], "Values of L (k for iwae)."
+)
 _NUM_EXAMPLES = flags.DEFINE_integer(
-    "num_examples", 100, "Training examples the variances are averaged over.", lower_bound=1)
+  "num_examples", 100, "Training examples the variances are averaged over.", lower_bound=1
+)
 _NUM_DRAWS = flags.DEFINE_integer(
-    "num_draws", 100, "Noise draws per example and repetition.", lower_bound=2)
+  "num_draws", 100, "Noise draws per example and repetition.", lower_bound=2
+)
 _NUM_REPETITIONS = flags.DEFINE_integer(
-    "num_repetitions", 5, "Independent repetitions, for the intervals.", lower_bound=2)
+  "num_repetitions", 5, "Independent repetitions, for the intervals.", lower_bound=2
+)
 _OUTDIR = flags.DEFINE_string("outdir", None, "Output directory (default: <workdir>/variance).")
 
 flags.register_validator(
-    "estimators", lambda names: bool(names) and set(names) <= set(estimators.ESTIMATORS),
-    message=f"--estimators must be names from {sorted(estimators.ESTIMATORS)}.")
+  "estimators",
+  lambda names: bool(names) and set(names) <= set(estimators.ESTIMATORS),
+  message=f"--estimators must be names from {sorted(estimators.ESTIMATORS)}.",
+)
 flags.register_validator(
-    "sample_counts", lambda values: bool(values) and all(v.isdigit() and int(v) > 0 for v in values),
-    message="--sample_counts must be comma-separated positive integers, e.g. 1,2,5,10,100.")
+  "sample_counts",
+  lambda values: bool(values) and all(v.isdigit() and int(v) > 0 for v in values),
+  message="--sample_counts must be comma-separated positive integers, e.g. 1,2,5,10,100.",
+)
 
 
 def _parse_stages(values: list[str]) -> list[int]:
@@ -72,8 +85,12 @@ def _parse_stages(values: list[str]) -> list[int]:
 def _train_to(stage_epochs, model, config, run, dataset):
   """The train state after `stage_epochs` epochs, training or restoring it."""
   state = run_lib.train_and_evaluate(
-      model, config, dataclasses.replace(run, num_epochs=stage_epochs),
-      dataset.train, dataset.test, log=logging.info,
+    model,
+    config,
+    dataclasses.replace(run, num_epochs=stage_epochs),
+    dataset.train,
+    dataset.test,
+    log=logging.info,
   )
   steps = stage_epochs * (dataset.train.shape[0] // config.batch_size)
   if int(state.step) == steps:
@@ -81,25 +98,49 @@ def _train_to(stage_epochs, model, config, run, dataset):
   with Checkpointer(os.path.join(run.workdir, "checkpoints")) as checkpointer:
     if steps not in checkpointer.all_steps():
       raise SystemExit(
-          f"FATAL: {run.workdir} is trained past {stage_epochs} epochs and its checkpoint "
-          f"at step {steps} is gone; use a fresh --workdir or a larger --keep_checkpoints.")
+        f"FATAL: {run.workdir} is trained past {stage_epochs} epochs and its checkpoint "
+        f"at step {steps} is gone; use a fresh --workdir or a larger --keep_checkpoints."
+      )
     return checkpointer.restore(state, step=steps)
 
 
 def _markdown(rows: list[dict]) -> str:
   """One table per stage: each estimator's moments with their 95% intervals."""
-  headers = ["estimator", "L", "Var[bound]", "tr Cov[grad enc]", "tr Cov[grad dec]",
-             "SNR enc", "SNR dec", "us/grad"]
+  headers = [
+    "estimator",
+    "L",
+    "Var[bound]",
+    "tr Cov[grad enc]",
+    "tr Cov[grad dec]",
+    "SNR enc",
+    "SNR dec",
+    "us/grad",
+  ]
   sections = []
   for stage in dict.fromkeys(r["stage"] for r in rows):
-    cells = [[r["estimator"], r["num_samples"],
-              *(f"{r[k]:.3g} ± {r[k + '_ci']:.2g}" for k in (
-                  "bound_variance", "encoder_variance", "decoder_variance", "encoder_snr",
-                  "decoder_snr")),
-              f"{1e6 * r['seconds_per_gradient']:.0f}"]
-             for r in rows if r["stage"] == stage]
-    sections.append(f"### After {stage:,} training examples\n\n"
-                    + tables.markdown_table(headers, cells, [False] + [True] * 7))
+    cells = [
+      [
+        r["estimator"],
+        r["num_samples"],
+        *(
+          f"{r[k]:.3g} ± {r[k + '_ci']:.2g}"
+          for k in (
+            "bound_variance",
+            "encoder_variance",
+            "decoder_variance",
+            "encoder_snr",
+            "decoder_snr",
+          )
+        ),
+        f"{1e6 * r['seconds_per_gradient']:.0f}",
+      ]
+      for r in rows
+      if r["stage"] == stage
+    ]
+    sections.append(
+      f"### After {stage:,} training examples\n\n"
+      + tables.markdown_table(headers, cells, [False] + [True] * 7)
+    )
   return "\n".join(sections)
 
 
@@ -115,8 +156,10 @@ def main(argv):
   outdir = _OUTDIR.value or os.path.join(run.workdir, "variance")
   os.makedirs(outdir, exist_ok=True)
   if _NUM_EXAMPLES.value > dataset.train.shape[0]:
-    raise SystemExit(f"FATAL: --num_examples={_NUM_EXAMPLES.value} exceeds the "
-                     f"{dataset.train.shape[0]} training examples.")
+    raise SystemExit(
+      f"FATAL: --num_examples={_NUM_EXAMPLES.value} exceeds the "
+      f"{dataset.train.shape[0]} training examples."
+    )
   x = jax.numpy.asarray(dataset.train[: _NUM_EXAMPLES.value])
   if config.dynamic_binarization:
     x = binarize(jax.random.key(evaluation.EVAL_BINARIZATION_SEED), x)
@@ -130,28 +173,52 @@ def main(argv):
       for num_samples in map(int, _SAMPLE_COUNTS.value):
         key, measure_key = jax.random.split(key)
         results = variance.measure(
-            model, state.params, x, measure_key, estimator=estimator,
-            num_samples=num_samples, num_draws=_NUM_DRAWS.value,
-            num_repetitions=_NUM_REPETITIONS.value,
+          model,
+          state.params,
+          x,
+          measure_key,
+          estimator=estimator,
+          num_samples=num_samples,
+          num_draws=_NUM_DRAWS.value,
+          num_repetitions=_NUM_REPETITIONS.value,
         )
-        row = {"stage": stage, "step": int(state.step), "estimator": estimator,
-               "num_samples": num_samples}
+        row = {
+          "stage": stage,
+          "step": int(state.step),
+          "estimator": estimator,
+          "num_samples": num_samples,
+        }
         for name, (mean, half_width) in results.items():
           row[name], row[f"{name}_ci"] = mean, half_width
         rows.append(row)
-        logging.info("stage %d %s L=%d: Var[bound] %.3g, tr Cov enc %.3g, dec %.3g",
-                     stage, estimator, num_samples, row["bound_variance"],
-                     row["encoder_variance"], row["decoder_variance"])
+        logging.info(
+          "stage %d %s L=%d: Var[bound] %.3g, tr Cov enc %.3g, dec %.3g",
+          stage,
+          estimator,
+          num_samples,
+          row["bound_variance"],
+          row["encoder_variance"],
+          row["decoder_variance"],
+        )
     plots.plot_variance_vs_samples(
-        [r for r in rows if r["stage"] == stage],
-        os.path.join(outdir, f"variance_stage_{stage}.png"),
-        title=f"Estimator variance after {stage:,} training examples",
+      [r for r in rows if r["stage"] == stage],
+      os.path.join(outdir, f"variance_stage_{stage}.png"),
+      title=f"Estimator variance after {stage:,} training examples",
     )
   with open(os.path.join(outdir, "results.json"), "w", encoding="utf-8") as f:
-    json.dump({"settings": {"num_examples": _NUM_EXAMPLES.value, "num_draws": _NUM_DRAWS.value,
-                            "num_repetitions": _NUM_REPETITIONS.value,
-                            "run": run_lib.describe(model, config, run.seed)},
-               "rows": rows}, f, indent=2)
+    json.dump(
+      {
+        "settings": {
+          "num_examples": _NUM_EXAMPLES.value,
+          "num_draws": _NUM_DRAWS.value,
+          "num_repetitions": _NUM_REPETITIONS.value,
+          "run": run_lib.describe(model, config, run.seed),
+        },
+        "rows": rows,
+      },
+      f,
+      indent=2,
+    )
   with open(os.path.join(outdir, "results.csv"), "w", newline="", encoding="utf-8") as f:
     writer = csv.DictWriter(f, fieldnames=list(rows[0]))
     writer.writeheader()

@@ -21,12 +21,16 @@ from experiments import config_flags  # noqa: F401 (defines the data flags read 
 from vae_jax import data
 
 _DATASETS = flags.DEFINE_list(
-    "datasets", ["mnist", "binarized_mnist", "frey_face"],
-    f"Data sets to export, from {list(data.DATASETS)}.")
+  "datasets",
+  ["mnist", "binarized_mnist", "frey_face"],
+  f"Data sets to export, from {list(data.DATASETS)}.",
+)
 
 flags.register_validator(
-    "datasets", lambda names: bool(names) and set(names) <= set(data.DATASETS),
-    message=f"--datasets must be names from {list(data.DATASETS)}.")
+  "datasets",
+  lambda names: bool(names) and set(names) <= set(data.DATASETS),
+  message=f"--datasets must be names from {list(data.DATASETS)}.",
+)
 flags.mark_flag_as_required("arrays_dir")
 
 
@@ -36,8 +40,12 @@ def main(argv):
   for name in _DATASETS.value:
     try:
       # arrays_dir="": through TFDS even when $VAE_JAX_ARRAYS_DIR is set.
-      dataset = data.load_dataset(name, data_dir=flags.FLAGS.tfds_data_dir,
-                                manual_dir=flags.FLAGS.tfds_manual_dir, arrays_dir="")
+      dataset = data.load_dataset(
+        name,
+        data_dir=flags.FLAGS.tfds_data_dir,
+        manual_dir=flags.FLAGS.tfds_manual_dir,
+        arrays_dir="",
+      )
     except data.DataError as error:
       raise SystemExit(f"FATAL: cannot load {name}: {error}") from None
     path = data.export_arrays(dataset, flags.FLAGS.arrays_dir)

@@ -30,22 +30,30 @@ from vae_jax.training import run as run_lib
 from vae_jax.training import state as state_lib
 
 _LATENT_DIMS = flags.DEFINE_list(
-    "latent_dims", ["3", "5", "10", "20", "200"], "Latent sizes J, one panel each.")
+  "latent_dims", ["3", "5", "10", "20", "200"], "Latent sizes J, one panel each."
+)
 _ALGORITHMS = flags.DEFINE_list(
-    "algorithms", ["aevb", "wake_sleep"], f"Methods compared, from {list(state_lib.ALGORITHMS)}.")
+  "algorithms", ["aevb", "wake_sleep"], f"Methods compared, from {list(state_lib.ALGORITHMS)}."
+)
 
 flags.register_validator(
-    "latent_dims", lambda values: bool(values) and all(v.isdigit() and int(v) > 0 for v in values),
-    message="--latent_dims must be comma-separated positive integers, e.g. 3,5,10,20,200.")
+  "latent_dims",
+  lambda values: bool(values) and all(v.isdigit() and int(v) > 0 for v in values),
+  message="--latent_dims must be comma-separated positive integers, e.g. 3,5,10,20,200.",
+)
 flags.register_validator(
-    "algorithms", lambda names: bool(names) and set(names) <= set(state_lib.ALGORITHMS),
-    message=f"--algorithms must be names from {list(state_lib.ALGORITHMS)}.")
+  "algorithms",
+  lambda names: bool(names) and set(names) <= set(state_lib.ALGORITHMS),
+  message=f"--algorithms must be names from {list(state_lib.ALGORITHMS)}.",
+)
 
 METHOD_LABELS = {"aevb": "AEVB", "wake_sleep": "Wake-sleep", "autoencoder": "Autoencoder"}
 
 
-_COLUMNS = (("J", lambda row: row["latent_dim"]),
-            ("method", lambda row: METHOD_LABELS[row["algorithm"]]))
+_COLUMNS = (
+  ("J", lambda row: row["latent_dim"]),
+  ("method", lambda row: METHOD_LABELS[row["algorithm"]]),
+)
 
 
 def main(argv):
@@ -59,23 +67,33 @@ def main(argv):
     panel = panels.setdefault(f"J = {latent_dim}", {})
     for algorithm in _ALGORITHMS.value:
       model = vae_models.vae_from_config(
-          dataset.data_dim, dataclasses.replace(config.model, latent_dim=latent_dim))
+        dataset.data_dim, dataclasses.replace(config.model, latent_dim=latent_dim)
+      )
       train_config = dataclasses.replace(config.train, algorithm=algorithm)
       run = dataclasses.replace(
-          config.run, workdir=os.path.join(root, f"{algorithm}_latent{latent_dim}"))
+        config.run, workdir=os.path.join(root, f"{algorithm}_latent{latent_dim}")
+      )
       logging.info("Fig. 2: %s with J = %d in %s", algorithm, latent_dim, run.workdir)
-      figures = RunFigures(model, dataset.test, dataset.image_shape, run.workdir,
-                           jax.random.key(run.seed + 2), log=logging.info)
-      run_lib.train_and_evaluate(model, train_config, run, dataset.train, dataset.test,
-                                 hooks=[figures], log=logging.info)
+      figures = RunFigures(
+        model,
+        dataset.test,
+        dataset.image_shape,
+        run.workdir,
+        jax.random.key(run.seed + 2),
+        log=logging.info,
+      )
+      run_lib.train_and_evaluate(
+        model, train_config, run, dataset.train, dataset.test, hooks=[figures], log=logging.info
+      )
       records = metrics.read_metrics(os.path.join(run.workdir, metrics.METRICS_FILENAME))
       panel[METHOD_LABELS[algorithm]] = records
-      rows.append({"latent_dim": latent_dim, "algorithm": algorithm,
-                   **tables.final_summary(records)})
+      rows.append(
+        {"latent_dim": latent_dim, "algorithm": algorithm, **tables.final_summary(records)}
+      )
   path = plots.plot_bound_comparison(
-      panels, os.path.join(root, "figure2.png"), f"{name}: AEVB vs wake-sleep (Fig. 2)")
-  table = tables.summary_table(
-      f"Final lower bounds per example (nats), {name}.", _COLUMNS, rows)
+    panels, os.path.join(root, "figure2.png"), f"{name}: AEVB vs wake-sleep (Fig. 2)"
+  )
+  table = tables.summary_table(f"Final lower bounds per example (nats), {name}.", _COLUMNS, rows)
   tables.write_summary(root, "figure2", table, rows)
   print(table)
   logging.info("Wrote %s", path)

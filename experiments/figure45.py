@@ -7,14 +7,15 @@ Fig. 5: random samples (decoder means at z ~ N(0, I)) of the model of
 MNIST, J = 2, 5, 10, 20). A run both figures need (MNIST with J = 2) is
 trained once.
 
-A preset is a flagfile of the shared flags (`experiments.config_flags`) describing one data set's model
-and optimiser (experiments/configs/mnist.flags, frey_face.flags). Each preset
-is read as if it came first on the command line (`config_flags.preset_config`):
-the flag defaults, then the preset, then this command line's flags, which
-therefore apply to every data set (the budget, the data directories; a model
-flag given here overrides every preset's). The latent size is set per run. Each run lives in
-<workdir>/<preset name>_latent<J> (--workdir, default runs/figure45) and
-resumes like any run. Writes <workdir>/figure4.png, figure5.png, figure45.md
+A preset is a flagfile of the shared flags (`experiments.config_flags`)
+describing one data set's model and optimiser (experiments/configs/mnist.flags,
+frey_face.flags). Each preset is read as if it came first on the command line
+(`config_flags.preset_config`): the flag defaults, then the preset, then this
+command line's flags, which therefore apply to every data set (the budget, the
+data directories; a model flag given here overrides every preset's). The
+latent size is set per run. Each run lives in <workdir>/<preset name>_latent<J>
+(--workdir, default runs/figure45) and resumes like any run. Writes
+<workdir>/figure4.png, figure5.png, figure45.md
 (the final bounds of each run) and figure45.json.
 
 Examples (the paper's settings, the budget in training samples per run):
@@ -40,23 +41,30 @@ from vae_jax.training import metrics
 from vae_jax.training import run as run_lib
 
 _MANIFOLD_PRESETS = flags.DEFINE_list(
-    "manifold_presets",
-    ["experiments/configs/frey_face.flags", "experiments/configs/mnist.flags"],
-    "Fig. 4: flagfiles of the models whose 2-D manifold is drawn, one panel each; "
-    "empty: no Fig. 4.")
+  "manifold_presets",
+  ["experiments/configs/frey_face.flags", "experiments/configs/mnist.flags"],
+  "Fig. 4: flagfiles of the models whose 2-D manifold is drawn, one panel each; empty: no Fig. 4.",
+)
 _SAMPLE_PRESET = flags.DEFINE_string(
-    "sample_preset", "experiments/configs/mnist.flags",
-    "Fig. 5: flagfile of the model sampled for each --sample_latent_dims.")
+  "sample_preset",
+  "experiments/configs/mnist.flags",
+  "Fig. 5: flagfile of the model sampled for each --sample_latent_dims.",
+)
 _SAMPLE_LATENT_DIMS = flags.DEFINE_list(
-    "sample_latent_dims", ["2", "5", "10", "20"],
-    "Fig. 5: latent sizes J, one panel of samples each; empty: no Fig. 5.")
+  "sample_latent_dims",
+  ["2", "5", "10", "20"],
+  "Fig. 5: latent sizes J, one panel of samples each; empty: no Fig. 5.",
+)
 _SAMPLES_PER_PANEL = flags.DEFINE_integer(
-    "samples_per_panel", 100, "Fig. 5: samples per panel, 10 per row.", lower_bound=1)
+  "samples_per_panel", 100, "Fig. 5: samples per panel, 10 per row.", lower_bound=1
+)
 
 
 flags.register_validator(
-    "sample_latent_dims", lambda values: all(v.isdigit() and int(v) > 0 for v in values),
-    message="--sample_latent_dims must be comma-separated positive integers, e.g. 2,5,10,20.")
+  "sample_latent_dims",
+  lambda values: all(v.isdigit() and int(v) > 0 for v in values),
+  message="--sample_latent_dims must be comma-separated positive integers, e.g. 2,5,10,20.",
+)
 
 
 @flags.multi_flags_validator(["manifold_presets", "sample_preset", "sample_latent_dims"])
@@ -69,7 +77,8 @@ def _check_presets(values) -> bool:
     presets.append(values["sample_preset"])
   if not presets:
     raise flags.ValidationError(
-        "Nothing to draw: give --manifold_presets (Fig. 4) or --sample_latent_dims (Fig. 5).")
+      "Nothing to draw: give --manifold_presets (Fig. 4) or --sample_latent_dims (Fig. 5)."
+    )
   missing = [path for path in presets if not os.path.isfile(path)]
   if missing:
     raise flags.ValidationError(f"Preset flagfiles not found: {missing}.")
@@ -92,7 +101,7 @@ def _title(dataset: str, preset: str) -> str:
 
 
 def runs_needed(
-    manifold_presets: list[str], sample_preset: str, sample_latent_dims: list[int]
+  manifold_presets: list[str], sample_preset: str, sample_latent_dims: list[int]
 ) -> dict[str, dict[int, list[int]]]:
   """{preset: {J: the figures (4, 5) that use the run}}, in training order."""
   runs: dict[str, dict[int, list[int]]] = {}
@@ -103,16 +112,20 @@ def runs_needed(
   return runs
 
 
-_COLUMNS = (("data set", lambda row: row["dataset"]), ("J", lambda row: row["latent_dim"]),
-            ("figures", lambda row: ", ".join(map(str, row["figures"]))))
+_COLUMNS = (
+  ("data set", lambda row: row["dataset"]),
+  ("J", lambda row: row["latent_dim"]),
+  ("figures", lambda row: ", ".join(map(str, row["figures"]))),
+)
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   root = flags.FLAGS.workdir or os.path.join("runs", "figure45")
-  runs = runs_needed(_MANIFOLD_PRESETS.value, _SAMPLE_PRESET.value,
-                     [int(j) for j in _SAMPLE_LATENT_DIMS.value])
+  runs = runs_needed(
+    _MANIFOLD_PRESETS.value, _SAMPLE_PRESET.value, [int(j) for j in _SAMPLE_LATENT_DIMS.value]
+  )
   titles, manifolds, samples, rows = {}, {}, {}, []
   for preset, latent_dims in runs.items():
     config = config_flags.preset_config(preset, list(sys.argv))
@@ -120,37 +133,63 @@ def main(argv):
     name = titles[preset] = _title(config.data.dataset, preset)
     for latent_dim, uses in latent_dims.items():
       model = vae_models.vae_from_config(
-          dataset.data_dim, dataclasses.replace(config.model, latent_dim=latent_dim))
+        dataset.data_dim, dataclasses.replace(config.model, latent_dim=latent_dim)
+      )
       workdir = os.path.join(root, f"{config_flags.preset_name(preset)}_latent{latent_dim}")
       run = dataclasses.replace(config.run, workdir=workdir)
       logging.info("Figs. 4, 5: %s with J = %d in %s", name, latent_dim, workdir)
-      figures = RunFigures(model, dataset.test, dataset.image_shape, workdir,
-                           jax.random.key(run.seed + 2), log=logging.info)
-      state = run_lib.train_and_evaluate(model, config.train, run, dataset.train, dataset.test,
-                                         hooks=[figures], log=logging.info)
+      figures = RunFigures(
+        model,
+        dataset.test,
+        dataset.image_shape,
+        workdir,
+        jax.random.key(run.seed + 2),
+        log=logging.info,
+      )
+      state = run_lib.train_and_evaluate(
+        model, config.train, run, dataset.train, dataset.test, hooks=[figures], log=logging.info
+      )
       params = run_lib.host_params(state)
       if 4 in uses:
         manifolds[name] = images.manifold_images(model, params, dataset.image_shape)
       if 5 in uses:
         samples[latent_dim] = images.sample_images(
-            model, params, jax.random.key(run.seed), _SAMPLES_PER_PANEL.value,
-            dataset.image_shape)
+          model, params, jax.random.key(run.seed), _SAMPLES_PER_PANEL.value, dataset.image_shape
+        )
       records = metrics.read_metrics(os.path.join(workdir, metrics.METRICS_FILENAME))
-      rows.append({"dataset": config.data.dataset, "preset": preset, "latent_dim": latent_dim,
-                   "figures": uses, "workdir": workdir, **tables.final_summary(records)})
+      rows.append(
+        {
+          "dataset": config.data.dataset,
+          "preset": preset,
+          "latent_dim": latent_dim,
+          "figures": uses,
+          "workdir": workdir,
+          **tables.final_summary(records),
+        }
+      )
   written = []
   if manifolds:
-    written.append(plots.plot_manifolds(
-        manifolds, images.MANIFOLD_GRID_SIZE, os.path.join(root, "figure4.png"),
-        "Learned data manifolds, J = 2 (Fig. 4)"))
+    written.append(
+      plots.plot_manifolds(
+        manifolds,
+        images.MANIFOLD_GRID_SIZE,
+        os.path.join(root, "figure4.png"),
+        "Learned data manifolds, J = 2 (Fig. 4)",
+      )
+    )
   if samples:
     panels = {f"J = {j}": samples[int(j)] for j in _SAMPLE_LATENT_DIMS.value}
-    written.append(plots.plot_image_grids(
-        panels, os.path.join(root, "figure5.png"),
+    written.append(
+      plots.plot_image_grids(
+        panels,
+        os.path.join(root, "figure5.png"),
         title="Random samples from the learned generative models, "
-              f"{titles[os.path.normpath(_SAMPLE_PRESET.value)]} (Fig. 5)"))
+        f"{titles[os.path.normpath(_SAMPLE_PRESET.value)]} (Fig. 5)",
+      )
+    )
   table = tables.summary_table(
-      "Final lower bounds per example (nats) of the runs behind Figs. 4 and 5.", _COLUMNS, rows)
+    "Final lower bounds per example (nats) of the runs behind Figs. 4 and 5.", _COLUMNS, rows
+  )
   tables.write_summary(root, "figure45", table, rows)
   print(table)
   logging.info("Wrote %s", ", ".join(written))

@@ -13,8 +13,9 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 
-def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]],
-                   right_aligned: Sequence[bool] | None = None) -> str:
+def markdown_table(
+  headers: Sequence[str], rows: Sequence[Sequence[Any]], right_aligned: Sequence[bool] | None = None
+) -> str:
   """A markdown table: a header line, the alignment line and one line per row.
 
   Args:
@@ -27,10 +28,14 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]],
     The table's lines joined by newlines, with a final newline.
   """
   if right_aligned is None:
-    right_aligned = [all(isinstance(row[i], (int, float)) for row in rows) if rows else False
-                     for i in range(len(headers))]
-  lines = ["| " + " | ".join(headers) + " |",
-           "|" + "|".join("---:" if right else "---" for right in right_aligned) + "|"]
+    right_aligned = [
+      all(isinstance(row[i], (int, float)) for row in rows) if rows else False
+      for i in range(len(headers))
+    ]
+  lines = [
+    "| " + " | ".join(headers) + " |",
+    "|" + "|".join("---:" if right else "---" for right in right_aligned) + "|",
+  ]
   lines += ["| " + " | ".join(map(str, row)) + " |" for row in rows]
   return "\n".join(lines) + "\n"
 
@@ -45,11 +50,11 @@ def final_summary(records: Sequence[Mapping[str, Any]], value: str = "bound") ->
 
 
 def summary_table(
-    caption: str,
-    columns: Sequence[tuple[str, Callable[[Mapping[str, Any]], Any]]],
-    rows: Sequence[Mapping[str, Any]],
-    value: str = "bound",
-    value_header: str = "bound",
+  caption: str,
+  columns: Sequence[tuple[str, Callable[[Mapping[str, Any]], Any]]],
+  rows: Sequence[Mapping[str, Any]],
+  value: str = "bound",
+  value_header: str = "bound",
 ) -> str:
   """A markdown table of runs' final values, one line per run.
 
@@ -67,18 +72,26 @@ def summary_table(
     training samples, the train and test values (nats) and training seconds.
   """
   leading = [[cell(row) for _, cell in columns] for row in rows]
-  numeric = [all(isinstance(line[i], (int, float)) for line in leading)
-             for i in range(len(columns))]
+  numeric = [
+    all(isinstance(line[i], (int, float)) for line in leading) for i in range(len(columns))
+  ]
   headers = [header for header, _ in columns]
   headers += ["training samples", f"train {value_header}", f"test {value_header}", "training s"]
-  cells = [line + [f"{row['samples_seen']:,}", f"{row[f'train_{value}']:.2f}",
-                   f"{row[f'test_{value}']:.2f}", f"{row['seconds']:.0f}"]
-           for line, row in zip(leading, rows)]
+  cells = [
+    line
+    + [
+      f"{row['samples_seen']:,}",
+      f"{row[f'train_{value}']:.2f}",
+      f"{row[f'test_{value}']:.2f}",
+      f"{row['seconds']:.0f}",
+    ]
+    for line, row in zip(leading, rows, strict=False)
+  ]
   return f"{caption}\n\n" + markdown_table(headers, cells, numeric + [True] * 4)
 
 
 def write_summary(
-    directory: str | os.PathLike[str], name: str, table: str, rows: Sequence[Mapping[str, Any]]
+  directory: str | os.PathLike[str], name: str, table: str, rows: Sequence[Mapping[str, Any]]
 ) -> None:
   """Writes a runner's results as `<name>.md` (the `summary_table`) and
   `<name>.json` (the rows) in `directory`."""

@@ -26,38 +26,47 @@ from vae_jax.figures.run_figures import RunFigures
 from vae_jax.training import run as run_lib
 
 _COORDINATOR_ADDRESS = flags.DEFINE_string(
-    "coordinator_address", None,
-    "host:port of process 0 for multi-process training (jax.distributed.initialize); "
-    "every process gets the same value. Unset: a single process.")
+  "coordinator_address",
+  None,
+  "host:port of process 0 for multi-process training (jax.distributed.initialize); "
+  "every process gets the same value. Unset: a single process.",
+)
 _NUM_PROCESSES = flags.DEFINE_integer(
-    "num_processes", None, "Processes of a multi-process run (with --coordinator_address).",
-    lower_bound=1)
+  "num_processes",
+  None,
+  "Processes of a multi-process run (with --coordinator_address).",
+  lower_bound=1,
+)
 _PROCESS_ID = flags.DEFINE_integer(
-    "process_id", None, "This process's index in [0, --num_processes) "
-    "(with --coordinator_address); process 0 writes the files and the log.",
-    lower_bound=0)
+  "process_id",
+  None,
+  "This process's index in [0, --num_processes) "
+  "(with --coordinator_address); process 0 writes the files and the log.",
+  lower_bound=0,
+)
 
 
 @flags.multi_flags_validator(["coordinator_address", "num_processes", "process_id"])
 def _check_distributed_flags(values) -> bool:
   """The three multi-process flags come together, with a valid process id."""
   address, num_processes, process_id = (
-      values["coordinator_address"], values["num_processes"], values["process_id"])
+    values["coordinator_address"],
+    values["num_processes"],
+    values["process_id"],
+  )
   if address is None:
     if num_processes is not None or process_id is not None:
-      raise flags.ValidationError(
-          "--num_processes and --process_id need --coordinator_address.")
+      raise flags.ValidationError("--num_processes and --process_id need --coordinator_address.")
     return True
   host, _, port = address.rpartition(":")
   if not host or not port.isdigit():
-    raise flags.ValidationError(
-        f"--coordinator_address must be host:port, got {address!r}.")
+    raise flags.ValidationError(f"--coordinator_address must be host:port, got {address!r}.")
   if num_processes is None or process_id is None:
-    raise flags.ValidationError(
-        "--coordinator_address needs --num_processes and --process_id.")
+    raise flags.ValidationError("--coordinator_address needs --num_processes and --process_id.")
   if process_id >= num_processes:
     raise flags.ValidationError(
-        f"--process_id={process_id} must be < --num_processes={num_processes}.")
+      f"--process_id={process_id} must be < --num_processes={num_processes}."
+    )
   return True
 
 
@@ -69,9 +78,9 @@ def initialize_distributed_from_flags() -> None:
   """
   if _COORDINATOR_ADDRESS.value is not None:
     jax.distributed.initialize(
-        _COORDINATOR_ADDRESS.value,
-        num_processes=_NUM_PROCESSES.value,
-        process_id=_PROCESS_ID.value,
+      _COORDINATOR_ADDRESS.value,
+      num_processes=_NUM_PROCESSES.value,
+      process_id=_PROCESS_ID.value,
     )
 
 
@@ -90,13 +99,26 @@ def main(argv):
     os.makedirs(run.workdir, exist_ok=True)
     with open(os.path.join(run.workdir, "flags.txt"), "w", encoding="utf-8") as f:
       f.write(flags.FLAGS.flags_into_string())
-    logging.info("Training %s on %s (%d train / %d test) for %d epochs in %s",
-                 model.likelihood, dataset.name, dataset.train.shape[0],
-                 dataset.test.shape[0], run.num_epochs, run.workdir)
-  figures = RunFigures(model, dataset.test, dataset.image_shape, run.workdir,
-                       jax.random.key(run.seed + 2), log=logging.info)
-  run_lib.train_and_evaluate(model, config.train, run, dataset.train, dataset.test,
-                             hooks=[figures], log=logging.info)
+    logging.info(
+      "Training %s on %s (%d train / %d test) for %d epochs in %s",
+      model.likelihood,
+      dataset.name,
+      dataset.train.shape[0],
+      dataset.test.shape[0],
+      run.num_epochs,
+      run.workdir,
+    )
+  figures = RunFigures(
+    model,
+    dataset.test,
+    dataset.image_shape,
+    run.workdir,
+    jax.random.key(run.seed + 2),
+    log=logging.info,
+  )
+  run_lib.train_and_evaluate(
+    model, config.train, run, dataset.train, dataset.test, hooks=[figures], log=logging.info
+  )
 
 
 if __name__ == "__main__":

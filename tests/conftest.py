@@ -27,13 +27,11 @@ _REPO_ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="session")
 def shared_data_dir() -> Path:
   """The directory with `mnist/`, `binarized_mnist/` and `frey_face/` raw files."""
-  path = Path(
-      os.environ.get("VAE_JAX_SHARED_DATA") or _REPO_ROOT.parent / "shared" / "data"
-  )
+  path = Path(os.environ.get("VAE_JAX_SHARED_DATA") or _REPO_ROOT.parent / "shared" / "data")
   if not path.is_dir():
     message = (
-        f"raw data directory {path} not found; set $VAE_JAX_SHARED_DATA to the "
-        "directory holding mnist/, binarized_mnist/ and frey_face/"
+      f"raw data directory {path} not found; set $VAE_JAX_SHARED_DATA to the "
+      "directory holding mnist/, binarized_mnist/ and frey_face/"
     )
     if os.environ.get("CI", "").lower() == "true":
       pytest.fail(f"CI=true and {message}", pytrace=False)
@@ -84,5 +82,3 @@ def binarized_mnist(shared_data_dir: Path, tfds_data_dir: Path) -> data.Dataset:
 @pytest.fixture(scope="session")
 def frey_face(shared_data_dir: Path, tfds_data_dir: Path) -> data.Dataset:
   return _load("frey_face", tfds_data_dir, shared_data_dir / "frey_face")
-
-

@@ -41,7 +41,7 @@ def analytic_elbo(params, x):
   residual = x - mean @ W.T - b
   column_norms = jnp.sum(W**2, axis=0)
   expected_log_lik = -0.5 * DATA_DIM * jnp.log(2 * jnp.pi * NOISE_STD**2) - (
-      jnp.sum(residual**2, -1) + jnp.exp(logvar) @ column_norms
+    jnp.sum(residual**2, -1) + jnp.exp(logvar) @ column_norms
   ) / (2 * NOISE_STD**2)
   return expected_log_lik - distributions.kl_standard_normal(mean, logvar)
 
@@ -60,11 +60,11 @@ def orthogonal_decoder(rng):
 def random_params(rng):
   W, b = orthogonal_decoder(rng)
   return {
-      "W": jnp.asarray(W),
-      "b": jnp.asarray(b),
-      "enc_A": jnp.asarray(rng.normal(0.0, 0.3, size=(LATENT_DIM, DATA_DIM))),
-      "enc_a": jnp.asarray(rng.normal(0.0, 0.3, size=LATENT_DIM)),
-      "enc_logvar": jnp.asarray(rng.normal(-1.0, 0.3, size=LATENT_DIM)),
+    "W": jnp.asarray(W),
+    "b": jnp.asarray(b),
+    "enc_A": jnp.asarray(rng.normal(0.0, 0.3, size=(LATENT_DIM, DATA_DIM))),
+    "enc_a": jnp.asarray(rng.normal(0.0, 0.3, size=LATENT_DIM)),
+    "enc_logvar": jnp.asarray(rng.normal(-1.0, 0.3, size=LATENT_DIM)),
   }
 
 
@@ -73,17 +73,16 @@ def exact_posterior_params(rng):
   posterior_var = 1.0 / (1.0 + np.sum(W**2, axis=0) / NOISE_STD**2)
   gain = (posterior_var[:, None] * W.T) / NOISE_STD**2
   return {
-      "W": jnp.asarray(W),
-      "b": jnp.asarray(b),
-      "enc_A": jnp.asarray(gain),
-      "enc_a": jnp.asarray(-gain @ b),
-      "enc_logvar": jnp.asarray(np.log(posterior_var)),
+    "W": jnp.asarray(W),
+    "b": jnp.asarray(b),
+    "enc_A": jnp.asarray(gain),
+    "enc_a": jnp.asarray(-gain @ b),
+    "enc_logvar": jnp.asarray(np.log(posterior_var)),
   }
 
 
 def data(rng):
   return jnp.asarray(rng.normal(size=(BATCH, DATA_DIM)))
-
 
 
 def log_marginal_jax(params, x):

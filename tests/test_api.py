@@ -15,9 +15,7 @@ DATA_DIM, LATENT_DIM, BATCH = 12, 3, 5
 def _model(likelihood="bernoulli", **kwargs):
   if likelihood == "categorical":
     kwargs.setdefault("num_categories", 4)
-  return vae_jax.make_vae(
-      DATA_DIM, LATENT_DIM, likelihood=likelihood, hidden_sizes=(16,), **kwargs
-  )
+  return vae_jax.make_vae(DATA_DIM, LATENT_DIM, likelihood=likelihood, hidden_sizes=(16,), **kwargs)
 
 
 def _data(likelihood, seed=0):
@@ -88,14 +86,14 @@ def test_make_elbo_wires_encoder_decoder_and_noise_as_documented():
   assert logits.shape == (num_samples, BATCH, DATA_DIM)
   log_px_z = distributions.bernoulli_log_prob(logits, x)
   log_w = (
-      log_px_z
-      + distributions.standard_normal_log_prob(z)
-      - distributions.gaussian_log_prob(mean, logvar, z)
+    log_px_z
+    + distributions.standard_normal_log_prob(z)
+    - distributions.gaussian_log_prob(mean, logvar, z)
   )
   expected = {
-      "A": log_w.mean(0),
-      "B": log_px_z.mean(0) - vae_jax.kl_divergence(model, params, x),
-      "iwae": jax.nn.logsumexp(log_w, axis=0) - np.log(num_samples),
+    "A": log_w.mean(0),
+    "B": log_px_z.mean(0) - vae_jax.kl_divergence(model, params, x),
+    "iwae": jax.nn.logsumexp(log_w, axis=0) - np.log(num_samples),
   }
   for name, value in expected.items():
     got = vae_jax.make_elbo(model, name, num_samples)(params, x, key)
@@ -127,16 +125,16 @@ def bernoulli_setup():
 
 
 @pytest.mark.parametrize(
-    "x, message",
-    [
-        (np.zeros(DATA_DIM, np.float32), "rank 2"),
-        (np.zeros((2, 3, DATA_DIM), np.float32), "rank 2"),
-        (np.zeros((BATCH, DATA_DIM + 1), np.float32), "data_dim 13"),
-        (np.zeros((0, DATA_DIM), np.float32), "empty batch"),
-        (np.full((BATCH, DATA_DIM), 2.0, np.float32), r"\[0, 1\]"),
-        (np.full((BATCH, DATA_DIM), -0.5, np.float32), r"\[0, 1\]"),
-        (np.full((BATCH, DATA_DIM), np.nan, np.float32), "NaN"),
-    ],
+  "x, message",
+  [
+    (np.zeros(DATA_DIM, np.float32), "rank 2"),
+    (np.zeros((2, 3, DATA_DIM), np.float32), "rank 2"),
+    (np.zeros((BATCH, DATA_DIM + 1), np.float32), "data_dim 13"),
+    (np.zeros((0, DATA_DIM), np.float32), "empty batch"),
+    (np.full((BATCH, DATA_DIM), 2.0, np.float32), r"\[0, 1\]"),
+    (np.full((BATCH, DATA_DIM), -0.5, np.float32), r"\[0, 1\]"),
+    (np.full((BATCH, DATA_DIM), np.nan, np.float32), "NaN"),
+  ],
 )
 def test_bad_bernoulli_data_is_a_clear_value_error(bernoulli_setup, x, message):
   model, params, elbo = bernoulli_setup
@@ -166,12 +164,12 @@ def test_gaussian_data_with_inf_is_rejected():
 
 
 @pytest.mark.parametrize(
-    "x, error, message",
-    [
-        (np.full((BATCH, DATA_DIM), 4, np.int32), ValueError, r"\[0, 4\)"),
-        (np.full((BATCH, DATA_DIM), -1, np.int32), ValueError, r"\[0, 4\)"),
-        (np.zeros((BATCH, DATA_DIM), np.float32), TypeError, "integer"),
-    ],
+  "x, error, message",
+  [
+    (np.full((BATCH, DATA_DIM), 4, np.int32), ValueError, r"\[0, 4\)"),
+    (np.full((BATCH, DATA_DIM), -1, np.int32), ValueError, r"\[0, 4\)"),
+    (np.zeros((BATCH, DATA_DIM), np.float32), TypeError, "integer"),
+  ],
 )
 def test_bad_categorical_data(x, error, message):
   model = _model("categorical")
@@ -181,13 +179,13 @@ def test_bad_categorical_data(x, error, message):
 
 
 @pytest.mark.parametrize(
-    "kwargs, error, message",
-    [
-        ({"num_samples": 0}, ValueError, "num_samples"),
-        ({"num_samples": -2}, ValueError, "num_samples"),
-        ({"num_samples": 1.5}, TypeError, "num_samples"),
-        ({"estimator": "C"}, ValueError, "Unknown estimator 'C'"),
-    ],
+  "kwargs, error, message",
+  [
+    ({"num_samples": 0}, ValueError, "num_samples"),
+    ({"num_samples": -2}, ValueError, "num_samples"),
+    ({"num_samples": 1.5}, TypeError, "num_samples"),
+    ({"estimator": "C"}, ValueError, "Unknown estimator 'C'"),
+  ],
 )
 def test_bad_make_elbo_arguments(bernoulli_setup, kwargs, error, message):
   model = bernoulli_setup[0]
@@ -207,9 +205,9 @@ def _log_weights_by_hand(model, params, x, eps):
   mean, logvar = vae_jax.encode(model, params, x)
   z = mean + jnp.exp(0.5 * logvar) * eps
   log_w = (
-      distributions.bernoulli_log_prob(vae_jax.decode(model, params, z), x)
-      + distributions.standard_normal_log_prob(z)
-      - distributions.gaussian_log_prob(mean, logvar, z)
+    distributions.bernoulli_log_prob(vae_jax.decode(model, params, z), x)
+    + distributions.standard_normal_log_prob(z)
+    - distributions.gaussian_log_prob(mean, logvar, z)
   )
   return np.asarray(log_w, np.float64)
 
@@ -223,9 +221,12 @@ def test_log_likelihood_estimate_combines_its_passes_exactly(samples_per_pass):
   x, key = _data("bernoulli"), jax.random.key(6)
   estimate = vae_jax.make_log_likelihood_estimate(model, 12, samples_per_pass)(params, x, key)
   per_pass = 4 if samples_per_pass < 12 else 12
-  eps = jnp.concatenate([
+  eps = jnp.concatenate(
+    [
       jax.random.normal(k, (per_pass, BATCH, LATENT_DIM))
-      for k in jax.random.split(key, 12 // per_pass)])
+      for k in jax.random.split(key, 12 // per_pass)
+    ]
+  )
   log_w = _log_weights_by_hand(model, params, x, eps)
   expected = special.logsumexp(log_w, axis=0) - np.log(12)
   assert estimate.shape == (BATCH,)
@@ -245,11 +246,15 @@ def test_log_likelihood_estimate_at_k_5000_matches_quadrature_within_its_standar
 
   grid = np.linspace(-12.0, 12.0, 24001)
   logits = vae_jax.decode(model, params, jnp.asarray(grid[:, None, None], jnp.float32))
-  log_joint = (np.asarray(distributions.bernoulli_log_prob(logits, x), np.float64)
-               + stats.norm.logpdf(grid)[:, None])
+  log_joint = (
+    np.asarray(distributions.bernoulli_log_prob(logits, x), np.float64)
+    + stats.norm.logpdf(grid)[:, None]
+  )
   exact = special.logsumexp(log_joint, axis=0) + np.log(grid[1] - grid[0])
 
-  eps = jnp.concatenate([jax.random.normal(kk, (100, BATCH, 1)) for kk in jax.random.split(key, 50)])
+  eps = jnp.concatenate(
+    [jax.random.normal(kk, (100, BATCH, 1)) for kk in jax.random.split(key, 50)]
+  )
   log_w = _log_weights_by_hand(model, params, x, eps)
   weights = np.exp(log_w - log_w.max(0))
   relative_variance = weights.var(0) / weights.mean(0) ** 2
@@ -257,13 +262,16 @@ def test_log_likelihood_estimate_at_k_5000_matches_quadrature_within_its_standar
   bias = relative_variance / (2 * k)
   z = stats.norm.isf(1e-3 / (2 * BATCH))
   assert np.all(np.abs(estimate + bias - exact) < z * standard_error + 1e-4), (
-      estimate, exact, standard_error)
+    estimate,
+    exact,
+    standard_error,
+  )
   assert np.all(estimate <= exact + z * standard_error)
 
 
 @pytest.mark.parametrize(
-    "kwargs, message",
-    [({"num_samples": 0}, "num_samples"), ({"samples_per_pass": 0}, "samples_per_pass")],
+  "kwargs, message",
+  [({"num_samples": 0}, "num_samples"), ({"samples_per_pass": 0}, "samples_per_pass")],
 )
 def test_bad_log_likelihood_estimate_arguments(bernoulli_setup, kwargs, message):
   with pytest.raises(ValueError, match=message):

@@ -11,14 +11,21 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "vae_jax"
 # A layer may import the layers of lower rank; two layers of one rank may not
 # import each other. The package's __init__ (the public facade) may import all.
-RANKS = {"errors": 0, "math": 1, "data": 1, "models": 2, "inference": 3, "training": 4,
-         "figures": 5}
+RANKS = {
+  "errors": 0,
+  "math": 1,
+  "data": 1,
+  "models": 2,
+  "inference": 3,
+  "training": 4,
+  "figures": 5,
+}
 # Third-party modules a layer must not import.
 FORBIDDEN = {
-    "math": ("flax", "optax", "orbax", "absl", "matplotlib", "tensorflow", "tensorflow_datasets"),
-    "models": ("optax", "orbax", "absl", "matplotlib"),
-    "inference": ("optax", "orbax", "absl", "matplotlib"),
-    "training": ("absl", "matplotlib"),
+  "math": ("flax", "optax", "orbax", "absl", "matplotlib", "tensorflow", "tensorflow_datasets"),
+  "models": ("optax", "orbax", "absl", "matplotlib"),
+  "inference": ("optax", "orbax", "absl", "matplotlib"),
+  "training": ("absl", "matplotlib"),
 }
 
 

@@ -20,47 +20,49 @@ import importlib
 
 from vae_jax.inference.bounds import make_elbo, make_log_likelihood_estimate
 from vae_jax.models.functions import (
-    check_data,
-    decode,
-    decode_mean,
-    encode,
-    init_params,
-    kl_divergence,
-    sample,
+  check_data,
+  decode,
+  decode_mean,
+  encode,
+  init_params,
+  kl_divergence,
+  sample,
 )
 from vae_jax.models.vae import VAE, make_vae
 
 __all__ = [
-    "VAE",
-    "check_data",
-    "decode",
-    "decode_mean",
-    "encode",
-    "init_params",
-    "kl_divergence",
-    "make_elbo",
-    "make_log_likelihood_estimate",
-    "make_marginal_likelihood_estimate",
-    "make_vae",
-    "sample",
+  "VAE",
+  "check_data",
+  "decode",
+  "decode_mean",
+  "encode",
+  "init_params",
+  "kl_divergence",
+  "make_elbo",
+  "make_log_likelihood_estimate",
+  "make_marginal_likelihood_estimate",
+  "make_vae",
+  "sample",
 ]
 __version__ = "0.2.0"
 
 # Loaded on first use: they import blackjax, or are modules that moved into the
 # layers above and keep answering at their old names (`vae_jax.estimators`).
 _LAZY = {
-    "make_marginal_likelihood_estimate": ("vae_jax.inference.marginal_likelihood",
-                                          "make_marginal_likelihood_estimate"),
-    "distributions": ("vae_jax.math.distributions", None),
-    "estimators": ("vae_jax.math.estimators", None),
-    "posteriors": ("vae_jax.math.posteriors", None),
-    "wake_sleep": ("vae_jax.inference.wake_sleep", None),
-    "hmc": ("vae_jax.inference.hmc", None),
-    "marginal_likelihood": ("vae_jax.inference.marginal_likelihood", None),
-    "variance": ("vae_jax.inference.variance", None),
-    "mcem": ("vae_jax.training.mcem", None),
-    "checkpoints": ("vae_jax.training.checkpoints", None),
-    "metrics": ("vae_jax.training.metrics", None),
+  "make_marginal_likelihood_estimate": (
+    "vae_jax.inference.marginal_likelihood",
+    "make_marginal_likelihood_estimate",
+  ),
+  "distributions": ("vae_jax.math.distributions", None),
+  "estimators": ("vae_jax.math.estimators", None),
+  "posteriors": ("vae_jax.math.posteriors", None),
+  "wake_sleep": ("vae_jax.inference.wake_sleep", None),
+  "hmc": ("vae_jax.inference.hmc", None),
+  "marginal_likelihood": ("vae_jax.inference.marginal_likelihood", None),
+  "variance": ("vae_jax.inference.variance", None),
+  "mcem": ("vae_jax.training.mcem", None),
+  "checkpoints": ("vae_jax.training.checkpoints", None),
+  "metrics": ("vae_jax.training.metrics", None),
 }
 
 

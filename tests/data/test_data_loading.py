@@ -16,10 +16,10 @@ from vae_jax import data
 from vae_jax.data import loading
 
 _MNIST_FILES = (
-    "train-images-idx3-ubyte.gz",
-    "train-labels-idx1-ubyte.gz",
-    "t10k-images-idx3-ubyte.gz",
-    "t10k-labels-idx1-ubyte.gz",
+  "train-images-idx3-ubyte.gz",
+  "train-labels-idx1-ubyte.gz",
+  "t10k-images-idx3-ubyte.gz",
+  "t10k-labels-idx1-ubyte.gz",
 )
 
 
@@ -82,12 +82,10 @@ def test_digits_split_is_the_first_1500_and_the_last_297():
 
 def test_digits_needs_neither_tensorflow_nor_tfds():
   code = (
-      "import sys; from vae_jax import data; data.load_dataset('digits'); "
-      "print(sorted({'tensorflow', 'tensorflow_datasets'} & set(sys.modules)))"
+    "import sys; from vae_jax import data; data.load_dataset('digits'); "
+    "print(sorted({'tensorflow', 'tensorflow_datasets'} & set(sys.modules)))"
   )
-  out = subprocess.run(
-      [sys.executable, "-c", code], capture_output=True, text=True, check=True
-  )
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
   assert out.stdout.strip() == "[]"
 
 
@@ -124,8 +122,10 @@ def test_mnist_images_are_lecuns(mnist, shared_data_dir):
 
 def test_mnist_labels_are_lecuns_and_belong_to_their_images(mnist, shared_data_dir):
   assert mnist.num_classes == 10
-  for x, labels, stem in ((mnist.train, mnist.train_labels, "train"),
-                          (mnist.test, mnist.test_labels, "t10k")):
+  for x, labels, stem in (
+    (mnist.train, mnist.train_labels, "train"),
+    (mnist.test, mnist.test_labels, "t10k"),
+  ):
     images = _gunzip(shared_data_dir / "mnist" / f"{stem}-images-idx3-ubyte.gz")[16:]
     raw_labels = _gunzip(shared_data_dir / "mnist" / f"{stem}-labels-idx1-ubyte.gz")[8:]
     # TFDS reorders the examples: pair each raw image with its label, sort the
@@ -149,9 +149,9 @@ def test_binarized_mnist_shapes_and_values(binarized_mnist):
 
 def test_binarized_mnist_rows_are_larochelles(binarized_mnist, shared_data_dir):
   for x, split in (
-      (binarized_mnist.train, "train"),
-      (binarized_mnist.validation, "valid"),
-      (binarized_mnist.test, "test"),
+    (binarized_mnist.train, "train"),
+    (binarized_mnist.validation, "valid"),
+    (binarized_mnist.test, "test"),
   ):
     text = _gunzip(shared_data_dir / "binarized_mnist" / f"binarized_mnist_{split}.amat.gz")
     # "0 1 0 ... 1\n": every other character is a digit.
@@ -191,7 +191,11 @@ _FIELDS = ("train", "test", "validation", "train_labels", "test_labels")
 
 def _assert_same_dataset(actual: data.Dataset, expected: data.Dataset) -> None:
   assert (actual.name, actual.image_shape, actual.likelihood, actual.num_classes) == (
-      expected.name, expected.image_shape, expected.likelihood, expected.num_classes)
+    expected.name,
+    expected.image_shape,
+    expected.likelihood,
+    expected.num_classes,
+  )
   for field in _FIELDS:
     a, e = getattr(actual, field), getattr(expected, field)
     assert (a is None) == (e is None), field
@@ -210,10 +214,10 @@ def test_digits_array_file_gives_back_the_same_data_set(tmp_path):
 def test_a_tfds_array_file_loads_bit_for_bit_without_tensorflow(frey_face, tmp_path):
   data.export_arrays(frey_face, tmp_path)
   code = (
-      "import sys, hashlib; from vae_jax import data\n"
-      f"d = data.load_dataset('frey_face', arrays_dir={str(tmp_path)!r})\n"
-      "print(hashlib.sha256(d.train.tobytes() + d.test.tobytes()).hexdigest())\n"
-      "print(sorted({'tensorflow', 'tensorflow_datasets'} & set(sys.modules)))\n"
+    "import sys, hashlib; from vae_jax import data\n"
+    f"d = data.load_dataset('frey_face', arrays_dir={str(tmp_path)!r})\n"
+    "print(hashlib.sha256(d.train.tobytes() + d.test.tobytes()).hexdigest())\n"
+    "print(sorted({'tensorflow', 'tensorflow_datasets'} & set(sys.modules)))\n"
   )
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
   import hashlib
@@ -226,7 +230,8 @@ def test_arrays_dir_comes_from_the_environment_unless_given_as_empty(tmp_path, m
   digits = data.load_dataset("digits")
   # A valid but different data set in the file: reading it is observable.
   reversed_digits = dataclasses.replace(
-      digits, train=digits.train[::-1].copy(), train_labels=digits.train_labels[::-1].copy())
+    digits, train=digits.train[::-1].copy(), train_labels=digits.train_labels[::-1].copy()
+  )
   data.export_arrays(reversed_digits, tmp_path)
   monkeypatch.setenv(data.ARRAYS_DIR_ENV, str(tmp_path))
   _assert_same_dataset(data.load_dataset("digits"), reversed_digits)
@@ -283,13 +288,13 @@ def test_missing_manual_dir_is_named(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "name, expected_files",
-    [
-        ("mnist", _MNIST_FILES),
-        ("fashion_mnist", _MNIST_FILES),
-        ("binarized_mnist", [f"binarized_mnist_{s}.amat" for s in ("train", "valid", "test")]),
-        ("frey_face", ["frey_rawface.mat"]),
-    ],
+  "name, expected_files",
+  [
+    ("mnist", _MNIST_FILES),
+    ("fashion_mnist", _MNIST_FILES),
+    ("binarized_mnist", [f"binarized_mnist_{s}.amat" for s in ("train", "valid", "test")]),
+    ("frey_face", ["frey_rawface.mat"]),
+  ],
 )
 def test_missing_raw_files_are_named_with_their_urls(tmp_path, name, expected_files):
   manual_dir = tmp_path / "raw"
@@ -315,8 +320,8 @@ def test_only_the_missing_file_is_named(tmp_path, shared_data_dir):
 
 
 @pytest.mark.parametrize(
-    "name, corrupt_file",
-    [("mnist", "t10k-labels-idx1-ubyte.gz"), ("frey_face", "frey_rawface.mat")],
+  "name, corrupt_file",
+  [("mnist", "t10k-labels-idx1-ubyte.gz"), ("frey_face", "frey_rawface.mat")],
 )
 def test_a_byte_flipped_raw_file_is_a_checksum_error(tmp_path, shared_data_dir, name, corrupt_file):
   manual_dir = tmp_path / name
@@ -345,14 +350,14 @@ def test_a_truncated_gz_is_a_corruption_error(tmp_path, shared_data_dir):
 
 
 @pytest.mark.parametrize(
-    "x, binary, match",
-    [
-        (np.zeros((3, 4), np.float32), False, "shape"),
-        (np.zeros((2, 4), np.float64), False, "float32"),
-        (np.full((2, 4), np.nan, np.float32), False, "NaN"),
-        (np.full((2, 4), 255.0, np.float32), False, r"expected \[0, 1\]"),
-        (np.full((2, 4), 0.5, np.float32), True, "other than 0 and 1"),
-    ],
+  "x, binary, match",
+  [
+    (np.zeros((3, 4), np.float32), False, "shape"),
+    (np.zeros((2, 4), np.float64), False, "float32"),
+    (np.full((2, 4), np.nan, np.float32), False, "NaN"),
+    (np.full((2, 4), 255.0, np.float32), False, r"expected \[0, 1\]"),
+    (np.full((2, 4), 0.5, np.float32), True, "other than 0 and 1"),
+  ],
 )
 def test_check_split_rejects_bad_data(x, binary, match):
   with pytest.raises(data.DataError, match=match):
@@ -360,13 +365,13 @@ def test_check_split_rejects_bad_data(x, binary, match):
 
 
 @pytest.mark.parametrize(
-    "labels, match",
-    [
-        (np.zeros(3, np.int32), "expected 2 integers"),
-        (np.zeros(2, np.float32), "expected 2 integers"),
-        (np.array([0, 10], np.int32), r"expected \[0, 10\)"),
-        (np.array([-1, 0], np.int32), r"expected \[0, 10\)"),
-    ],
+  "labels, match",
+  [
+    (np.zeros(3, np.int32), "expected 2 integers"),
+    (np.zeros(2, np.float32), "expected 2 integers"),
+    (np.array([0, 10], np.int32), r"expected \[0, 10\)"),
+    (np.array([-1, 0], np.int32), r"expected \[0, 10\)"),
+  ],
 )
 def test_check_labels_rejects_bad_labels(labels, match):
   with pytest.raises(data.DataError, match=match):
@@ -384,10 +389,15 @@ def test_resplit_deals_the_same_examples_with_their_labels_into_splits_of_the_sa
   resplit = data.resplit(digits, seed=3)
   assert resplit.train.shape == digits.train.shape and resplit.test.shape == digits.test.shape
   np.testing.assert_array_equal(
-      _rows_with_labels(np.concatenate([resplit.train, resplit.test]),
-                        np.concatenate([resplit.train_labels, resplit.test_labels])),
-      _rows_with_labels(np.concatenate([digits.train, digits.test]),
-                        np.concatenate([digits.train_labels, digits.test_labels])))
+    _rows_with_labels(
+      np.concatenate([resplit.train, resplit.test]),
+      np.concatenate([resplit.train_labels, resplit.test_labels]),
+    ),
+    _rows_with_labels(
+      np.concatenate([digits.train, digits.test]),
+      np.concatenate([digits.train_labels, digits.test_labels]),
+    ),
+  )
   # Random, not a rotation: the original test images that stay in test are
   # hypergeometric, mean 297 * 297 / 1797 = 49.1, standard deviation 5.9; bounds at 5 sd.
   original_test = {row.tobytes() for row in digits.test}

@@ -18,9 +18,7 @@ def raw_file(shared_data_dir):
 def _prepare(data_dir, manual_dir) -> frey_face.FreyFace:
   tfds_prepare.import_tfds()  # Keeps TF off the GPUs, as load_dataset does.
   builder = frey_face.FreyFace(data_dir=data_dir)
-  builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(manual_dir=manual_dir)
-  )
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
   return builder
 
 

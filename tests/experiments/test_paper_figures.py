@@ -13,9 +13,21 @@ DIGITS_FLAGS = ["--dataset=digits", "--hidden_sizes=16", "--batch_size=100"]
 
 def test_figure2_runner_trains_both_methods_per_latent_size_and_plots(tmp_path):
   result = subprocess.run(
-      [sys.executable, "-m", "experiments.figure2", *DIGITS_FLAGS, "--latent_dims=3",
-       "--num_epochs=2", "--eval_every=1", f"--workdir={tmp_path}"],
-      cwd=REPO, capture_output=True, text=True, timeout=300, check=True,
+    [
+      sys.executable,
+      "-m",
+      "experiments.figure2",
+      *DIGITS_FLAGS,
+      "--latent_dims=3",
+      "--num_epochs=2",
+      "--eval_every=1",
+      f"--workdir={tmp_path}",
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    check=True,
   )
   rows = json.loads((tmp_path / "figure2.json").read_text())
   assert [(r["latent_dim"], r["algorithm"]) for r in rows] == [(3, "aevb"), (3, "wake_sleep")]
@@ -29,35 +41,64 @@ def test_figure2_runner_trains_both_methods_per_latent_size_and_plots(tmp_path):
 
 def test_figure3_runner_scores_each_method_with_the_app_d_estimator(tmp_path):
   subprocess.run(
-      [sys.executable, "-m", "experiments.figure3", *DIGITS_FLAGS, "--latent_dim=2",
-       "--train_sizes=200", "--algorithms=aevb,mcem", "--num_epochs=2", "--num_evaluations=2",
-       "--ml_examples=20", "--ml_num_samples=5", "--ml_num_warmup=5", f"--workdir={tmp_path}"],
-      cwd=REPO, capture_output=True, text=True, timeout=300, check=True,
+    [
+      sys.executable,
+      "-m",
+      "experiments.figure3",
+      *DIGITS_FLAGS,
+      "--latent_dim=2",
+      "--train_sizes=200",
+      "--algorithms=aevb,mcem",
+      "--num_epochs=2",
+      "--num_evaluations=2",
+      "--ml_examples=20",
+      "--ml_num_samples=5",
+      "--ml_num_warmup=5",
+      f"--workdir={tmp_path}",
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    check=True,
   )
   rows = json.loads((tmp_path / "figure3.json").read_text())
   assert [(r["train_size"], r["algorithm"]) for r in rows] == [(200, "aevb"), (200, "mcem")]
   for row in rows:
     assert row["samples_seen"] == 2 * 200
     assert -200 < row["test_log_likelihood"] < 0 and -200 < row["train_log_likelihood"] < 0
-    records = [json.loads(line) for line in
-               (tmp_path / f"n200_{row['algorithm']}" / "metrics.jsonl").read_text().splitlines()]
+    records = [
+      json.loads(line)
+      for line in (tmp_path / f"n200_{row['algorithm']}" / "metrics.jsonl").read_text().splitlines()
+    ]
     # One record per evaluated epoch; "step" counts minibatches (200 / 100 per epoch).
     assert [(r["epoch"], r["step"]) for r in records] == [(1, 2), (2, 4)]
   assert (tmp_path / "figure3.png").stat().st_size > 10000
 
 
 def _figure45(*flags):
-  return subprocess.run([sys.executable, "-m", "experiments.figure45", *flags],
-                        cwd=REPO, capture_output=True, text=True, timeout=300)
+  return subprocess.run(
+    [sys.executable, "-m", "experiments.figure45", *flags],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
 
 
 def test_figure45_runner_trains_the_shared_run_once_and_draws_both_figures(tmp_path):
   preset = tmp_path / "digits.flags"
   preset.write_text("\n".join(DIGITS_FLAGS) + "\n")
   out = tmp_path / "out"
-  result = _figure45(f"--manifold_presets={preset}", f"--sample_preset={preset}",
-                     "--sample_latent_dims=2", "--samples_per_panel=50", "--num_epochs=1",
-                     "--eval_every=1", f"--workdir={out}")
+  result = _figure45(
+    f"--manifold_presets={preset}",
+    f"--sample_preset={preset}",
+    "--sample_latent_dims=2",
+    "--samples_per_panel=50",
+    "--num_epochs=1",
+    "--eval_every=1",
+    f"--workdir={out}",
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   # The J = 2 run serves Fig. 4 and Fig. 5: trained once.
   assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["digits_latent2"]
@@ -83,21 +124,31 @@ def test_figure45_presets_start_from_the_defaults_and_the_command_line_wins(tmp_
   first.write_text("--dataset=mnist\n--binarization=dynamic\n--hidden_sizes=300\n")
   second.write_text("--dataset=frey_face\n--learning_rate=0.01\n")
   code = (
-      "import sys\n"
-      "from absl import flags\n"
-      "from experiments import config_flags, figure45\n"
-      "command_line = ['figure45', '--learning_rate=0.5']\n"
-      "flags.FLAGS(command_line)\n"
-      "for preset in sys.argv[1:]:\n"
-      "  c = config_flags.preset_config(preset, command_line)\n"
-      "  print(c.data.dataset, c.train.dynamic_binarization, c.model.hidden_sizes,\n"
-      "        c.train.learning_rate)\n"
-      "print(flags.FLAGS.dataset, flags.FLAGS.hidden_sizes, flags.FLAGS.learning_rate)\n")
-  result = subprocess.run([sys.executable, "-c", code, str(first), str(second)],
-                          cwd=REPO, capture_output=True, text=True, timeout=120, check=True)
+    "import sys\n"
+    "from absl import flags\n"
+    "from experiments import config_flags, figure45\n"
+    "command_line = ['figure45', '--learning_rate=0.5']\n"
+    "flags.FLAGS(command_line)\n"
+    "for preset in sys.argv[1:]:\n"
+    "  c = config_flags.preset_config(preset, command_line)\n"
+    "  print(c.data.dataset, c.train.dynamic_binarization, c.model.hidden_sizes,\n"
+    "        c.train.learning_rate)\n"
+    "print(flags.FLAGS.dataset, flags.FLAGS.hidden_sizes, flags.FLAGS.learning_rate)\n"
+  )
+  result = subprocess.run(
+    [sys.executable, "-c", code, str(first), str(second)],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=120,
+    check=True,
+  )
   # Each preset is parsed into a copy of the flags: the process's flags stay as given.
-  assert result.stdout.splitlines() == ["mnist True (300,) 0.5", "frey_face False (500,) 0.5",
-                                        "digits ['500'] 0.5"]
+  assert result.stdout.splitlines() == [
+    "mnist True (300,) 0.5",
+    "frey_face False (500,) 0.5",
+    "digits ['500'] 0.5",
+  ]
 
 
 def test_figure45_rejects_a_missing_preset(tmp_path):
@@ -109,14 +160,27 @@ def test_figure45_rejects_a_missing_preset(tmp_path):
 def test_compare_runner_trains_each_variant_and_draws_every_figure(tmp_path):
   family = "experiments/configs/family"
   result = subprocess.run(
-      [sys.executable, "-m", "experiments.compare",
-       f"--variants={family}/vae_latent2.flags,{family}/autoencoder_latent2.flags",
-       *DIGITS_FLAGS, "--num_epochs=1", "--num_images=4", f"--workdir={tmp_path}"],
-      cwd=REPO, capture_output=True, text=True, timeout=300)
+    [
+      sys.executable,
+      "-m",
+      "experiments.compare",
+      f"--variants={family}/vae_latent2.flags,{family}/autoencoder_latent2.flags",
+      *DIGITS_FLAGS,
+      "--num_epochs=1",
+      "--num_images=4",
+      f"--workdir={tmp_path}",
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   rows = json.loads((tmp_path / "compare.json").read_text())
   assert [(r["variant"], r["algorithm"]) for r in rows] == [
-      ("vae_latent2", "aevb"), ("autoencoder_latent2", "autoencoder")]
+    ("vae_latent2", "aevb"),
+    ("autoencoder_latent2", "autoencoder"),
+  ]
   # The command line's --dataset=digits overrides the variants' mnist.flags.
   assert all(r["dataset"] == "digits" and r["samples_seen"] == 1500 for r in rows)
   for name in ("bounds", "samples", "reconstructions", "latents"):
@@ -127,14 +191,32 @@ def test_one_run_runners_refuse_the_flags_they_would_ignore(tmp_path):
   """Fig. 3's and M2's runners train one run on one device: a sweep or extra
   seeds would be silently dropped, so they stop with one FATAL line."""
   for runner, flags, message in (
-      ("figure3", ["--learning_rates=0.01,0.1"], "Fig. 3's runner trains one run at a time on "
-       "one device; drop --learning_rates."),
-      ("semi_supervised", ["--num_seeds=2", "--learning_rates=0.1,0.2"], "the M2 runner trains "
-       "one run at a time on one device; drop --num_seeds and --learning_rates.")):
+    (
+      "figure3",
+      ["--learning_rates=0.01,0.1"],
+      "Fig. 3's runner trains one run at a time on one device; drop --learning_rates.",
+    ),
+    (
+      "semi_supervised",
+      ["--num_seeds=2", "--learning_rates=0.1,0.2"],
+      "the M2 runner trains "
+      "one run at a time on one device; drop --num_seeds and --learning_rates.",
+    ),
+  ):
     result = subprocess.run(
-        [sys.executable, "-m", f"experiments.{runner}", *DIGITS_FLAGS, *flags,
-         f"--workdir={tmp_path / runner}"],
-        cwd=REPO, capture_output=True, text=True, timeout=120)
+      [
+        sys.executable,
+        "-m",
+        f"experiments.{runner}",
+        *DIGITS_FLAGS,
+        *flags,
+        f"--workdir={tmp_path / runner}",
+      ],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      timeout=120,
+    )
     assert result.returncode == 1, result.stderr[-2000:]
     assert f"FATAL: {message}" in result.stderr
     assert not (tmp_path / runner).exists()

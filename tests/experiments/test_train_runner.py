@@ -13,8 +13,8 @@ import jax
 import numpy as np
 import pytest
 
-from vae_jax.models import vae as models
 from vae_jax import training
+from vae_jax.models import vae as models
 from vae_jax.training.checkpoints import Checkpointer
 from vae_jax.training.metrics import read_metrics
 
@@ -24,8 +24,12 @@ DIGITS_FLAGS = ["--dataset=digits", "--latent_dim=2", "--hidden_sizes=32", "--ba
 
 def _train(*args, check=True):
   return subprocess.run(
-      [sys.executable, "-m", "experiments.train", *args],
-      cwd=REPO, capture_output=True, text=True, timeout=300, check=check,
+    [sys.executable, "-m", "experiments.train", *args],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    check=check,
   )
 
 
@@ -40,8 +44,15 @@ def test_runner_on_digits_writes_its_files_and_resumes_as_a_no_op(tmp_path):
   workdir = tmp_path / "run"
   result = _train(*DIGITS_FLAGS, "--num_epochs=4", "--eval_every=2", f"--workdir={workdir}")
   assert "samples/s" in result.stderr and "ETA" in result.stderr
-  for name in ("flags.txt", "run_config.json", "metrics.jsonl", "samples.png",
-               "reconstructions.png", "learning_curve.png", "manifold.png"):
+  for name in (
+    "flags.txt",
+    "run_config.json",
+    "metrics.jsonl",
+    "samples.png",
+    "reconstructions.png",
+    "learning_curve.png",
+    "manifold.png",
+  ):
     assert (workdir / name).is_file(), name
   assert "--dataset=digits" in (workdir / "flags.txt").read_text()
   records = read_metrics(workdir / "metrics.jsonl")
@@ -56,10 +67,17 @@ def test_runner_on_digits_writes_its_files_and_resumes_as_a_no_op(tmp_path):
 
 def test_learning_rate_sweep_through_the_runner_and_a_mismatched_rerun(tmp_path):
   workdir = tmp_path / "sweep"
-  result = _train(*DIGITS_FLAGS, "--num_epochs=1", "--learning_rates=0.01,0.1", "--num_seeds=2",
-                  f"--workdir={workdir}")
-  assert ("Runs (the metrics' _run<i>): 0: seed 0, learning rate 0.01; 1: seed 1, learning "
-          "rate 0.01; 2: seed 0, learning rate 0.1; 3: seed 1, learning rate 0.1") in result.stderr
+  result = _train(
+    *DIGITS_FLAGS,
+    "--num_epochs=1",
+    "--learning_rates=0.01,0.1",
+    "--num_seeds=2",
+    f"--workdir={workdir}",
+  )
+  assert (
+    "Runs (the metrics' _run<i>): 0: seed 0, learning rate 0.01; 1: seed 1, learning "
+    "rate 0.01; 2: seed 0, learning rate 0.1; 3: seed 1, learning rate 0.1"
+  ) in result.stderr
   last = read_metrics(workdir / "metrics.jsonl")[-1]
   bounds = [last[f"test_bound_run{i}"] for i in range(4)]
   assert np.isclose(last["test_bound"], np.mean(bounds))
@@ -81,8 +99,10 @@ def test_sigkilled_run_resumes_to_the_same_parameters_as_an_uninterrupted_one(tm
   _train(*flags, f"--workdir={tmp_path / 'straight'}")
   killed = tmp_path / "killed"
   process = subprocess.Popen(
-      [sys.executable, "-m", "experiments.train", *flags, f"--workdir={killed}"],
-      cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    [sys.executable, "-m", "experiments.train", *flags, f"--workdir={killed}"],
+    cwd=REPO,
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.DEVNULL,
   )
   deadline = time.monotonic() + 240
   while time.monotonic() < deadline and process.poll() is None:
@@ -103,21 +123,37 @@ def test_sigkilled_run_resumes_to_the_same_parameters_as_an_uninterrupted_one(tm
 
 
 @pytest.mark.parametrize(
-    "flags, message",
-    [
-        (["--dataset=cifar"], "dataset"),
-        (["--hidden_sizes=500,abc"], "FATAL: --hidden_sizes: hidden_sizes must be comma-separated ints"),
-        (["--num_epochs=0"], "FATAL: --num_epochs: num_epochs must be >= 1, got 0."),
-        (["--num_train_samples=300", "--num_steps=5"], "FATAL: --num_steps: Give at most one of num_train_samples, num_steps."),
-        (["--estimator=iwae", "--kl_weight=0.5"],
-         "FATAL: --kl_weight: kl_weight = 0.5 is defined only for the estimators"),
-        (["--binarization=dynamic", "--likelihood=gaussian"], "FATAL: --binarization: binarization=dynamic needs a Bernoulli likelihood"),
-        (["--batch_size=5000"], "FATAL: --batch_size: batch_size=5000 exceeds the 1500"),
-        (["--num_devices=2"], "FATAL: --num_devices: num_devices=2 exceeds the 1 devices (1 processes)"),
-        # A DataError as one FATAL line (the TFDS errors themselves: tests/data).
-        (["--dataset=mnist", "--arrays_dir=/nonexistent/arrays"],
-         "cannot load --dataset=mnist: mnist: array file /nonexistent/arrays/mnist.npz not found"),
-    ],
+  "flags, message",
+  [
+    (["--dataset=cifar"], "dataset"),
+    (
+      ["--hidden_sizes=500,abc"],
+      "FATAL: --hidden_sizes: hidden_sizes must be comma-separated ints",
+    ),
+    (["--num_epochs=0"], "FATAL: --num_epochs: num_epochs must be >= 1, got 0."),
+    (
+      ["--num_train_samples=300", "--num_steps=5"],
+      "FATAL: --num_steps: Give at most one of num_train_samples, num_steps.",
+    ),
+    (
+      ["--estimator=iwae", "--kl_weight=0.5"],
+      "FATAL: --kl_weight: kl_weight = 0.5 is defined only for the estimators",
+    ),
+    (
+      ["--binarization=dynamic", "--likelihood=gaussian"],
+      "FATAL: --binarization: binarization=dynamic needs a Bernoulli likelihood",
+    ),
+    (["--batch_size=5000"], "FATAL: --batch_size: batch_size=5000 exceeds the 1500"),
+    (
+      ["--num_devices=2"],
+      "FATAL: --num_devices: num_devices=2 exceeds the 1 devices (1 processes)",
+    ),
+    # A DataError as one FATAL line (the TFDS errors themselves: tests/data).
+    (
+      ["--dataset=mnist", "--arrays_dir=/nonexistent/arrays"],
+      "cannot load --dataset=mnist: mnist: array file /nonexistent/arrays/mnist.npz not found",
+    ),
+  ],
 )
 def test_bad_flags_fail_at_start_naming_the_flag(tmp_path, flags, message):
   result = _train(*flags, f"--workdir={tmp_path}", check=False)
@@ -127,8 +163,14 @@ def test_bad_flags_fail_at_start_naming_the_flag(tmp_path, flags, message):
 
 
 def test_a_diverging_run_ends_with_one_fatal_line_and_keeps_its_checkpoint(tmp_path):
-  result = _train(*DIGITS_FLAGS, "--optimizer=sgd", "--learning_rate=1e30", "--num_epochs=1",
-                  f"--workdir={tmp_path}", check=False)
+  result = _train(
+    *DIGITS_FLAGS,
+    "--optimizer=sgd",
+    "--learning_rate=1e30",
+    "--num_epochs=1",
+    f"--workdir={tmp_path}",
+    check=False,
+  )
   assert result.returncode == 1
   assert "Traceback" not in result.stderr, result.stderr[-2000:]
   last_line = result.stderr.strip().splitlines()[-1]
@@ -139,15 +181,31 @@ def test_a_diverging_run_ends_with_one_fatal_line_and_keeps_its_checkpoint(tmp_p
 
 def test_estimator_variance_runner_at_toy_size(tmp_path):
   result = subprocess.run(
-      [sys.executable, "-m", "experiments.estimator_variance", *DIGITS_FLAGS,
-       f"--workdir={tmp_path}", "--stages=0,1500", "--estimators=score",
-       "--sample_counts=4", "--num_examples=5", "--num_draws=10", "--num_repetitions=2"],
-      cwd=REPO, capture_output=True, text=True, timeout=300, check=True,
+    [
+      sys.executable,
+      "-m",
+      "experiments.estimator_variance",
+      *DIGITS_FLAGS,
+      f"--workdir={tmp_path}",
+      "--stages=0,1500",
+      "--estimators=score",
+      "--sample_counts=4",
+      "--num_examples=5",
+      "--num_draws=10",
+      "--num_repetitions=2",
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    check=True,
   )
   outdir = tmp_path / "variance"
   rows = json.loads((outdir / "results.json").read_text())["rows"]
   assert {(r["stage"], r["estimator"], r["num_samples"]) for r in rows} == {
-      (0, "score", 4), (1500, "score", 4)}
+    (0, "score", 4),
+    (1500, "score", 4),
+  }
   assert all(r["encoder_variance"] > 0 and r["encoder_variance_ci"] >= 0 for r in rows)
   assert rows[-1]["step"] == 15  # 1500 examples at M=100
   assert (outdir / "results.csv").read_text().startswith("stage,step,estimator,num_samples")
@@ -167,19 +225,22 @@ def test_data_flags_every_runner_loads_through(tmp_path):
   # A valid but different data set, so that reading the file is observable.
   clipped = dataclasses.replace(digits, train=np.minimum(digits.train, 0.5))
   data.export_arrays(clipped, tmp_path / "clipped")
-  code = ("from absl import flags\n"
-          "from experiments import config_flags, export_arrays\n"
-          f"flags.FLAGS(['runner', '--datasets=digits', '--arrays_dir={tmp_path / 'exported'}',"
-          " '--num_categories=17'])\n"
-          "export_arrays.main(['runner'])\n"
-          f"flags.FLAGS.arrays_dir = {str(tmp_path / 'clipped')!r}\n"
-          "load = lambda: config_flags.load_data(config_flags.config_from_flags().data)\n"
-          "dataset = load()\n"
-          "print(dataset.train.dtype, dataset.train.sum(dtype='int64'))\n"
-          "flags.FLAGS.resplit_seed = 5\n"
-          "print(*load().test_labels[:20])\n")
-  result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
-                          text=True, timeout=120, check=True)
+  code = (
+    "from absl import flags\n"
+    "from experiments import config_flags, export_arrays\n"
+    f"flags.FLAGS(['runner', '--datasets=digits', '--arrays_dir={tmp_path / 'exported'}',"
+    " '--num_categories=17'])\n"
+    "export_arrays.main(['runner'])\n"
+    f"flags.FLAGS.arrays_dir = {str(tmp_path / 'clipped')!r}\n"
+    "load = lambda: config_flags.load_data(config_flags.config_from_flags().data)\n"
+    "dataset = load()\n"
+    "print(dataset.train.dtype, dataset.train.sum(dtype='int64'))\n"
+    "flags.FLAGS.resplit_seed = 5\n"
+    "print(*load().test_labels[:20])\n"
+  )
+  result = subprocess.run(
+    [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120, check=True
+  )
   exported = data.load_dataset("digits", arrays_dir=tmp_path / "exported")
   np.testing.assert_array_equal(exported.train, digits.train)
   # digits' grey levels are k / 16: 17 bins give back the counts k.
@@ -193,8 +254,14 @@ def test_data_flags_every_runner_loads_through(tmp_path):
 def test_categorical_preset_runs_on_digits(tmp_path):
   """The mnist_categorical preset's decoder on digits' 17 levels, a smoke test."""
   workdir = tmp_path / "run"
-  _train("--flagfile=experiments/configs/mnist_categorical.flags", *DIGITS_FLAGS,
-         "--num_categories=17", "--num_epochs=2", "--eval_every=1", f"--workdir={workdir}")
+  _train(
+    "--flagfile=experiments/configs/mnist_categorical.flags",
+    *DIGITS_FLAGS,
+    "--num_categories=17",
+    "--num_epochs=2",
+    "--eval_every=1",
+    f"--workdir={workdir}",
+  )
   records = read_metrics(workdir / "metrics.jsonl")
   assert records[-1]["test_bound"] > records[0]["test_bound"]
   settings = json.loads((workdir / "run_config.json").read_text())

@@ -34,9 +34,7 @@ def test_plot_image_grid_writes_png(tmp_path):
 
 
 def test_plot_reconstructions_writes_png(tmp_path):
-  path = figures.plot_reconstructions(
-      _images(15), 1 - _images(15), tmp_path / "r.png", ncols=5
-  )
+  path = figures.plot_reconstructions(_images(15), 1 - _images(15), tmp_path / "r.png", ncols=5)
   height, width, _ = _read_png(path).shape
   # 3 blocks of 2 rows by 5 columns of 28x28 tiles: taller than wide.
   assert 300 <= width <= 800 and height > width
@@ -54,12 +52,12 @@ def test_image_grid_rejects_flat_images(tmp_path):
 
 def _records():
   return [
-      {"samples_seen": 0, "train_bound": -550.0, "test_bound": -551.0},
-      {"samples_seen": 10**6, "train_bound": -120.0, "test_bound": -121.0},
-      {"samples_seen": 10**4, "train_bound": -200.0},
-      {"samples_seen": 10**5, "train_bound": -150.0, "test_bound": None},
-      {"samples_seen": 10**7, "train_bound": -100.0, "test_bound": math.nan},
-      {"samples_seen": 10**8, "train_bound": -98.0, "test_bound": -99.5},
+    {"samples_seen": 0, "train_bound": -550.0, "test_bound": -551.0},
+    {"samples_seen": 10**6, "train_bound": -120.0, "test_bound": -121.0},
+    {"samples_seen": 10**4, "train_bound": -200.0},
+    {"samples_seen": 10**5, "train_bound": -150.0, "test_bound": None},
+    {"samples_seen": 10**7, "train_bound": -100.0, "test_bound": math.nan},
+    {"samples_seen": 10**8, "train_bound": -98.0, "test_bound": -99.5},
   ]
 
 
@@ -72,12 +70,8 @@ def test_learning_curve_has_log_x_axis_and_labels():
   curves = {line.get_label(): line for line in ax.get_lines()}
   assert set(curves) == {"train", "test"}
   # Sorted by samples seen; samples_seen = 0 and missing test values skipped.
-  np.testing.assert_array_equal(
-      curves["train"].get_xdata(), [1e4, 1e5, 1e6, 1e7, 1e8]
-  )
-  np.testing.assert_array_equal(
-      curves["train"].get_ydata(), [-200, -150, -120, -100, -98]
-  )
+  np.testing.assert_array_equal(curves["train"].get_xdata(), [1e4, 1e5, 1e6, 1e7, 1e8])
+  np.testing.assert_array_equal(curves["train"].get_ydata(), [-200, -150, -120, -100, -98])
   np.testing.assert_array_equal(curves["test"].get_xdata(), [1e6, 1e8])
   np.testing.assert_array_equal(curves["test"].get_ydata(), [-121, -99.5])
 
@@ -127,9 +121,7 @@ def test_manifold_grid_decodes_the_latent_grid_in_order(tmp_path):
   assert images.shape == (grid_size**2, height, width)
   np.testing.assert_allclose(images[:, 0, 0], z[:, 0] + 10 * z[:, 1], rtol=1e-6)
 
-  path = figures.plot_manifold(
-      1 / (1 + np.exp(-images)), grid_size, tmp_path / "manifold.png"
-  )
+  path = figures.plot_manifold(1 / (1 + np.exp(-images)), grid_size, tmp_path / "manifold.png")
   png_height, png_width, _ = _read_png(path).shape
   assert 300 <= png_width <= 1300 and 300 <= png_height <= 1300
 
@@ -159,8 +151,9 @@ def test_plot_manifolds_takes_panels_of_different_image_shapes(tmp_path):
 def test_plot_latent_scatter_writes_png_and_checks_shapes(tmp_path):
   z = np.random.default_rng(0).normal(size=(50, 2))
   labels = np.arange(50) % 10
-  path = figures.plot_latent_scatter({"a": (z, labels), "b": (z, labels)}, tmp_path / "s.png",
-                                     "codes")
+  path = figures.plot_latent_scatter(
+    {"a": (z, labels), "b": (z, labels)}, tmp_path / "s.png", "codes"
+  )
   assert mpimg.imread(path).shape[1] > mpimg.imread(path).shape[0]  # two panels side by side
   with pytest.raises(ValueError, match=r"z \[n, 2\]"):
     figures.plot_latent_scatter({"a": (np.zeros((50, 3)), labels)}, tmp_path / "t.png", "x")

@@ -6,14 +6,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from linear_gaussian import (
+  BATCH,
+  LATENT_DIM,
+  NOISE_STD,
+  data,
+  log_likelihood_fn,
+  log_marginal,
+  random_params,
+)
 from scipy import special, stats
 
 import vae_jax
-from linear_gaussian import (
-    BATCH, LATENT_DIM, NOISE_STD, data, log_likelihood_fn, log_marginal, random_params,
-)
-from vae_jax.inference import hmc
-from vae_jax.inference import marginal_likelihood
+from vae_jax.inference import hmc, marginal_likelihood
 
 NUM_REPLICATES = 8  # independent chains per example: their spread is the Monte-Carlo error
 FALSE_ALARM = 1e-3
@@ -34,7 +39,8 @@ def exact_posterior(params, x):
 
 def replicate_keys(seed):
   return jax.random.split(jax.random.key(seed), NUM_REPLICATES * BATCH).reshape(
-      NUM_REPLICATES, BATCH)
+    NUM_REPLICATES, BATCH
+  )
 
 
 @pytest.fixture(scope="module")
@@ -47,18 +53,33 @@ def model():
 @pytest.mark.slow
 def test_hmc_draws_from_the_exact_posterior(model):
   params, x = model
-  sample = jax.jit(jax.vmap(jax.vmap(
-      lambda x, key: hmc.sample_posterior(
-          log_likelihood_fn, params, x, jnp.zeros(LATENT_DIM), key,
-          num_samples=200, num_leapfrog=4, num_warmup=100),
-      in_axes=(0, 0)), in_axes=(None, 0)))
+  sample = jax.jit(
+    jax.vmap(
+      jax.vmap(
+        lambda x, key: hmc.sample_posterior(
+          log_likelihood_fn,
+          params,
+          x,
+          jnp.zeros(LATENT_DIM),
+          key,
+          num_samples=200,
+          num_leapfrog=4,
+          num_warmup=100,
+        ),
+        in_axes=(0, 0),
+      ),
+      in_axes=(None, 0),
+    )
+  )
   chains = sample(x, replicate_keys(0))
   samples = np.asarray(chains.samples, np.float64)  # [replicates, batch, samples, J]
   mean, covariance = exact_posterior(params, x)
   # Each replicate's sample mean and variance; their spread across replicates
   # is the Monte-Carlo error, autocorrelation of the chains included.
-  for statistic, exact in ((samples.mean(2), mean),
-                           (samples.var(2), np.broadcast_to(np.diag(covariance), mean.shape))):
+  for statistic, exact in (
+    (samples.mean(2), mean),
+    (samples.var(2), np.broadcast_to(np.diag(covariance), mean.shape)),
+  ):
     estimate = statistic.mean(0)
     standard_error = statistic.std(0, ddof=1) / np.sqrt(NUM_REPLICATES)
     gap = np.abs(estimate - exact)
@@ -69,10 +90,17 @@ def test_hmc_draws_from_the_exact_posterior(model):
 
 def test_app_d_estimate_matches_the_exact_log_marginal(model):
   params, x = model
-  estimate = jax.jit(jax.vmap(jax.vmap(
-      lambda x, key: marginal_likelihood.log_marginal_likelihood(
-          log_likelihood_fn, params, x, jnp.zeros(LATENT_DIM), key, num_samples=200),
-      in_axes=(0, 0)), in_axes=(None, 0)))
+  estimate = jax.jit(
+    jax.vmap(
+      jax.vmap(
+        lambda x, key: marginal_likelihood.log_marginal_likelihood(
+          log_likelihood_fn, params, x, jnp.zeros(LATENT_DIM), key, num_samples=200
+        ),
+        in_axes=(0, 0),
+      ),
+      in_axes=(None, 0),
+    )
+  )
   estimates = np.asarray(estimate(x, replicate_keys(1)), np.float64)  # [replicates, batch]
   standard_error = estimates.std(0, ddof=1) / np.sqrt(NUM_REPLICATES)
   gap = np.abs(estimates.mean(0) - log_marginal(params, x))
@@ -108,28 +136,35 @@ def test_harmonic_mean_is_the_log_mean_exp_of_unequal_ratios():
   assert np.ptp(log_ratio) > 100.0
   expected = -(special.logsumexp(log_ratio) - np.log(num_samples))
   estimate = marginal_likelihood.harmonic_mean_log_marginal(
-      jnp.asarray(log_q), jnp.asarray(log_joint))
+    jnp.asarray(log_q), jnp.asarray(log_joint)
+  )
   # float32 inputs and arithmetic: a few ulps of |log_ratio| ~ 600.
   np.testing.assert_allclose(estimate, expected, rtol=1e-6)
 
 
 def test_fit_gaussian_is_the_sample_mean_and_covariance():
   samples = jax.random.normal(jax.random.key(3), (500, 3)) @ jnp.array(
-      [[1.0, 0.0, 0.0], [0.5, 2.0, 0.0], [0.0, -1.0, 0.3]])
+    [[1.0, 0.0, 0.0], [0.5, 2.0, 0.0], [0.0, -1.0, 0.3]]
+  )
   mean, chol = marginal_likelihood.fit_gaussian(samples)
   np.testing.assert_allclose(mean, np.mean(samples, 0), rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(chol @ chol.T, np.cov(samples.T, bias=True), rtol=1e-4, atol=1e-5)
   z = samples[:5]
   np.testing.assert_allclose(
-      marginal_likelihood.gaussian_log_prob(z, mean, chol),
-      stats.multivariate_normal(mean, chol @ chol.T).logpdf(np.asarray(z)), rtol=1e-5)
+    marginal_likelihood.gaussian_log_prob(z, mean, chol),
+    stats.multivariate_normal(mean, chol @ chol.T).logpdf(np.asarray(z)),
+    rtol=1e-5,
+  )
 
 
-@pytest.mark.parametrize("kwargs, message", [
+@pytest.mark.parametrize(
+  "kwargs, message",
+  [
     ({"num_samples": 0}, "num_samples"),
     ({"num_leapfrog": 0}, "num_leapfrog"),
     ({"num_warmup": -1}, "num_warmup"),
-])
+  ],
+)
 def test_make_marginal_likelihood_estimate_rejects_bad_settings(kwargs, message):
   model = vae_jax.make_vae(data_dim=6, latent_dim=2, hidden_sizes=(4,))
   with pytest.raises(ValueError, match=message):

@@ -10,15 +10,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-
-import vae_jax
-from vae_jax.errors import ConfigError
 from linear_gaussian import LATENT_DIM as LG_LATENT_DIM
 from linear_gaussian import data, encode_fn, log_likelihood_fn, random_params
-from vae_jax.inference.bounds import make_autoencoder_objective
-from vae_jax.math import distributions
-from vae_jax.math import estimators
+
+import vae_jax
 from vae_jax import training
+from vae_jax.errors import ConfigError
+from vae_jax.inference.bounds import make_autoencoder_objective
+from vae_jax.math import distributions, estimators
 
 DATA_DIM, LATENT_DIM, BATCH, L = 10, 2, 6, 3
 
@@ -39,15 +38,15 @@ def test_kl_weight_one_is_the_elbo_and_zero_leaves_the_kl_out(name):
   estimator = estimators.ESTIMATORS[name]
 
   def objective(kl_weight=None):
-    weighted = estimator if kl_weight is None else functools.partial(
-        estimator, kl_weight=kl_weight)
+    weighted = estimator if kl_weight is None else functools.partial(estimator, kl_weight=kl_weight)
     return estimators.batch_bound(weighted, encode_fn, log_likelihood_fn, params, x, eps)
 
   np.testing.assert_array_equal(objective(1.0), objective())
   mean, logvar = jax.vmap(encode_fn, in_axes=(None, 0))(params, x)
   z = distributions.reparameterize(mean, logvar, eps)
   reconstruction = jax.vmap(jax.vmap(log_likelihood_fn, (None, 0, 0)), (None, None, 0))(
-      params, x, z).mean(0)
+    params, x, z
+  ).mean(0)
   np.testing.assert_allclose(objective(0.0), reconstruction, rtol=1e-6)
   if name == "B":  # linear in beta, with the analytic KL as slope
     kl = distributions.kl_standard_normal(mean, logvar)
@@ -55,12 +54,12 @@ def test_kl_weight_one_is_the_elbo_and_zero_leaves_the_kl_out(name):
 
 
 @pytest.mark.parametrize(
-    "kwargs, message",
-    [
-        ({"kl_weight": -0.5}, r"kl_weight must be >= 0"),
-        ({"kl_weight": 0.5, "estimator": "iwae"}, r"kl_weight = 0.5 .*not 'iwae'"),
-        ({"kl_weight": 0.5, "algorithm": "wake_sleep"}, r"kl_weight = 0.5 needs algorithm"),
-    ],
+  "kwargs, message",
+  [
+    ({"kl_weight": -0.5}, r"kl_weight must be >= 0"),
+    ({"kl_weight": 0.5, "estimator": "iwae"}, r"kl_weight = 0.5 .*not 'iwae'"),
+    ({"kl_weight": 0.5, "algorithm": "wake_sleep"}, r"kl_weight = 0.5 needs algorithm"),
+  ],
 )
 def test_bad_kl_weight_is_named(kwargs, message):
   with pytest.raises(ConfigError, match=message) as error:
@@ -71,8 +70,9 @@ def test_bad_kl_weight_is_named(kwargs, message):
 def test_beta_step_follows_the_weighted_objective_and_reports_the_elbo():
   model = vae_jax.make_vae(DATA_DIM, LATENT_DIM, hidden_sizes=(6,), init="flax")
   x = jnp.asarray(np.random.default_rng(0).integers(0, 2, (BATCH, DATA_DIM)), jnp.float32)
-  config = training.TrainConfig(batch_size=BATCH, optimizer="sgd", learning_rate=0.1,
-                                kl_weight=0.25)
+  config = training.TrainConfig(
+    batch_size=BATCH, optimizer="sgd", learning_rate=0.1, kl_weight=0.25
+  )
   state = training.init_train_state(model, config, jax.random.key(2))
   step = training.make_train_step(model, config, 100)
   objective = vae_jax.make_elbo(model, "B", 1, kl_weight=0.25)
@@ -95,8 +95,10 @@ def test_autoencoder_objective_is_the_reconstruction_log_likelihood_at_the_mean(
   mean, _ = vae_jax.encode(model, params, x)
   logits = vae_jax.decode(model, params, mean)
   np.testing.assert_allclose(
-      make_autoencoder_objective(model)(params, x, jax.random.key(0)),
-      distributions.bernoulli_log_prob(logits, x), rtol=1e-6)
+    make_autoencoder_objective(model)(params, x, jax.random.key(0)),
+    distributions.bernoulli_log_prob(logits, x),
+    rtol=1e-6,
+  )
 
 
 @pytest.mark.slow  # about 10 s, mostly compiling the epoch
@@ -104,8 +106,9 @@ def test_autoencoder_training_on_digits_reduces_reconstruction_error():
   dataset = vae_jax.data.load_dataset("digits")
   train = jnp.asarray(dataset.train[:400])
   model = vae_jax.make_vae(train.shape[1], LATENT_DIM, hidden_sizes=(16,), init="flax")
-  config = training.TrainConfig(algorithm="autoencoder", batch_size=50, optimizer="adam",
-                                learning_rate=1e-2)
+  config = training.TrainConfig(
+    algorithm="autoencoder", batch_size=50, optimizer="adam", learning_rate=1e-2
+  )
   state = training.init_train_state(model, config, jax.random.key(0))
   reconstruction = jax.jit(make_autoencoder_objective(model))
   before = float(reconstruction(state.params, train, jax.random.key(0)).mean())

@@ -42,9 +42,15 @@ def _exact_log_joint(model, params, x):
   log_prior_z = -0.5 * z[:, 0] ** 2 - 0.5 * math.log(2 * math.pi)
 
   def per_label(y):
-    log_lik = jax.vmap(lambda zi: model.apply(
-        params, x, jnp.full(x.shape[:1], y), jnp.broadcast_to(zi, (x.shape[0], 1)),
-        method=m2.M2.log_likelihood))(z)  # [grid, batch]
+    log_lik = jax.vmap(
+      lambda zi: model.apply(
+        params,
+        x,
+        jnp.full(x.shape[:1], y),
+        jnp.broadcast_to(zi, (x.shape[0], 1)),
+        method=m2.M2.log_likelihood,
+      )
+    )(z)  # [grid, batch]
     return jax.nn.logsumexp(log_lik + log_prior_z[:, None], axis=0) + log_dz
 
   return jnp.stack([per_label(y) for y in range(NUM_CLASSES)], axis=1) - math.log(NUM_CLASSES)
@@ -71,8 +77,9 @@ def test_enumerated_unlabelled_bound_is_q_weighted_labelled_bounds_plus_entropy(
   # The unlabelled bound draws its eps from the first half of its key.
   noise_key = jax.random.split(key)[0]
   labelled = ss.make_labelled_bound(model, "B", 4)
-  bounds = jnp.stack([labelled(params, x, jnp.full(6, y), noise_key)
-                      for y in range(NUM_CLASSES)], axis=1)
+  bounds = jnp.stack(
+    [labelled(params, x, jnp.full(6, y), noise_key) for y in range(NUM_CLASSES)], axis=1
+  )
   log_q = jax.nn.log_softmax(m2.classify(model, params, x))
   expected = jnp.sum(jnp.exp(log_q) * (bounds - log_q), axis=1)
   np.testing.assert_allclose(unlabelled, expected, rtol=1e-5)
@@ -92,15 +99,16 @@ def test_bounds_are_below_the_exact_log_likelihoods_and_estimators_agree(tiny):
   iwae = _replicates(lambda k: ss.make_labelled_bound(model, "iwae", 500)(params, x, y, k), 50)
   iwae_se = iwae.std(0) / math.sqrt(len(iwae))
   assert np.all(iwae.mean(0) < exact_joint + Z_TOLERANCE * iwae_se)
-  assert np.all(exact_joint - iwae.mean(0)
-                < 0.2 * (exact_joint - bound_b.mean(0)) + Z_TOLERANCE * iwae_se)
+  assert np.all(
+    exact_joint - iwae.mean(0) < 0.2 * (exact_joint - bound_b.mean(0)) + Z_TOLERANCE * iwae_se
+  )
   # U(x) bounds log p(x) = logsumexp_y log p(x, y).
   unlabelled = _replicates(lambda k: ss.make_unlabelled_bound(model)(params, x, k), 500)
   assert np.all(unlabelled.mean(0) < jax.nn.logsumexp(log_joint, axis=1))
 
 
 def _tree_dot(a, b):
-  return sum(jnp.vdot(u, v) for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+  return sum(jnp.vdot(u, v) for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=False))
 
 
 NUM_REPLICATES = 1000
@@ -108,19 +116,21 @@ NUM_REPLICATES = 1000
 
 def test_sampled_label_is_unbiased_in_value_and_gradient(tiny):
   model, params, x = tiny
-  direction = jax.tree.map(
-      lambda p: jax.random.normal(jax.random.key(p.size), p.shape), params)
+  direction = jax.tree.map(lambda p: jax.random.normal(jax.random.key(p.size), p.shape), params)
 
   def value_and_projected_gradient(label_inference):
     bound = ss.make_unlabelled_bound(model, "B", 1, label_inference)
     mean_bound = lambda p, k: jnp.mean(bound(p, x, k))
+
     def one(key):
       value, grads = jax.value_and_grad(mean_bound)(params, key)
       # The classifier's gradient is where the score-function term acts.
       classifier = {n: v for n, v in grads["params"].items() if n.startswith("classifier")}
       classifier_direction = {n: direction["params"][n] for n in classifier}
-      return jnp.stack([value, _tree_dot(grads, direction),
-                        _tree_dot(classifier, classifier_direction)])
+      return jnp.stack(
+        [value, _tree_dot(grads, direction), _tree_dot(classifier, classifier_direction)]
+      )
+
     return _replicates(one, NUM_REPLICATES)
 
   sampled = value_and_projected_gradient("sample")
@@ -128,7 +138,8 @@ def test_sampled_label_is_unbiased_in_value_and_gradient(tiny):
   assert _within_standard_errors(sampled, enumerated)
   # The check has power: the classifier's gradient is far from zero.
   assert abs(enumerated[:, 2].mean()) > Z_TOLERANCE * enumerated[:, 2].std() / math.sqrt(
-      NUM_REPLICATES)
+    NUM_REPLICATES
+  )
 
 
 def test_objective_weights_the_terms_by_set_sizes(tiny):
@@ -136,12 +147,14 @@ def test_objective_weights_the_terms_by_set_sizes(tiny):
   y = jnp.arange(6) % NUM_CLASSES
   config = ss.ObjectiveConfig(alpha=0.5)
   value, aux = ss.make_objective(model, config, 20, 80)(params, x, y, x, jax.random.key(0))
-  expected = 0.2 * aux["labelled_bound"] + 0.8 * aux["unlabelled_bound"] - 0.5 * aux[
-      "classification_loss"]
+  expected = (
+    0.2 * aux["labelled_bound"] + 0.8 * aux["unlabelled_bound"] - 0.5 * aux["classification_loss"]
+  )
   np.testing.assert_allclose(value, expected, rtol=1e-6)
   log_q = jax.nn.log_softmax(m2.classify(model, params, x))
-  np.testing.assert_allclose(aux["classification_loss"], -jnp.mean(log_q[jnp.arange(6), y]),
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+    aux["classification_loss"], -jnp.mean(log_q[jnp.arange(6), y]), rtol=1e-6
+  )
 
 
 def test_objective_without_unlabelled_examples_is_the_labelled_terms_alone(tiny):
@@ -151,10 +164,12 @@ def test_objective_without_unlabelled_examples_is_the_labelled_terms_alone(tiny)
   # x_unlabelled is not read: NaNs there reach neither the value nor the gradient.
   nans = jnp.full_like(x, jnp.nan)
   (value, aux), grads = jax.value_and_grad(objective, has_aux=True)(
-      params, x, y, nans, jax.random.key(0))
+    params, x, y, nans, jax.random.key(0)
+  )
   assert set(aux) == {"labelled_bound", "classification_loss"}
-  np.testing.assert_allclose(value, aux["labelled_bound"] - 0.5 * aux["classification_loss"],
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+    value, aux["labelled_bound"] - 0.5 * aux["classification_loss"], rtol=1e-6
+  )
   assert all(np.isfinite(g).all() for g in jax.tree.leaves(grads))
 
 
@@ -162,27 +177,35 @@ def test_supervised_baseline_epoch_ignores_the_unlabelled_set():
   """With use_unlabelled=False two different unlabelled sets train the same
   parameters (the set only sets the number of steps); with it they do not."""
   model = m2.make_m2(5, NUM_CLASSES, 1, hidden_sizes=(8,), activation="tanh", init="flax")
-  config = TrainConfig(optimizer="adam", learning_rate=0.01, batch_size=4,
-                       dynamic_binarization=False)
+  config = TrainConfig(
+    optimizer="adam", learning_rate=0.01, batch_size=4, dynamic_binarization=False
+  )
   x_labelled = (jax.random.uniform(jax.random.key(1), (6, 5)) < 0.5).astype(jnp.float32)
   y_labelled = jnp.arange(6) % NUM_CLASSES
-  sets = [(jax.random.uniform(jax.random.key(k), (12, 5)) < 0.5).astype(jnp.float32)
-          for k in (2, 3)]
+  sets = [
+    (jax.random.uniform(jax.random.key(k), (12, 5)) < 0.5).astype(jnp.float32) for k in (2, 3)
+  ]
 
   def trained(use_unlabelled, unlabelled):
     epoch = sst.make_train_epoch(
-        model, config, sst.SemiSupervisedConfig(labelled_batch_size=3,
-                                                use_unlabelled=use_unlabelled), 6, 12)
+      model,
+      config,
+      sst.SemiSupervisedConfig(labelled_batch_size=3, use_unlabelled=use_unlabelled),
+      6,
+      12,
+    )
     state = sst.init_state(model, config, jax.random.key(0), 12)
     state, metrics = epoch(state, unlabelled, x_labelled, y_labelled)
     assert metrics["objective"].shape == (3,)
     assert ("unlabelled_bound" in metrics) == use_unlabelled
     return jax.tree.leaves(state.params)
 
-  for a, b in zip(trained(False, sets[0]), trained(False, sets[1])):
+  for a, b in zip(trained(False, sets[0]), trained(False, sets[1]), strict=False):
     np.testing.assert_array_equal(a, b)
-  assert any(not np.array_equal(a, b)
-             for a, b in zip(trained(True, sets[0]), trained(True, sets[1])))
+  assert any(
+    not np.array_equal(a, b)
+    for a, b in zip(trained(True, sets[0]), trained(True, sets[1]), strict=True)
+  )
 
 
 def test_style_transfer_draws_every_label_from_one_style(tiny):
@@ -209,11 +232,14 @@ def test_select_labelled_is_balanced_and_reproducible():
     sst.select_labelled(labels, 400, 10, seed=0)
 
 
-@pytest.mark.parametrize("bad, match", [
+@pytest.mark.parametrize(
+  "bad, match",
+  [
     (dict(kl_weight=0.5), "kl_weight"),
     (dict(algorithm="wake_sleep"), "algorithm"),
     (dict(estimator="A", posterior="laplace"), "posterior"),
-])
+  ],
+)
 def test_m2_rejects_vae_only_settings(bad, match):
   with pytest.raises(ValueError, match=match):
     sst.check_train_config(TrainConfig(**bad))
@@ -235,18 +261,36 @@ def test_bad_inputs_name_the_problem(tiny):
 
 def _runner(tmp_path, *flags):
   return subprocess.run(
-      [sys.executable, "-m", "experiments.semi_supervised", "--dataset=digits",
-       "--num_labels=50", "--latent_dim=5", "--hidden_sizes=16", "--activation=softplus",
-       "--optimizer=adam", "--learning_rate=0.003", "--eval_every=5",
-       "--eval_train_examples=300", "--style_examples=3", f"--workdir={tmp_path}", *flags],
-      cwd=REPO, capture_output=True, text=True, timeout=300)
+    [
+      sys.executable,
+      "-m",
+      "experiments.semi_supervised",
+      "--dataset=digits",
+      "--num_labels=50",
+      "--latent_dim=5",
+      "--hidden_sizes=16",
+      "--activation=softplus",
+      "--optimizer=adam",
+      "--learning_rate=0.003",
+      "--eval_every=5",
+      "--eval_train_examples=300",
+      "--style_examples=3",
+      f"--workdir={tmp_path}",
+      *flags,
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
 
 
 def test_runner_learns_the_digit_classes_from_50_labels(tmp_path):
   result = _runner(tmp_path, "--num_epochs=10")
   assert result.returncode == 0, result.stderr[-3000:]
-  records = [json.loads(line) for line in
-             (tmp_path / "labels50" / "metrics.jsonl").read_text().splitlines()]
+  records = [
+    json.loads(line) for line in (tmp_path / "labels50" / "metrics.jsonl").read_text().splitlines()
+  ]
   # The initial state, then every 5th epoch; "step" counts minibatches (15 per epoch).
   assert [(r["epoch"], r["step"]) for r in records] == [(0, 0), (5, 75), (10, 150)]
   # 10 classes: chance is 90% error; these 10 epochs reach 37% (and 20 epochs

@@ -7,9 +7,9 @@ import pytest
 from scipy import stats
 
 import vae_jax
-from vae_jax.models.functions import model_functions
-from vae_jax.math import estimators
 from vae_jax.inference import variance
+from vae_jax.math import estimators
+from vae_jax.models.functions import model_functions
 
 DATA_DIM, LATENT_DIM, NUM_EXAMPLES = 12, 3, 4
 
@@ -18,8 +18,7 @@ DATA_DIM, LATENT_DIM, NUM_EXAMPLES = 12, 3, 4
 def setup():
   model = vae_jax.make_vae(DATA_DIM, LATENT_DIM, hidden_sizes=(16,), init="flax")
   params = vae_jax.init_params(model, jax.random.key(0))
-  x = jnp.asarray(np.random.default_rng(0).integers(0, 2, (NUM_EXAMPLES, DATA_DIM)),
-                  jnp.float32)
+  x = jnp.asarray(np.random.default_rng(0).integers(0, 2, (NUM_EXAMPLES, DATA_DIM)), jnp.float32)
   return model, params, x
 
 
@@ -27,34 +26,50 @@ def test_welford_moments_equal_numpy_moments_of_the_same_draws(setup):
   model, params, x = setup
   num_draws, num_samples, key = 7, 2, jax.random.key(1)
   mean, var = variance.make_gradient_moments(
-      model, estimator="A", num_samples=num_samples, num_draws=num_draws
+    model, estimator="A", num_samples=num_samples, num_draws=num_draws
   )(params, x, key)
   encode_fn, log_likelihood_fn = model_functions(model)
   # Compiled once: draw by draw in eager mode took most of this test's time.
-  draw = jax.jit(lambda k: estimators.per_example_gradients(
-      estimators.estimator_a, encode_fn, log_likelihood_fn, params, x,
-      jax.random.normal(k, (num_samples, NUM_EXAMPLES, LATENT_DIM))))
+  draw = jax.jit(
+    lambda k: estimators.per_example_gradients(
+      estimators.estimator_a,
+      encode_fn,
+      log_likelihood_fn,
+      params,
+      x,
+      jax.random.normal(k, (num_samples, NUM_EXAMPLES, LATENT_DIM)),
+    )
+  )
   draws = [draw(k) for k in jax.random.split(key, num_draws)]
   stacked = jax.tree_util.tree_map(lambda *leaves: np.stack(leaves), *draws)
   np.testing.assert_allclose(mean[0], stacked[0].mean(0), rtol=1e-5)
   np.testing.assert_allclose(var[0], stacked[0].var(0, ddof=1), rtol=1e-4)
-  for got_mean, got_var, draw in zip(jax.tree_util.tree_leaves(mean[1]),
-                                     jax.tree_util.tree_leaves(var[1]),
-                                     jax.tree_util.tree_leaves(stacked[1])):
+  for got_mean, got_var, draw in zip(
+    jax.tree_util.tree_leaves(mean[1]),
+    jax.tree_util.tree_leaves(var[1]),
+    jax.tree_util.tree_leaves(stacked[1]),
+    strict=False,
+  ):
     np.testing.assert_allclose(got_mean, draw.mean(0), rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(got_var, draw.var(0, ddof=1), rtol=1e-3, atol=1e-8)
 
 
 def test_summarize_traces_and_snr_by_hand():
-  gradient_mean = {"params": {"encoder": {"w": jnp.array([[3.0, 4.0]])},
-                              "decoder": {"w": jnp.array([[1.0]])}}}
-  gradient_variance = {"params": {"encoder": {"w": jnp.array([[1.0, 3.0]])},
-                                  "decoder": {"w": jnp.array([[4.0]])}}}
-  summary = variance.summarize(variance.Moments(
-      bound_mean=jnp.array([-5.0]), bound_variance=jnp.array([2.0]),
-      gradient_mean=gradient_mean, gradient_variance=gradient_variance,
+  gradient_mean = {
+    "params": {"encoder": {"w": jnp.array([[3.0, 4.0]])}, "decoder": {"w": jnp.array([[1.0]])}}
+  }
+  gradient_variance = {
+    "params": {"encoder": {"w": jnp.array([[1.0, 3.0]])}, "decoder": {"w": jnp.array([[4.0]])}}
+  }
+  summary = variance.summarize(
+    variance.Moments(
+      bound_mean=jnp.array([-5.0]),
+      bound_variance=jnp.array([2.0]),
+      gradient_mean=gradient_mean,
+      gradient_variance=gradient_variance,
       seconds_per_gradient=0.5,
-  ))
+    )
+  )
   assert summary["encoder_variance"] == 4.0 and summary["decoder_variance"] == 4.0
   assert summary["total_variance"] == 8.0
   assert np.isclose(summary["encoder_snr"], 5.0 / 2.0)
@@ -73,11 +88,16 @@ def test_pathwise_variances_scale_as_one_over_l(setup, estimator):
   log_means, log_errors = [], []
   for num_samples in sample_counts:
     totals = [
-        variance.summarize(m)["total_variance"]
-        for m in variance.gradient_moments(
-            model, params, x, jax.random.split(jax.random.key(num_samples), num_repetitions),
-            estimator=estimator, num_samples=int(num_samples), num_draws=200,
-        )
+      variance.summarize(m)["total_variance"]
+      for m in variance.gradient_moments(
+        model,
+        params,
+        x,
+        jax.random.split(jax.random.key(num_samples), num_repetitions),
+        estimator=estimator,
+        num_samples=int(num_samples),
+        num_draws=200,
+      )
     ]
     log_means.append(np.log(np.mean(totals)))
     log_errors.append(np.std(totals, ddof=1) / np.sqrt(num_repetitions) / np.mean(totals))

@@ -27,21 +27,21 @@ def test_bernoulli_log_prob_is_cross_entropy_on_grey_levels():
   p = special.expit(logits)
   expected = (x * np.log(p) + (1 - x) * np.log1p(-p)).sum(-1)
   np.testing.assert_allclose(
-      distributions.bernoulli_log_prob(jnp.asarray(logits), jnp.asarray(x)),
-      expected,
-      rtol=1e-5,
+    distributions.bernoulli_log_prob(jnp.asarray(logits), jnp.asarray(x)),
+    expected,
+    rtol=1e-5,
   )
 
 
 def test_bernoulli_log_prob_exact_and_finite_at_extreme_logits():
   logits = jnp.array([1000.0, -1000.0, 1000.0, -1000.0], jnp.float32)
   x = jnp.array([1.0, 0.0, 0.0, 1.0], jnp.float32)
-  per_pixel = jax.vmap(
-      lambda l, t: distributions.bernoulli_log_prob(l[None], t[None])
-  )(logits, x)
+  per_pixel = jax.vmap(lambda logit, t: distributions.bernoulli_log_prob(logit[None], t[None]))(
+    logits, x
+  )
   # Confident and right costs nothing; confident and wrong costs |logit| nats.
   np.testing.assert_array_equal(per_pixel, [0.0, 0.0, -1000.0, -1000.0])
-  grad = jax.grad(lambda l: distributions.bernoulli_log_prob(l, x))(logits)
+  grad = jax.grad(lambda logit: distributions.bernoulli_log_prob(logit, x))(logits)
   # d/dlogit = x - sigmoid(logit): exactly 0 when confident and right, +-1 when wrong.
   np.testing.assert_array_equal(grad, [0.0, 0.0, -1.0, 1.0])
 
@@ -50,34 +50,45 @@ def test_bernoulli_log_prob_derivatives_are_those_of_its_formula():
   """The stated derivative rule against autodiff of x * l - softplus(l),
   in both arguments, forward and reverse, second order, with broadcasting."""
   logits = jnp.asarray(RNG.normal(0.0, 3.0, size=(3, 4, 5)))  # [L, batch, data_dim]
-  x = jnp.asarray(RNG.uniform(size=(4, 5)))                   # [batch, data_dim]
+  x = jnp.asarray(RNG.uniform(size=(4, 5)))  # [batch, data_dim]
 
-  def formula(l, t):
-    return jnp.sum(t * l - jax.nn.softplus(l), axis=-1)
+  def formula(logit, t):
+    return jnp.sum(t * logit - jax.nn.softplus(logit), axis=-1)
 
   def total(fn):
-    return lambda l, t: jnp.sum(jnp.tanh(fn(l, t)))  # a non-linear use of the output
+    return lambda logit, t: jnp.sum(jnp.tanh(fn(logit, t)))  # a non-linear use of the output
 
   for argnums in (0, 1):
     np.testing.assert_allclose(
-        jax.grad(total(distributions.bernoulli_log_prob), argnums)(logits, x),
-        jax.grad(total(formula), argnums)(logits, x), rtol=1e-5, atol=1e-6)
+      jax.grad(total(distributions.bernoulli_log_prob), argnums)(logits, x),
+      jax.grad(total(formula), argnums)(logits, x),
+      rtol=1e-5,
+      atol=1e-6,
+    )
   tangents = (jnp.ones_like(logits), jnp.full_like(x, 0.5))
   np.testing.assert_allclose(
-      jax.jvp(distributions.bernoulli_log_prob, (logits, x), tangents)[1],
-      jax.jvp(formula, (logits, x), tangents)[1], rtol=1e-5, atol=1e-6)
+    jax.jvp(distributions.bernoulli_log_prob, (logits, x), tangents)[1],
+    jax.jvp(formula, (logits, x), tangents)[1],
+    rtol=1e-5,
+    atol=1e-6,
+  )
   # The Hessian in the logits is diag(-s (1 - s)), s = sigmoid(l), here against
   # float64; float32 resolves 1 - s no finer than its spacing near 1.0 (eps),
   # hence an atol of a few eps.
   s = special.expit(np.asarray(logits[0, 0], np.float64))
   np.testing.assert_allclose(
-      jax.hessian(lambda l: distributions.bernoulli_log_prob(l, x[0]))(logits[0, 0]),
-      np.diag(-s * (1 - s)), rtol=1e-5, atol=4 * np.finfo(np.float32).eps)
+    jax.hessian(lambda logit: distributions.bernoulli_log_prob(logit, x[0]))(logits[0, 0]),
+    np.diag(-s * (1 - s)),
+    rtol=1e-5,
+    atol=4 * np.finfo(np.float32).eps,
+  )
   # Integer targets have no tangent; the logits' gradient is still x - sigmoid(l).
   binary = jnp.asarray(RNG.integers(0, 2, size=(4, 5)), jnp.int32)
   np.testing.assert_allclose(
-      jax.grad(lambda l: distributions.bernoulli_log_prob(l, binary).sum())(logits[0]),
-      binary - jax.nn.sigmoid(logits[0]), rtol=1e-6)
+    jax.grad(lambda logit: distributions.bernoulli_log_prob(logit, binary).sum())(logits[0]),
+    binary - jax.nn.sigmoid(logits[0]),
+    rtol=1e-6,
+  )
 
 
 def test_gaussian_log_prob_matches_scipy():
@@ -92,9 +103,9 @@ def test_gaussian_log_prob_matches_scipy():
 def test_standard_normal_log_prob_matches_scipy():
   z = RNG.normal(size=(3, 5))
   np.testing.assert_allclose(
-      distributions.standard_normal_log_prob(jnp.asarray(z)),
-      stats.norm.logpdf(z).sum(-1),
-      rtol=1e-6,
+    distributions.standard_normal_log_prob(jnp.asarray(z)),
+    stats.norm.logpdf(z).sum(-1),
+    rtol=1e-6,
   )
 
 
@@ -114,13 +125,14 @@ def test_categorical_log_prob_matches_scipy():
   logits = RNG.normal(0.0, 2.0, size=(3, 4, num_categories))
   x = RNG.integers(0, num_categories, size=(3, 4))
   probs = special.softmax(logits, axis=-1)
-  expected = np.array([
+  expected = np.array(
+    [
       sum(
-          stats.multinomial.logpmf(np.eye(num_categories)[x[b, d]], 1, probs[b, d])
-          for d in range(4)
+        stats.multinomial.logpmf(np.eye(num_categories)[x[b, d]], 1, probs[b, d]) for d in range(4)
       )
       for b in range(3)
-  ])
+    ]
+  )
   got = distributions.categorical_log_prob(jnp.asarray(logits), jnp.asarray(x))
   np.testing.assert_allclose(got, expected, rtol=1e-5)
 
@@ -128,20 +140,16 @@ def test_categorical_log_prob_matches_scipy():
 def test_categorical_log_prob_finite_at_extreme_logits():
   logits = jnp.array([[[1000.0, -1000.0, 0.0]]], jnp.float32)
   x = jnp.array([[1]])
-  np.testing.assert_allclose(
-      distributions.categorical_log_prob(logits, x), [-2000.0], rtol=1e-6
-  )
+  np.testing.assert_allclose(distributions.categorical_log_prob(logits, x), [-2000.0], rtol=1e-6)
 
 
 def test_kl_standard_normal_is_special_case_of_kl_diag_gaussians():
   mean = jnp.asarray(RNG.normal(size=(6, 4)))
   logvar = jnp.asarray(RNG.normal(size=(6, 4)))
   np.testing.assert_allclose(
-      distributions.kl_standard_normal(mean, logvar),
-      distributions.kl_diag_gaussians(
-          mean, logvar, jnp.zeros_like(mean), jnp.zeros_like(logvar)
-      ),
-      rtol=1e-6,
+    distributions.kl_standard_normal(mean, logvar),
+    distributions.kl_diag_gaussians(mean, logvar, jnp.zeros_like(mean), jnp.zeros_like(logvar)),
+    rtol=1e-6,
   )
 
 
@@ -149,7 +157,7 @@ def _monte_carlo_kl(key, mean_q, logvar_q, mean_p, logvar_p, num_samples):
   eps = jax.random.normal(key, (num_samples, *mean_q.shape), jnp.float64)
   z = distributions.reparameterize(mean_q, logvar_q, eps)
   log_ratio = distributions.gaussian_log_prob(
-      mean_q, logvar_q, z
+    mean_q, logvar_q, z
   ) - distributions.gaussian_log_prob(mean_p, logvar_p, z)
   standard_error = jnp.std(log_ratio) / np.sqrt(num_samples)
   return jnp.mean(log_ratio), standard_error
@@ -168,12 +176,12 @@ def test_closed_form_kl_matches_monte_carlo(standard_prior):
       logvar_p = jnp.asarray(RNG.normal(0.0, 0.5, size=5))
       closed_form = distributions.kl_diag_gaussians(mean_q, logvar_q, mean_p, logvar_p)
     estimate, standard_error = _monte_carlo_kl(
-        jax.random.key(1), mean_q, logvar_q, mean_p, logvar_p, 200_000
+      jax.random.key(1), mean_q, logvar_q, mean_p, logvar_p, 200_000
     )
     assert abs(estimate - closed_form) < 4 * standard_error, (
-        estimate,
-        closed_form,
-        standard_error,
+      estimate,
+      closed_form,
+      standard_error,
     )
 
 

@@ -9,20 +9,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from linear_gaussian import (
+  BATCH,
+  LATENT_DIM,
+  analytic_elbo,
+  data,
+  encode_fn,
+  exact_posterior_params,
+  log_likelihood_fn,
+  log_marginal,
+  random_params,
+  z_score,
+)
 from scipy import stats
 
-from linear_gaussian import (
-    BATCH,
-    LATENT_DIM,
-    analytic_elbo,
-    data,
-    encode_fn,
-    exact_posterior_params,
-    log_likelihood_fn,
-    log_marginal,
-    random_params,
-    z_score,
-)
 from vae_jax.math import estimators
 
 
@@ -31,9 +31,7 @@ def draw_bounds(estimator, params, x, num_draws, num_samples=1, seed=0):
 
   def one_draw(key):
     eps = jax.random.normal(key, (num_samples, x.shape[0], LATENT_DIM), x.dtype)
-    return estimators.batch_bound(
-        estimator, encode_fn, log_likelihood_fn, params, x, eps
-    )
+    return estimators.batch_bound(estimator, encode_fn, log_likelihood_fn, params, x, eps)
 
   keys = jax.random.split(jax.random.key(seed), num_draws)
   return jax.jit(jax.vmap(one_draw))(keys)
@@ -73,7 +71,7 @@ def test_at_the_exact_posterior_estimator_a_is_log_marginal_with_zero_variance()
   bounds = draw_bounds(estimators.estimator_a, params, x, num_draws=1000)
   # Every single-sample estimate is log p(x): log p(x,z) - log q(z|x) = log p(x).
   np.testing.assert_allclose(
-      bounds, np.broadcast_to(log_marginal(params, x), bounds.shape), rtol=1e-10
+    bounds, np.broadcast_to(log_marginal(params, x), bounds.shape), rtol=1e-10
   )
   assert np.all(bounds.std(0) < 1e-9)
 
@@ -112,9 +110,9 @@ def test_iwae_with_one_sample_is_estimator_a():
   rng = np.random.default_rng(5)
   params, x = random_params(rng), data(rng)
   np.testing.assert_allclose(
-      draw_bounds(estimators.iwae_bound, params, x, 5),
-      draw_bounds(estimators.estimator_a, params, x, 5),
-      rtol=1e-12,
+    draw_bounds(estimators.iwae_bound, params, x, 5),
+    draw_bounds(estimators.estimator_a, params, x, 5),
+    rtol=1e-12,
   )
 
 
@@ -126,15 +124,11 @@ def test_mean_reparameterised_gradient_is_the_analytic_elbo_gradient(name):
 
   def single_draw_objective(p, key):
     eps = jax.random.normal(key, (1, BATCH, LATENT_DIM), x.dtype)
-    return jnp.sum(
-        estimators.batch_bound(estimator, encode_fn, log_likelihood_fn, p, x, eps)
-    )
+    return jnp.sum(estimators.batch_bound(estimator, encode_fn, log_likelihood_fn, p, x, eps))
 
   num_draws = 40_000
   keys = jax.random.split(jax.random.key(7), num_draws)
-  grads = jax.jit(jax.vmap(jax.grad(single_draw_objective), in_axes=(None, 0)))(
-      params, keys
-  )
+  grads = jax.jit(jax.vmap(jax.grad(single_draw_objective), in_axes=(None, 0)))(params, keys)
   exact = jax.grad(lambda p: jnp.sum(analytic_elbo(p, x)))(params)
   num_components = sum(leaf.size for leaf in jax.tree_util.tree_leaves(params))
   z = z_score(num_components)
@@ -147,8 +141,8 @@ def test_mean_reparameterised_gradient_is_the_analytic_elbo_gradient(name):
 def test_gaussian_weight_log_prior_matches_scipy():
   rng = np.random.default_rng(8)
   params = random_params(rng)
-  leaves = np.concatenate([np.ravel(l) for l in jax.tree_util.tree_leaves(params)])
+  leaves = np.concatenate([np.ravel(leaf) for leaf in jax.tree_util.tree_leaves(params)])
   expected = stats.norm.logpdf(leaves, scale=2.0).sum()
   np.testing.assert_allclose(
-      estimators.gaussian_weight_log_prior(params, stddev=2.0), expected, rtol=1e-10
+    estimators.gaussian_weight_log_prior(params, stddev=2.0), expected, rtol=1e-10
   )

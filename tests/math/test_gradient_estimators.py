@@ -8,18 +8,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from linear_gaussian import (
-    LATENT_DIM,
-    analytic_elbo,
-    data,
-    encode_fn,
-    exact_posterior_params,
-    log_likelihood_fn,
-    log_marginal_jax,
-    random_params,
-    z_score,
+  LATENT_DIM,
+  analytic_elbo,
+  data,
+  encode_fn,
+  exact_posterior_params,
+  log_likelihood_fn,
+  log_marginal_jax,
+  random_params,
+  z_score,
 )
+
 from vae_jax.math import estimators
 
 ENCODER = ("enc_A", "enc_a", "enc_logvar")
@@ -38,7 +38,7 @@ def draw_gradients(name, params, x, num_draws, num_samples=1, seed=0):
   def one_draw(key):
     eps = jax.random.normal(key, (num_samples, x.shape[0], LATENT_DIM), x.dtype)
     _, grads = estimators.per_example_gradients(
-        estimators.ESTIMATORS[name], encode_fn, log_likelihood_fn, params, x, eps
+      estimators.ESTIMATORS[name], encode_fn, log_likelihood_fn, params, x, eps
     )
     return jax.tree_util.tree_map(lambda g: g.sum(0), grads)
 

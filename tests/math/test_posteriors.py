@@ -13,31 +13,29 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from linear_gaussian import (
+  LATENT_DIM,
+  data,
+  encode_fn,
+  log_likelihood_fn,
+  random_params,
+  z_score,
+)
 from scipy import special, stats
 
-from linear_gaussian import (
-    LATENT_DIM,
-    data,
-    encode_fn,
-    log_likelihood_fn,
-    random_params,
-    z_score,
-)
-from vae_jax.errors import ConfigError
-from vae_jax.math import distributions
-from vae_jax.math import estimators
-from vae_jax.math import posteriors
 from vae_jax import training
+from vae_jax.errors import ConfigError
+from vae_jax.math import distributions, estimators, posteriors
 
 DOF = 10.0  # > 4, so that the sample variance has a finite variance
 FAMILIES = ("gaussian", "laplace", "logistic", "student_t", "gumbel", "johnson_su")
 SCIPY = {
-    "gaussian": stats.norm(),
-    "laplace": stats.laplace(),
-    "logistic": stats.logistic(),
-    "student_t": stats.t(DOF),
-    "gumbel": stats.gumbel_r(),
-    "johnson_su": stats.johnsonsu(0.0, 1.0),
+  "gaussian": stats.norm(),
+  "laplace": stats.laplace(),
+  "logistic": stats.logistic(),
+  "student_t": stats.t(DOF),
+  "gumbel": stats.gumbel_r(),
+  "johnson_su": stats.johnsonsu(0.0, 1.0),
 }
 LOC, SCALE, NUM_DRAWS = 0.3, 1.5, 200_000
 
@@ -85,12 +83,13 @@ def test_reparameterisation_gradient_of_a_square_is_unbiased():
   for name in FAMILIES:
     family = _family(name)
     eps = family.sample_noise(jax.random.key(2), (NUM_DRAWS,), jnp.float32)
-    per_draw = jax.vmap(jax.grad(
-        lambda loc, lv, e: jnp.square(distributions.reparameterize(loc, lv, e)), (0, 1)),
-        in_axes=(None, None, 0))(LOC, logvar, eps)
+    per_draw = jax.vmap(
+      jax.grad(lambda loc, lv, e: jnp.square(distributions.reparameterize(loc, lv, e)), (0, 1)),
+      in_axes=(None, None, 0),
+    )(LOC, logvar, eps)
     m, v = family.noise_mean, family.noise_variance
     exact = (2.0 * (LOC + SCALE * m), SCALE / 2.0 * (2.0 * (LOC + SCALE * m) * m + 2.0 * SCALE * v))
-    for draws, target in zip(per_draw, exact):
+    for draws, target in zip(per_draw, exact, strict=False):
       draws = np.asarray(draws, np.float64)
       se = draws.std() / math.sqrt(NUM_DRAWS)
       assert abs(draws.mean() - target) < z_crit * se, (name, draws.mean(), target)
@@ -104,14 +103,20 @@ def test_estimators_use_the_family_density(estimator):
   family = _family("laplace")
   eps = family.sample_noise(jax.random.key(4), (2, x.shape[0], LATENT_DIM), jnp.float32)
   got = estimators.batch_bound(
-      functools.partial(estimators.ESTIMATORS[estimator], log_q=family.log_prob),
-      encode_fn, log_likelihood_fn, params, x, eps)
+    functools.partial(estimators.ESTIMATORS[estimator], log_q=family.log_prob),
+    encode_fn,
+    log_likelihood_fn,
+    params,
+    x,
+    eps,
+  )
   mean, logvar = jax.vmap(encode_fn, in_axes=(None, 0))(params, x)
   z = distributions.reparameterize(mean, logvar, eps)
   log_px = jax.vmap(jax.vmap(log_likelihood_fn, (None, 0, 0)), (None, None, 0))(params, x, z)
   scale = np.exp(0.5 * np.asarray(logvar))
-  log_q = np.sum(stats.laplace.logpdf((np.asarray(z) - np.asarray(mean)) / scale)
-                 - np.log(scale), axis=-1)
+  log_q = np.sum(
+    stats.laplace.logpdf((np.asarray(z) - np.asarray(mean)) / scale) - np.log(scale), axis=-1
+  )
   log_w = np.asarray(log_px + distributions.standard_normal_log_prob(z)) - log_q
   expected = log_w.mean(0) if estimator == "A" else special.logsumexp(log_w, 0) - math.log(2)
   np.testing.assert_allclose(got, expected, rtol=1e-5)
@@ -120,20 +125,27 @@ def test_estimators_use_the_family_density(estimator):
 def test_default_noise_is_the_gaussian_draw_of_before():
   key = jax.random.key(5)
   np.testing.assert_array_equal(
-      posteriors.GAUSSIAN.sample_noise(key, (3, 4, 2), jnp.result_type(float)),
-      jax.random.normal(key, (3, 4, 2)))
+    posteriors.GAUSSIAN.sample_noise(key, (3, 4, 2), jnp.result_type(float)),
+    jax.random.normal(key, (3, 4, 2)),
+  )
 
 
 @pytest.mark.parametrize(
-    "kwargs, parameter, message",
-    [
-        ({"posterior": "laplace"}, "posterior", r"Estimator B .* 'laplace' posterior lacks"),
-        ({"posterior": "gumbel", "estimator": "A", "algorithm": "wake_sleep"}, "posterior",
-         r"'gumbel' posterior cannot be trained by wake-sleep"),
-        ({"posterior": "cauchy"}, "posterior", r"Unknown posterior 'cauchy'"),
-        ({"posterior": "student_t", "estimator": "A", "student_t_dof": 0.0}, "student_t_dof",
-         r"student_t_dof must be > 0"),
-    ],
+  "kwargs, parameter, message",
+  [
+    ({"posterior": "laplace"}, "posterior", r"Estimator B .* 'laplace' posterior lacks"),
+    (
+      {"posterior": "gumbel", "estimator": "A", "algorithm": "wake_sleep"},
+      "posterior",
+      r"'gumbel' posterior cannot be trained by wake-sleep",
+    ),
+    ({"posterior": "cauchy"}, "posterior", r"Unknown posterior 'cauchy'"),
+    (
+      {"posterior": "student_t", "estimator": "A", "student_t_dof": 0.0},
+      "student_t_dof",
+      r"student_t_dof must be > 0",
+    ),
+  ],
 )
 def test_bad_posterior_is_named(kwargs, parameter, message):
   # The library names its own parameter; the runner maps it to a flag.

@@ -31,8 +31,11 @@ def test_paper_initialisation_is_normal_with_stddev_0_01():
 def test_flax_initialisation_has_zero_biases():
   model = vae_jax.make_vae(10, 2, hidden_sizes=(8,), init="flax")
   params = vae_jax.init_params(model, jax.random.key(0))
-  biases = [leaf for path, leaf in jax.tree_util.tree_leaves_with_path(params)
-            if "bias" in jax.tree_util.keystr(path)]
+  biases = [
+    leaf
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params)
+    if "bias" in jax.tree_util.keystr(path)
+  ]
   assert biases and all(np.all(b == 0) for b in biases)
 
 
@@ -70,11 +73,12 @@ def test_gaussian_decoder_sigmoid_mean_and_variance_floor():
 
 
 @pytest.mark.parametrize("min_variance, sigmoid_mean", [(0.0, True), (0.5, False)])
-def test_gaussian_log_likelihood_matches_scipy_on_the_decoders_outputs(
-    min_variance, sigmoid_mean):
+def test_gaussian_log_likelihood_matches_scipy_on_the_decoders_outputs(min_variance, sigmoid_mean):
   settings = {
-      "likelihood": "gaussian", "hidden_sizes": (16,), "init": "flax",
-      "sigmoid_mean": sigmoid_mean,
+    "likelihood": "gaussian",
+    "hidden_sizes": (16,),
+    "init": "flax",
+    "sigmoid_mean": sigmoid_mean,
   }
   model = vae_jax.make_vae(6, 3, min_variance=min_variance, **settings)
   # The same networks without the floor give the raw log-variance; min_variance adds no parameters.
@@ -96,7 +100,8 @@ def test_gaussian_log_likelihood_matches_scipy_on_the_decoders_outputs(
   np.testing.assert_allclose(logvar, np.log(variance), rtol=1e-5, atol=1e-5)
 
   expected = stats.norm.logpdf(
-      np.asarray(x, np.float64), np.asarray(mean, np.float64), np.sqrt(variance)).sum(-1)
+    np.asarray(x, np.float64), np.asarray(mean, np.float64), np.sqrt(variance)
+  ).sum(-1)
   actual = model.apply(params, x, z, method=models.VAE.log_likelihood)
   assert actual.shape == (3, 4)
   np.testing.assert_allclose(actual, expected, rtol=1e-5)
@@ -117,17 +122,17 @@ def test_model_properties():
 
 
 @pytest.mark.parametrize(
-    "kwargs, message",
-    [
-        ({"likelihood": "poisson"}, "Unknown likelihood 'poisson'"),
-        ({"activation": "swish9"}, "Unknown activation"),
-        ({"init": "xavier"}, "Unknown init"),
-        ({"hidden_sizes": ()}, "hidden_sizes"),
-        ({"hidden_sizes": (0,)}, "hidden_sizes"),
-        ({"likelihood": "categorical"}, "num_categories is required"),
-        ({"num_categories": 4}, "num_categories is required"),
-        ({"min_variance": -1.0, "likelihood": "gaussian"}, "min_variance"),
-    ],
+  "kwargs, message",
+  [
+    ({"likelihood": "poisson"}, "Unknown likelihood 'poisson'"),
+    ({"activation": "swish9"}, "Unknown activation"),
+    ({"init": "xavier"}, "Unknown init"),
+    ({"hidden_sizes": ()}, "hidden_sizes"),
+    ({"hidden_sizes": (0,)}, "hidden_sizes"),
+    ({"likelihood": "categorical"}, "num_categories is required"),
+    ({"num_categories": 4}, "num_categories is required"),
+    ({"min_variance": -1.0, "likelihood": "gaussian"}, "min_variance"),
+  ],
 )
 def test_make_vae_rejects_bad_arguments(kwargs, message):
   with pytest.raises(ValueError, match=message):

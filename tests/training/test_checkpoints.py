@@ -15,7 +15,7 @@ import numpy as np
 import optax
 import pytest
 
-from vae_jax.training.checkpoints import CheckpointMismatchError, Checkpointer
+from vae_jax.training.checkpoints import Checkpointer, CheckpointMismatchError
 
 
 def _train_state(seed: int) -> dict:
@@ -27,21 +27,21 @@ def _train_state(seed: int) -> dict:
   weights[1, 0] = np.float32(1e-45)  # subnormal
   weights[1, 1] = np.frombuffer(np.uint32(0x7FC00123).tobytes(), np.float32)[0]
   params = {
-      "encoder": {"w": jnp.asarray(weights), "b": jnp.asarray(rng.random(3))},
-      "decoder": {
-          "w": jnp.asarray(rng.random((3, 5)), jnp.bfloat16),
-          "counts": jnp.asarray(rng.integers(-100, 100, 4), jnp.int8),
-      },
+    "encoder": {"w": jnp.asarray(weights), "b": jnp.asarray(rng.random(3))},
+    "decoder": {
+      "w": jnp.asarray(rng.random((3, 5)), jnp.bfloat16),
+      "counts": jnp.asarray(rng.integers(-100, 100, 4), jnp.int8),
+    },
   }
   optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(1e-3))
   opt_state = optimizer.init(params)
   opt_state = jax.tree.map(lambda x: x + seed, opt_state)
   return {
-      "params": params,
-      "opt_state": opt_state,
-      "step": 1000 + seed,
-      "key_data": jax.random.key_data(jax.random.key(seed + 7)),
-      "host_array": rng.random(2),
+    "params": params,
+    "opt_state": opt_state,
+    "step": 1000 + seed,
+    "key_data": jax.random.key_data(jax.random.key(seed + 7)),
+    "host_array": rng.random(2),
   }
 
 
@@ -52,7 +52,7 @@ def _leaf_bytes(leaf) -> tuple:
 
 def _assert_bitwise_equal(actual, expected) -> None:
   assert jax.tree.structure(actual) == jax.tree.structure(expected)
-  for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected)):
+  for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected), strict=False):
     assert _leaf_bytes(a) == _leaf_bytes(e)
 
 
@@ -70,10 +70,8 @@ def test_restore_is_bitwise_exact(tmp_path):
 def test_restore_from_abstract_template(tmp_path):
   state = _train_state(seed=0)
   abstract = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype)
-      if isinstance(x, jax.Array)
-      else x,
-      state,
+    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype) if isinstance(x, jax.Array) else x,
+    state,
   )
   with Checkpointer(tmp_path) as checkpointer:
     checkpointer.save(1, state)
@@ -85,12 +83,8 @@ def test_restore_selects_step(tmp_path):
   with Checkpointer(tmp_path) as checkpointer:
     for step in (1, 2, 3):
       checkpointer.save(step, _train_state(seed=step))
-    _assert_bitwise_equal(
-        checkpointer.restore(_train_state(0), step=2), _train_state(seed=2)
-    )
-    _assert_bitwise_equal(
-        checkpointer.restore(_train_state(0)), _train_state(seed=3)
-    )
+    _assert_bitwise_equal(checkpointer.restore(_train_state(0), step=2), _train_state(seed=2))
+    _assert_bitwise_equal(checkpointer.restore(_train_state(0)), _train_state(seed=3))
 
 
 def test_max_to_keep_deletes_oldest(tmp_path):
@@ -140,17 +134,19 @@ def test_mismatched_template_names_every_difference(tmp_path):
   message = str(error.value)
   assert "params/encoder/w: checkpoint has float32[5,3], template has" in message
   assert "params/decoder/w: checkpoint has bfloat16[3,5]" in message
-  assert "params/decoder/counts: in the checkpoint but not in the template" in (
-      message
-  )
+  assert "params/decoder/counts: in the checkpoint but not in the template" in (message)
   assert "params/extra: in the template but not in the checkpoint" in message
 
 
-@pytest.mark.parametrize("make_key", [
+@pytest.mark.parametrize(
+  "make_key",
+  [
     lambda: jax.random.key(0),
     lambda: jax.random.split(jax.random.key(1), 3),
     lambda: jax.random.key(2, impl="rbg"),
-], ids=["scalar", "batch", "rbg"])
+  ],
+  ids=["scalar", "batch", "rbg"],
+)
 def test_typed_keys_are_rejected_with_a_pointer_to_key_data(tmp_path, make_key):
   key = make_key()
   state = {"params": {"w": jnp.ones(2)}, "rng": {"key": key}}
@@ -210,10 +206,10 @@ def test_kill_just_before_commit_keeps_previous_checkpoint(tmp_path):
   script.write_text(_KILLED_SAVE_CHILD)
   directory = tmp_path / "checkpoints"
   child = subprocess.run(
-      [sys.executable, str(script), str(directory)],
-      capture_output=True,
-      text=True,
-      timeout=120,
+    [sys.executable, str(script), str(directory)],
+    capture_output=True,
+    text=True,
+    timeout=120,
   )
   assert child.returncode == -signal.SIGKILL, child.stderr
   assert sorted(os.listdir(directory)) == ["1", "2.orbax-checkpoint-tmp"]
@@ -226,9 +222,7 @@ def test_kill_just_before_commit_keeps_previous_checkpoint(tmp_path):
     # The resumed run can save the lost step again.
     assert checkpointer.save(2, {"x": jnp.full(4, 3.0)})
     assert checkpointer.all_steps() == [1, 2]
-    np.testing.assert_array_equal(
-        checkpointer.restore({"x": jnp.zeros(4)})["x"], np.full(4, 3.0)
-    )
+    np.testing.assert_array_equal(checkpointer.restore({"x": jnp.zeros(4)})["x"], np.full(4, 3.0))
   assert "2.orbax-checkpoint-tmp" not in os.listdir(directory)
 
 
@@ -252,9 +246,9 @@ def test_kill_during_save_loop_leaves_a_restorable_latest(tmp_path):
   script.write_text(_SAVE_FOREVER_CHILD)
   directory = tmp_path / "checkpoints"
   child = subprocess.Popen(
-      [sys.executable, str(script), str(directory)],
-      stdout=subprocess.PIPE,
-      text=True,
+    [sys.executable, str(script), str(directory)],
+    stdout=subprocess.PIPE,
+    text=True,
   )
   try:
     assert child.stdout.readline().strip() == "1"
@@ -281,7 +275,6 @@ def test_orbax_info_logs_are_silenced(tmp_path):
   records = []
 
   class Collect(logging.Handler):
-
     def emit(self, record):
       records.append(record)
 
@@ -297,8 +290,5 @@ def test_orbax_info_logs_are_silenced(tmp_path):
     absl_logger.removeHandler(handler)
     absl_logger.setLevel(old_level)
   assert absl_logger.filters == old_filters
-  orbax_info = [
-      r for r in records
-      if "orbax" in r.pathname and r.levelno < logging.WARNING
-  ]
+  orbax_info = [r for r in records if "orbax" in r.pathname and r.levelno < logging.WARNING]
   assert not orbax_info, [r.getMessage() for r in orbax_info[:3]]

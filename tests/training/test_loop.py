@@ -24,17 +24,37 @@ def _grow(state):
 
 
 def _plan(num_epochs, evaluate_at=lambda epoch: epoch % 2 == 0):
-  return LoopPlan(num_epochs=num_epochs, steps_per_epoch=STEPS_PER_EPOCH,
-                  batch_size=BATCH_SIZE, evaluate_at=evaluate_at)
+  return LoopPlan(
+    num_epochs=num_epochs,
+    steps_per_epoch=STEPS_PER_EPOCH,
+    batch_size=BATCH_SIZE,
+    evaluate_at=evaluate_at,
+  )
 
 
-def _train(workdir, num_epochs=5, score=None, epoch=_grow, settings=None, hooks=(),
-           evaluate_at=lambda epoch: epoch % 2 == 0, setting_defaults=None):
+def _train(
+  workdir,
+  num_epochs=5,
+  score=None,
+  epoch=_grow,
+  settings=None,
+  hooks=(),
+  evaluate_at=lambda epoch: epoch % 2 == 0,
+  setting_defaults=None,
+):
   score = score or (lambda state, epoch, outputs: {"x": float(state["x"])})
   return run_dir.train_in_directory(
-      str(workdir), settings if settings is not None else {"rate": 1.5, "sizes": (8, 4)},
-      {"x": jnp.zeros(())}, epoch, (), score, _plan(num_epochs, evaluate_at), hooks=hooks,
-      setting_defaults=setting_defaults, log=lambda _: None)
+    str(workdir),
+    settings if settings is not None else {"rate": 1.5, "sizes": (8, 4)},
+    {"x": jnp.zeros(())},
+    epoch,
+    (),
+    score,
+    _plan(num_epochs, evaluate_at),
+    hooks=hooks,
+    setting_defaults=setting_defaults,
+    log=lambda _: None,
+  )
 
 
 def test_an_interrupted_run_resumes_to_the_same_end(tmp_path):
@@ -46,6 +66,7 @@ def test_an_interrupted_run_resumes_to_the_same_end(tmp_path):
       if epoch == fail_at:
         raise TrainingDivergedError("stop")
       return {"x": float(state["x"]), "outputs": float(sum(map(float, outputs)))}
+
     return evaluate
 
   straight_state, straight = _train(tmp_path / "straight", score=score(None))
@@ -57,8 +78,8 @@ def test_an_interrupted_run_resumes_to_the_same_end(tmp_path):
   assert [(r["epoch"], r["step"]) for r in straight] == [(0, 0), (2, 6), (4, 12), (5, 15)]
   assert [r["samples_seen"] for r in straight] == [0, 60, 120, 150]
   strip = lambda records: [  # noqa: E731
-      {k: v for k, v in r.items() if k not in ("seconds", "examples_per_second")}
-      for r in records]
+    {k: v for k, v in r.items() if k not in ("seconds", "examples_per_second")} for r in records
+  ]
   assert strip(resumed) == strip(straight)
   assert float(resumed_state["x"]) == float(straight_state["x"])
   assert read_metrics(tmp_path / "stopped" / "metrics.jsonl") == resumed
@@ -79,10 +100,18 @@ def test_a_setting_added_later_reads_as_its_default(tmp_path):
   default given for it, and not when it is set otherwise."""
   _train(tmp_path, num_epochs=1, settings={"part": {"old": 1}})
   with pytest.raises(run_dir.RunSettingsMismatchError, match="part.new: saved True, now False"):
-    _train(tmp_path, num_epochs=2, settings={"part": {"old": 1, "new": False}},
-           setting_defaults={"part": {"new": True}})
-  state, records = _train(tmp_path, num_epochs=2, settings={"part": {"old": 1, "new": True}},
-                          setting_defaults={"part": {"new": True}})
+    _train(
+      tmp_path,
+      num_epochs=2,
+      settings={"part": {"old": 1, "new": False}},
+      setting_defaults={"part": {"new": True}},
+    )
+  state, records = _train(
+    tmp_path,
+    num_epochs=2,
+    settings={"part": {"old": 1, "new": True}},
+    setting_defaults={"part": {"new": True}},
+  )
   assert float(state["x"]) == 2.5 and [r["epoch"] for r in records] == [0, 1, 2]
 
 
@@ -90,8 +119,10 @@ def test_a_non_finite_score_is_neither_recorded_nor_checkpointed(tmp_path):
   def score(state, epoch, outputs):
     return {"test_bound": float("nan") if epoch == 4 else -float(state["x"])}
 
-  with pytest.raises(TrainingDivergedError,
-                     match=r"evaluated value \['test_bound'\] became nan in epoch 4(.|\n)*step 6"):
+  with pytest.raises(
+    TrainingDivergedError,
+    match=r"evaluated value \['test_bound'\] became nan in epoch 4(.|\n)*step 6",
+  ):
     _train(tmp_path, num_epochs=10, score=score)
   assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [0, 6]
   with Checkpointer(str(tmp_path / "checkpoints")) as checkpointer:

@@ -14,25 +14,25 @@ from tensorboardX.record_writer import masked_crc32c
 
 from vae_jax.training import metrics
 from vae_jax.training.metrics import (
-    METRICS_FILENAME,
-    JsonlWriter,
-    MetricWriter,
-    TensorBoardWriter,
-    read_metrics,
+  METRICS_FILENAME,
+  JsonlWriter,
+  MetricWriter,
+  TensorBoardWriter,
+  read_metrics,
 )
 
 
 def test_write_converts_scalars_and_flushes_each_line(tmp_path):
   with JsonlWriter(tmp_path) as writer:
     writer.write(
-        np.int64(10),
-        {
-            "train_bound": jnp.float32(-101.5),
-            "samples_seen": jnp.asarray(1000, jnp.int32),
-            "lr": np.float64(1e-3),
-            "test_bound": None,
-            "diverged": math.nan,
-        },
+      np.int64(10),
+      {
+        "train_bound": jnp.float32(-101.5),
+        "samples_seen": jnp.asarray(1000, jnp.int32),
+        "lr": np.float64(1e-3),
+        "test_bound": None,
+        "diverged": math.nan,
+      },
     )
     # Readable before close: the line was flushed.
     lines = (tmp_path / METRICS_FILENAME).read_text().splitlines()
@@ -40,11 +40,11 @@ def test_write_converts_scalars_and_flushes_each_line(tmp_path):
   record = json.loads(lines[0])
   assert math.isnan(record.pop("diverged"))
   assert record == {
-      "step": 10,
-      "train_bound": -101.5,
-      "samples_seen": 1000,
-      "lr": 1e-3,
-      "test_bound": None,
+    "step": 10,
+    "train_bound": -101.5,
+    "samples_seen": 1000,
+    "lr": 1e-3,
+    "test_bound": None,
   }
   assert isinstance(record["samples_seen"], int)
 
@@ -87,9 +87,9 @@ def test_resumed_writer_drops_partial_line_and_later_steps(tmp_path):
     writer.write(300, {"a": -1.0})
   records = read_metrics(path)
   assert [(r["step"], r["a"]) for r in records] == [
-      (100, 100.0),
-      (200, 200.0),
-      (300, -1.0),
+    (100, 100.0),
+    (200, 200.0),
+    (300, -1.0),
   ]
   # Without resume_step, only the partial line goes.
   with open(path, "a") as f:
@@ -108,11 +108,11 @@ def _read_events(path) -> list[event_pb2.Event]:
   data = path.read_bytes()
   events, offset = [], 0
   while offset < len(data):
-    header = data[offset:offset + 8]
+    header = data[offset : offset + 8]
     (length,) = struct.unpack("<Q", header)
-    (header_crc,) = struct.unpack("<I", data[offset + 8:offset + 12])
-    payload = data[offset + 12:offset + 12 + length]
-    (payload_crc,) = struct.unpack("<I", data[offset + 12 + length:offset + 16 + length])
+    (header_crc,) = struct.unpack("<I", data[offset + 8 : offset + 12])
+    payload = data[offset + 12 : offset + 12 + length]
+    (payload_crc,) = struct.unpack("<I", data[offset + 12 + length : offset + 16 + length])
     assert header_crc == masked_crc32c(header)
     assert payload_crc == masked_crc32c(payload)
     events.append(event_pb2.Event.FromString(payload))
@@ -121,25 +121,28 @@ def _read_events(path) -> list[event_pb2.Event]:
 
 
 def _scalars_by_step(events) -> list[tuple[int, dict[str, float]]]:
-  return [(event.step, {value.tag: value.simple_value for value in event.summary.value})
-          for event in events if event.HasField("summary")]
+  return [
+    (event.step, {value.tag: value.simple_value for value in event.summary.value})
+    for event in events
+    if event.HasField("summary")
+  ]
 
 
 def test_tensorboard_writer_writes_numbers_as_scalars_by_tag_and_step(tmp_path):
   with TensorBoardWriter(tmp_path) as writer:
     writer.write(
-        np.int64(10),
-        {
-            "train_bound": jnp.float32(-101.5),
-            "samples_seen": jnp.asarray(1000, jnp.int32),
-            "lr": np.float64(1e-3),
-            "test_bound": None,
-            "dataset": "mnist",
-            "converged": True,
-            "flag": np.bool_(False),
-            "diverged": math.nan,
-            "overflow": -math.inf,
-        },
+      np.int64(10),
+      {
+        "train_bound": jnp.float32(-101.5),
+        "samples_seen": jnp.asarray(1000, jnp.int32),
+        "lr": np.float64(1e-3),
+        "test_bound": None,
+        "dataset": "mnist",
+        "converged": True,
+        "flag": np.bool_(False),
+        "diverged": math.nan,
+        "overflow": -math.inf,
+      },
     )
     writer.write(20, {"train_bound": -99.25, "samples_seen": 2000})
     # Readable before close: each write was flushed.
@@ -151,8 +154,12 @@ def test_tensorboard_writer_writes_numbers_as_scalars_by_tag_and_step(tmp_path):
   assert step == 10
   assert math.isnan(first.pop("diverged"))
   # simple_value is a float32.
-  assert first == {"train_bound": -101.5, "samples_seen": 1000.0,
-                   "lr": float(np.float32(1e-3)), "overflow": -math.inf}
+  assert first == {
+    "train_bound": -101.5,
+    "samples_seen": 1000.0,
+    "lr": float(np.float32(1e-3)),
+    "overflow": -math.inf,
+  }
   assert second == (20, {"train_bound": -99.25, "samples_seen": 2000.0})
   assert len(events) == 3
 
@@ -180,7 +187,10 @@ def test_resumed_tensorboard_writer_purges_later_steps_in_a_new_file(tmp_path):
   assert start.session_log.status == event_pb2.SessionLog.START
   assert _scalars_by_step([resumed]) == [(300, {"a": -1.0})]
   assert _scalars_by_step(_read_events(tmp_path / first_path)) == [
-      (100, {"a": 100.0}), (200, {"a": 200.0}), (300, {"a": 300.0})]
+    (100, {"a": 100.0}),
+    (200, {"a": 200.0}),
+    (300, {"a": 300.0}),
+  ]
 
 
 @pytest.mark.parametrize("writer_class", [JsonlWriter, TensorBoardWriter])
@@ -206,8 +216,9 @@ with metrics.TensorBoardWriter({str(tmp_path)!r}) as writer:
   writer.write(1, {{"bound": -100.0}})
 print(sorted(name for name in sys.modules if name.split(".")[0] == "tensorflow"))
 """
-  result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          check=True, timeout=60)
+  result = subprocess.run(
+    [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
+  )
   assert result.stdout.strip() == "[]"
   [path] = tmp_path.glob("events.out.tfevents.*")
   assert _scalars_by_step(_read_events(path)) == [(1, {"bound": -100.0})]

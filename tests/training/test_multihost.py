@@ -18,17 +18,21 @@ from pathlib import Path
 import chex
 import pytest
 
-from vae_jax import data
+from vae_jax import data, training
 from vae_jax.models import vae as models
-from vae_jax import training
 from vae_jax.training.checkpoints import Checkpointer
 from vae_jax.training.metrics import read_metrics
 
 REPO = Path(__file__).resolve().parents[2]
 NUM_PROCESSES = 2
 DEADLINE_SECONDS = 240
-DIGITS_FLAGS = ["--dataset=digits", "--latent_dim=2", "--hidden_sizes=8", "--batch_size=100",
-                "--eval_every=1"]
+DIGITS_FLAGS = [
+  "--dataset=digits",
+  "--latent_dim=2",
+  "--hidden_sizes=8",
+  "--batch_size=100",
+  "--eval_every=1",
+]
 
 LIBRARY_SCRIPT = """
 import re, sys
@@ -52,7 +56,8 @@ hlo = epoch.as_text()
 assert "num_partitions=4" in hlo, "the program does not span the 4 global devices"
 # The gradients are summed over the one mesh axis of 4 devices; the groups'
 # spelling differs between XLA versions.
-groups = r"replica_groups=(mesh\\['axis_0'=4[^]]*\\] \\{'axis_0'\\}|\\{\\{0,1,2,3\\}\\}|\\[1,4\\]<=\\[4\\])"
+groups = (r"replica_groups=(mesh\\['axis_0'=4[^]]*\\] \\{'axis_0'\\}"
+          r"|\\{\\{0,1,2,3\\}\\}|\\[1,4\\]<=\\[4\\])")
 assert re.search(r"all-reduce\\(.*" + groups, hlo), "no all-reduce over the 4 devices"
 for _ in range(3):
   state, bounds = epoch(state, data)
@@ -84,28 +89,29 @@ def _launch(commands: list[list[str]], logdir: Path) -> list[tuple[int, str]]:
   A process that fails ends the others (which would otherwise wait for it in
   a collective); past the deadline all are killed and the test fails.
   """
-  env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2")
   logs = [logdir / f"process_{i}.log" for i in range(len(commands))]
   processes = []
-  for command, log in zip(commands, logs):
+  for command, log in zip(commands, logs, strict=False):
     with open(log, "w") as out:
-      processes.append(subprocess.Popen(
-          command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT))
+      processes.append(
+        subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+      )
   deadline = time.monotonic() + DEADLINE_SECONDS
   try:
     while any(p.poll() is None for p in processes):
       failed = any(p.poll() not in (None, 0) for p in processes)
       assert not failed and time.monotonic() < deadline, (
-          "a process failed or the deadline passed:\n"
-          + "\n".join(f"--- {log.name}\n{log.read_text()[-3000:]}" for log in logs))
+        "a process failed or the deadline passed:\n"
+        + "\n".join(f"--- {log.name}\n{log.read_text()[-3000:]}" for log in logs)
+      )
       time.sleep(0.1)
   finally:
     for p in processes:
       if p.poll() is None:
         p.kill()
         p.wait()
-  return [(p.returncode, log.read_text()) for p, log in zip(processes, logs)]
+  return [(p.returncode, log.read_text()) for p, log in zip(processes, logs, strict=False)]
 
 
 def _assert_all_succeeded(results: list[tuple[int, str]]) -> None:
@@ -116,9 +122,8 @@ def _assert_all_succeeded(results: list[tuple[int, str]]) -> None:
 def test_two_processes_train_like_one_device(tmp_path):
   address = f"localhost:{_free_port()}"
   results = _launch(
-      [[sys.executable, "-c", LIBRARY_SCRIPT, address, str(i)]
-       for i in range(NUM_PROCESSES)],
-      tmp_path,
+    [[sys.executable, "-c", LIBRARY_SCRIPT, address, str(i)] for i in range(NUM_PROCESSES)],
+    tmp_path,
   )
   _assert_all_succeeded(results)
   assert "multihost == single" in results[0][1]
@@ -127,13 +132,20 @@ def test_two_processes_train_like_one_device(tmp_path):
 def _train_on_two_processes(workdir: Path, num_epochs: int, logdir: Path) -> list[str]:
   """`python -m experiments.train` on tiny digits settings; each process's output."""
   address = f"localhost:{_free_port()}"
-  flags = [*DIGITS_FLAGS, "--num_devices=0", f"--num_epochs={num_epochs}",
-           f"--workdir={workdir}", f"--coordinator_address={address}",
-           f"--num_processes={NUM_PROCESSES}"]
+  flags = [
+    *DIGITS_FLAGS,
+    "--num_devices=0",
+    f"--num_epochs={num_epochs}",
+    f"--workdir={workdir}",
+    f"--coordinator_address={address}",
+    f"--num_processes={NUM_PROCESSES}",
+  ]
   results = _launch(
-      [[sys.executable, "-m", "experiments.train", *flags, f"--process_id={i}"]
-       for i in range(NUM_PROCESSES)],
-      logdir,
+    [
+      [sys.executable, "-m", "experiments.train", *flags, f"--process_id={i}"]
+      for i in range(NUM_PROCESSES)
+    ],
+    logdir,
   )
   _assert_all_succeeded(results)
   return [output for _, output in results]
@@ -142,12 +154,18 @@ def _train_on_two_processes(workdir: Path, num_epochs: int, logdir: Path) -> lis
 def _train_on_one_device(workdir: Path, num_epochs: int) -> training.TrainState:
   """In this process, the run `DIGITS_FLAGS` describe, on one device."""
   dataset = data.load_dataset("digits")
-  model = models.make_vae(dataset.train.shape[1], 2, likelihood=dataset.likelihood,
-                          hidden_sizes=(8,))
+  model = models.make_vae(
+    dataset.train.shape[1], 2, likelihood=dataset.likelihood, hidden_sizes=(8,)
+  )
   run = training.RunConfig(str(workdir), num_epochs=num_epochs)
   return training.train_and_evaluate(
-      model, training.TrainConfig(batch_size=100), run, dataset.train, dataset.test,
-      log=lambda line: None)
+    model,
+    training.TrainConfig(batch_size=100),
+    run,
+    dataset.train,
+    dataset.test,
+    log=lambda line: None,
+  )
 
 
 @pytest.mark.slow  # ~60 s; the library path is tested by default above
@@ -174,19 +192,27 @@ def test_runner_on_two_processes_resumes_a_run_and_logs_once(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "flags, message",
-    [
-        (["--process_id=0"], "--num_processes and --process_id need --coordinator_address"),
-        (["--coordinator_address=localhost:1234", "--num_processes=2", "--process_id=2"],
-         "--process_id=2 must be < --num_processes=2"),
-        (["--coordinator_address=localhost", "--num_processes=2", "--process_id=0"],
-         "--coordinator_address must be host:port"),
-    ],
+  "flags, message",
+  [
+    (["--process_id=0"], "--num_processes and --process_id need --coordinator_address"),
+    (
+      ["--coordinator_address=localhost:1234", "--num_processes=2", "--process_id=2"],
+      "--process_id=2 must be < --num_processes=2",
+    ),
+    (
+      ["--coordinator_address=localhost", "--num_processes=2", "--process_id=0"],
+      "--coordinator_address must be host:port",
+    ),
+  ],
 )
 def test_inconsistent_multiprocess_flags_fail_naming_the_flag(tmp_path, flags, message):
   result = subprocess.run(
-      [sys.executable, "-m", "experiments.train", *flags, f"--workdir={tmp_path}"],
-      cwd=REPO, capture_output=True, text=True, timeout=120)
+    [sys.executable, "-m", "experiments.train", *flags, f"--workdir={tmp_path}"],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert result.returncode != 0
   assert message in result.stderr, result.stderr[-2000:]
   assert not any(tmp_path.iterdir()), "the run started"

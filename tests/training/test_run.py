@@ -27,14 +27,12 @@ def _data():
 
 def _run(workdir, num_epochs, config=None, latent_dim=2, data=None, **run_kwargs):
   model = models.make_vae(DATA_DIM, latent_dim, hidden_sizes=(8,))
-  config = config or training.TrainConfig(
-      batch_size=50, optimizer="adam", learning_rate=1e-2
-  )
+  config = config or training.TrainConfig(batch_size=50, optimizer="adam", learning_rate=1e-2)
   run = training.RunConfig(str(workdir), num_epochs=num_epochs, **run_kwargs)
   train, test = data or _data()
   figures = RunFigures(model, test, (4, 4), str(workdir), jax.random.key(2), log=lambda _: None)
   return training.train_and_evaluate(
-      model, config, run, train, test, hooks=[figures], log=lambda line: None
+    model, config, run, train, test, hooks=[figures], log=lambda line: None
   )
 
 
@@ -54,8 +52,7 @@ def test_run_writes_metrics_checkpoints_and_figures(tmp_path):
   # evaluation key (seed + 1).
   assert [("test_log_likelihood" in r) for r in records] == [False, False, True]
   model = models.make_vae(DATA_DIM, 2, hidden_sizes=(8,))
-  estimate = training.make_evaluate(model, "iwae", 50)(
-      state.params, _data()[1], jax.random.key(1))
+  estimate = training.make_evaluate(model, "iwae", 50)(state.params, _data()[1], jax.random.key(1))
   assert np.isclose(records[-1]["test_log_likelihood"], training.mean_nats(estimate))
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["0", "12", "24"]
   for figure in ("samples", "reconstructions", "learning_curve", "manifold"):
@@ -84,7 +81,9 @@ def test_no_manifold_figure_unless_latent_space_is_2d(tmp_path):
 def test_divergence_stops_with_a_clear_error_and_keeps_the_last_checkpoint(tmp_path):
   _run(tmp_path, num_epochs=1)
   exploding = training.TrainConfig(batch_size=50, optimizer="sgd", learning_rate=1e30)
-  with pytest.raises(ValueError, match=r"other settings(.|\n)*train.learning_rate: saved 0.01, now 1e\+30"):
+  with pytest.raises(
+    ValueError, match=r"other settings(.|\n)*train.learning_rate: saved 0.01, now 1e\+30"
+  ):
     _run(tmp_path, num_epochs=3, config=exploding)
   fresh = tmp_path / "fresh"
   with pytest.raises(training.TrainingDivergedError, match="last good checkpoint"):
@@ -95,18 +94,22 @@ def test_divergence_stops_with_a_clear_error_and_keeps_the_last_checkpoint(tmp_p
 def test_a_run_saved_before_a_setting_existed_resumes_with_its_default(tmp_path):
   model = models.make_vae(DATA_DIM, 2, hidden_sizes=(8,))
   run_dir.check_run_settings(
-      str(tmp_path), training.describe(model, training.TrainConfig(), 0), write=True)
+    str(tmp_path), training.describe(model, training.TrainConfig(), 0), write=True
+  )
   path = tmp_path / "run_config.json"
   saved = json.loads(path.read_text())
   del saved["train"]["adam_epsilon"], saved["train"]["learning_rate_schedule"]
   del saved["train"]["kl_weight"]
   path.write_text(json.dumps(saved))
   run_dir.check_run_settings(
-      str(tmp_path), training.describe(model, training.TrainConfig(), 0), write=True)
+    str(tmp_path), training.describe(model, training.TrainConfig(), 0), write=True
+  )
   with pytest.raises(ValueError, match="train.adam_epsilon: saved 1e-08, now 0.0001"):
     run_dir.check_run_settings(
-        str(tmp_path),
-        training.describe(model, training.TrainConfig(adam_epsilon=1e-4), 0), write=True)
+      str(tmp_path),
+      training.describe(model, training.TrainConfig(adam_epsilon=1e-4), 0),
+      write=True,
+    )
 
 
 def test_bad_training_data_is_named(tmp_path):
@@ -115,8 +118,11 @@ def test_bad_training_data_is_named(tmp_path):
   test = test * 255
   with pytest.raises(ValueError, match=r"test_data: Bernoulli targets must lie in \[0, 1\]"):
     training.train_and_evaluate(
-        model, training.TrainConfig(batch_size=50), training.RunConfig(str(tmp_path), 1),
-        train, test,
+      model,
+      training.TrainConfig(batch_size=50),
+      training.RunConfig(str(tmp_path), 1),
+      train,
+      test,
     )
 
 
@@ -124,20 +130,26 @@ def test_multi_run_logs_each_run_and_its_first_run_is_the_single_run(tmp_path):
   single = _run(tmp_path / "single", num_epochs=2)
   multi = _run(tmp_path / "multi", num_epochs=2, num_runs=2)
   chex.assert_trees_all_close(
-      single.params, jax.tree_util.tree_map(lambda a: a[0], multi.params), rtol=1e-5, atol=1e-6)
+    single.params, jax.tree_util.tree_map(lambda a: a[0], multi.params), rtol=1e-5, atol=1e-6
+  )
   last_single = read_metrics(tmp_path / "single" / "metrics.jsonl")[-1]
   last_multi = read_metrics(tmp_path / "multi" / "metrics.jsonl")[-1]
   assert np.isclose(last_multi["test_bound_run0"], last_single["test_bound"], rtol=1e-5)
   assert last_multi["test_bound_run1"] != last_multi["test_bound_run0"]
-  assert np.isclose(last_multi["test_bound"],
-                    (last_multi["test_bound_run0"] + last_multi["test_bound_run1"]) / 2)
+  assert np.isclose(
+    last_multi["test_bound"], (last_multi["test_bound_run0"] + last_multi["test_bound_run1"]) / 2
+  )
   assert (tmp_path / "multi" / "samples.png").exists()
 
 
 def test_learning_rate_sweep_orders_its_runs_rate_major_and_records_the_rates(tmp_path):
   run = training.RunConfig("unused", 1, seed=3, num_runs=2, learning_rates=(0.01, 0.05))
-  assert run.runs == [{"seed": 3, "learning_rate": 0.01}, {"seed": 4, "learning_rate": 0.01},
-                      {"seed": 3, "learning_rate": 0.05}, {"seed": 4, "learning_rate": 0.05}]
+  assert run.runs == [
+    {"seed": 3, "learning_rate": 0.01},
+    {"seed": 4, "learning_rate": 0.01},
+    {"seed": 3, "learning_rate": 0.05},
+    {"seed": 4, "learning_rate": 0.05},
+  ]
   assert run.multi_run and training.RunConfig("unused", 1, learning_rates=(0.1,)).multi_run
   sweep = _run(tmp_path / "sweep", num_epochs=1, seed=3, num_runs=2, learning_rates=(0.01, 0.05))
   # Run 2 is seed 3 at rate 0.05 (the config's 0.01 unused): the single run with those
@@ -145,17 +157,18 @@ def test_learning_rate_sweep_orders_its_runs_rate_major_and_records_the_rates(tm
   single_config = training.TrainConfig(batch_size=50, optimizer="adam", learning_rate=0.05)
   single = _run(tmp_path / "single", num_epochs=1, config=single_config, seed=3)
   chex.assert_trees_all_close(
-      single.params, jax.tree_util.tree_map(lambda a: a[2], sweep.params), rtol=1e-5, atol=1e-6)
+    single.params, jax.tree_util.tree_map(lambda a: a[2], sweep.params), rtol=1e-5, atol=1e-6
+  )
   last_sweep = read_metrics(tmp_path / "sweep" / "metrics.jsonl")[-1]
   last_single = read_metrics(tmp_path / "single" / "metrics.jsonl")[-1]
   assert np.isclose(last_sweep["test_bound_run2"], last_single["test_bound"], rtol=1e-5)
   settings = json.loads((tmp_path / "sweep" / "run_config.json").read_text())
   assert settings["learning_rates"] == [0.01, 0.05] and settings["num_runs"] == 2
-  with pytest.raises(training.RunSettingsMismatchError,
-                     match=r"learning_rates: saved \[0.01, 0.05\], now \[0.01, 0.1\]"):
+  with pytest.raises(
+    training.RunSettingsMismatchError,
+    match=r"learning_rates: saved \[0.01, 0.05\], now \[0.01, 0.1\]",
+  ):
     _run(tmp_path / "sweep", num_epochs=2, seed=3, num_runs=2, learning_rates=(0.01, 0.1))
-
-
 
 
 def test_the_reported_bounds_are_those_of_the_training_and_test_sets(tmp_path):

@@ -47,8 +47,9 @@ print("sharded == single")
 
 def test_four_device_data_parallel_epochs_match_one_device():
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
-  result = subprocess.run([sys.executable, "-c", SCRIPT], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=300)
+  result = subprocess.run(
+    [sys.executable, "-c", SCRIPT], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   assert "sharded == single" in result.stdout
 
@@ -97,7 +98,13 @@ print("split runs == one device")
 
 def test_runs_split_over_four_devices_train_and_resume_as_on_one(tmp_path):
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
-  result = subprocess.run([sys.executable, "-c", RUNS_SCRIPT, str(tmp_path)], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=300)
+  result = subprocess.run(
+    [sys.executable, "-c", RUNS_SCRIPT, str(tmp_path)],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   assert "split runs == one device" in result.stdout

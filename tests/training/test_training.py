@@ -16,11 +16,11 @@ from vae_jax.math import estimators
 from vae_jax.training.epoch import epoch_batches, make_epoch, make_train_epoch, make_train_step
 from vae_jax.training.evaluation import make_evaluate, mean_nats
 from vae_jax.training.state import (
-    TrainConfig,
-    init_train_state,
-    init_train_states,
-    iwae_learning_rate,
-    make_optimizer,
+  TrainConfig,
+  init_train_state,
+  init_train_states,
+  iwae_learning_rate,
+  make_optimizer,
 )
 
 DATA_DIM, LATENT_DIM = 10, 2
@@ -37,7 +37,7 @@ def _setup(**config_kwargs):
 @pytest.mark.parametrize("dynamic_binarization", [False, True])
 def test_scanned_epoch_equals_a_python_loop_of_train_steps(dynamic_binarization):
   model, config, state, data = _setup(
-      optimizer="adam", learning_rate=1e-2, dynamic_binarization=dynamic_binarization
+    optimizer="adam", learning_rate=1e-2, dynamic_binarization=dynamic_binarization
   )
   # The documented recipe: split the state's key, shuffle, binarise, then one
   # step per whole minibatch (43 // 8 = 5; the last 3 examples sit out).
@@ -47,7 +47,8 @@ def test_scanned_epoch_equals_a_python_loop_of_train_steps(dynamic_binarization)
     batches = binarize(binarize_key, batches)
   step = jax.jit(make_train_step(model, config, 43))
   loop_state, loop_bounds = state, []
-  for batch, batch_key in zip(batches.reshape(5, 8, DATA_DIM), jax.random.split(step_key, 5)):
+  steps = zip(batches.reshape(5, 8, DATA_DIM), jax.random.split(step_key, 5), strict=True)
+  for batch, batch_key in steps:
     loop_state, bound = step(loop_state, batch, batch_key)
     loop_bounds.append(bound)
   # The epoch donates its input state, so it runs last.
@@ -75,10 +76,11 @@ def test_sgd_step_with_weight_prior_follows_the_map_objective_gradient():
   new_state, _ = make_train_step(model, config, num_train)(state, batch, key)
   elbo = vae_jax.make_elbo(model, config.estimator, config.num_samples)
   # Eq. 8 / N: the batch's mean bound plus 1 / N of log p(theta).
-  objective = lambda p: (elbo(p, batch, key).mean()
-                         + estimators.gaussian_weight_log_prior(p) / num_train)
+  objective = lambda p: (
+    elbo(p, batch, key).mean() + estimators.gaussian_weight_log_prior(p) / num_train
+  )
   expected = optax.apply_updates(
-      state.params, jax.tree_util.tree_map(lambda g: 0.1 * g, jax.grad(objective)(state.params))
+    state.params, jax.tree_util.tree_map(lambda g: 0.1 * g, jax.grad(objective)(state.params))
   )
   chex.assert_trees_all_close(new_state.params, expected, rtol=1e-5, atol=1e-7)
   # Without the prior the update differs by exactly the prior's gradient share.
@@ -86,8 +88,10 @@ def test_sgd_step_with_weight_prior_follows_the_map_objective_gradient():
   plain, _ = make_train_step(model, no_prior, num_train)(state, batch, key)
   decay = jax.tree_util.tree_map(lambda a, b: a - b, new_state.params, plain.params)
   chex.assert_trees_all_close(
-      decay, jax.tree_util.tree_map(lambda w: -0.1 * w / num_train, state.params),
-      rtol=1e-3, atol=1e-9,
+    decay,
+    jax.tree_util.tree_map(lambda w: -0.1 * w / num_train, state.params),
+    rtol=1e-3,
+    atol=1e-9,
   )
 
 
@@ -125,8 +129,13 @@ def test_iwae_schedule_gives_the_published_rate_in_every_stage():
 
 def test_scheduled_adam_uses_the_stage_rate_and_epsilon():
   # num_train = 2 M: two steps per epoch, so stage 1 starts at the third step.
-  config = TrainConfig(batch_size=4, optimizer="adam", learning_rate=0.1,
-                       learning_rate_schedule="iwae", adam_epsilon=1e-2)
+  config = TrainConfig(
+    batch_size=4,
+    optimizer="adam",
+    learning_rate=0.1,
+    learning_rate_schedule="iwae",
+    adam_epsilon=1e-2,
+  )
   optimizer = make_optimizer(config, num_train=8)
   grads = {"w": jnp.array([1e-2, -3e-2])}
   opt_state = optimizer.init(grads)
@@ -140,7 +149,9 @@ def test_scheduled_adam_uses_the_stage_rate_and_epsilon():
 
 def test_a_schedule_without_the_training_set_size_is_an_error():
   config = TrainConfig(optimizer="adam", learning_rate_schedule="iwae")
-  with pytest.raises(ValueError, match="learning_rate_schedule='iwae' counts epochs: pass num_train"):
+  with pytest.raises(
+    ValueError, match="learning_rate_schedule='iwae' counts epochs: pass num_train"
+  ):
     make_optimizer(config)
 
 
@@ -150,14 +161,14 @@ def test_evaluate_scores_every_example_once_whatever_the_batch_size():
   elbo = vae_jax.make_elbo(model, "A", 1)
   full = make_evaluate(model, "A", 1, batch_size=43)(state.params, data, key)
   assert full.shape == (43,)
-  np.testing.assert_allclose(full, elbo(state.params, data, jax.random.split(key, 1)[0]),
-                             rtol=1e-5)
+  np.testing.assert_allclose(full, elbo(state.params, data, jax.random.split(key, 1)[0]), rtol=1e-5)
   # Another batching draws other noise: check the padded evaluation against
   # per-batch evaluation done by hand.
   batched = make_evaluate(model, "A", 1, batch_size=10)(state.params, data, key)
   keys = jax.random.split(key, 5)
   padded = jnp.concatenate([data, data[:7]]).reshape(5, 10, DATA_DIM)
-  by_hand = jnp.concatenate([elbo(state.params, b, k) for b, k in zip(padded, keys)])[:43]
+  by_hand = jnp.concatenate([elbo(state.params, b, k) for b, k in zip(padded, keys, strict=True)])
+  by_hand = by_hand[:43]
   np.testing.assert_allclose(batched, by_hand, rtol=1e-5)
   small = make_evaluate(model, "A", 1, batch_size=1000)(state.params, data, key)
   np.testing.assert_allclose(small, full, rtol=1e-6)
@@ -166,17 +177,17 @@ def test_evaluate_scores_every_example_once_whatever_the_batch_size():
 
 
 @pytest.mark.parametrize(
-    "kwargs, message",
-    [
-        ({"optimizer": "rmsprop"}, "Unknown optimizer 'rmsprop'"),
-        ({"algorithm": "em"}, "Unknown algorithm 'em'"),
-        ({"batch_size": 0}, "batch_size"),
-        ({"num_samples": 0}, "num_samples"),
-        ({"learning_rate": 0.0}, "learning_rate"),
-        ({"adagrad_initial_accumulator": -1.0}, "adagrad_initial_accumulator"),
-        ({"learning_rate_schedule": "cosine"}, "Unknown learning_rate_schedule 'cosine'"),
-        ({"adam_epsilon": 0.0}, "adam_epsilon must be > 0, got 0.0"),
-    ],
+  "kwargs, message",
+  [
+    ({"optimizer": "rmsprop"}, "Unknown optimizer 'rmsprop'"),
+    ({"algorithm": "em"}, "Unknown algorithm 'em'"),
+    ({"batch_size": 0}, "batch_size"),
+    ({"num_samples": 0}, "num_samples"),
+    ({"learning_rate": 0.0}, "learning_rate"),
+    ({"adagrad_initial_accumulator": -1.0}, "adagrad_initial_accumulator"),
+    ({"learning_rate_schedule": "cosine"}, "Unknown learning_rate_schedule 'cosine'"),
+    ({"adam_epsilon": 0.0}, "adam_epsilon must be > 0, got 0.0"),
+  ],
 )
 def test_bad_train_config_is_named(kwargs, message):
   with pytest.raises(ValueError, match=message):
@@ -193,22 +204,23 @@ def test_batch_larger_than_training_set_is_an_error():
 def test_learning_rate_sweep_trains_each_run_as_the_single_run_at_its_rate(optimizer, schedule):
   model, _, _, data = _setup()
   config = TrainConfig(
-      batch_size=8, optimizer=optimizer, learning_rate=0.3, learning_rate_schedule=schedule)
+    batch_size=8, optimizer=optimizer, learning_rate=0.3, learning_rate_schedule=schedule
+  )
   keys = jax.random.split(jax.random.key(7), 2)
   rates = [0.02, 0.1]  # in place of config's 0.3
   states = init_train_states(model, config, keys, 43)
   sweep = make_train_epoch(model, config, 43, multi_run=True, learning_rates=rates)
   for _ in range(2):  # with the IWAE schedule the second epoch is its stage 1
     states, _ = sweep(states, data)
-  for i, (key, rate) in enumerate(zip(keys, rates)):
+  for i, (key, rate) in enumerate(zip(keys, rates, strict=False)):
     single_config = dataclasses.replace(config, learning_rate=rate)
     state = init_train_state(model, single_config, key, 43)
     epoch = make_train_epoch(model, single_config, 43)
     for _ in range(2):
       state, _ = epoch(state, data)
     chex.assert_trees_all_close(
-        state.params, jax.tree_util.tree_map(lambda a: a[i], states.params),
-        rtol=1e-6, atol=1e-7)
+      state.params, jax.tree_util.tree_map(lambda a, i=i: a[i], states.params), rtol=1e-6, atol=1e-7
+    )
 
 
 def test_learning_rate_sweep_needs_one_positive_rate_per_run():
@@ -242,6 +254,7 @@ def test_multi_run_epoch_trains_each_run_as_if_alone():
     for _ in range(2):
       state, _ = single_epoch(state, data)
     chex.assert_trees_all_close(
-        state.params, jax.tree_util.tree_map(lambda a: a[i], states.params), rtol=1e-5, atol=1e-6)
+      state.params, jax.tree_util.tree_map(lambda a, i=i: a[i], states.params), rtol=1e-5, atol=1e-6
+    )
     score = mean_nats(make_evaluate(model)(state.params, data, jax.random.key(8)))
     assert np.isclose(score, scores[i], rtol=1e-5)

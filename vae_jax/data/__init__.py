@@ -13,31 +13,31 @@ nor from the array files that `export_arrays` writes (`arrays_dir=`).
 
 from vae_jax.data.errors import DataError
 from vae_jax.data.loading import (
-    ARRAYS_DIR_ENV,
-    DATA_DIR_ENV,
-    DATASETS,
-    Dataset,
-    DatasetSpec,
-    dataset_spec,
-    export_arrays,
-    load_dataset,
-    resplit,
+  ARRAYS_DIR_ENV,
+  DATA_DIR_ENV,
+  DATASETS,
+  Dataset,
+  DatasetSpec,
+  dataset_spec,
+  export_arrays,
+  load_dataset,
+  resplit,
 )
 from vae_jax.data.tfds_prepare import MANUAL_DIR_ENV
 from vae_jax.data.transforms import binarize, quantize
 
 __all__ = [
-    "ARRAYS_DIR_ENV",
-    "DATASETS",
-    "DATA_DIR_ENV",
-    "MANUAL_DIR_ENV",
-    "DataError",
-    "Dataset",
-    "DatasetSpec",
-    "dataset_spec",
-    "binarize",
-    "export_arrays",
-    "load_dataset",
-    "quantize",
-    "resplit",
+  "ARRAYS_DIR_ENV",
+  "DATASETS",
+  "DATA_DIR_ENV",
+  "MANUAL_DIR_ENV",
+  "DataError",
+  "Dataset",
+  "DatasetSpec",
+  "dataset_spec",
+  "binarize",
+  "export_arrays",
+  "load_dataset",
+  "quantize",
+  "resplit",
 ]

@@ -70,8 +70,8 @@ def read_frames(path: epath.PathLike) -> np.ndarray:
   height, width, _ = IMAGE_SHAPE
   if ff.shape != (height * width, NUM_FRAMES) or ff.dtype != np.uint8:
     raise ValueError(
-        f"{path}: expected 'ff' uint8 of shape {(height * width, NUM_FRAMES)}, "
-        f"got {ff.dtype} of shape {ff.shape}."
+      f"{path}: expected 'ff' uint8 of shape {(height * width, NUM_FRAMES)}, "
+      f"got {ff.dtype} of shape {ff.shape}."
     )
   return ff.T.reshape(NUM_FRAMES, height, width)
 
@@ -81,7 +81,7 @@ class FreyFace(tfds.core.GeneratorBasedBuilder):
 
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES: ClassVar[dict[str, str]] = {
-      "1.0.0": f"Train: frames 0..{NUM_TRAIN - 1}; test: the last {NUM_TEST}.",
+    "1.0.0": f"Train: frames 0..{NUM_TRAIN - 1}; test: the last {NUM_TEST}.",
   }
   MANUAL_DOWNLOAD_INSTRUCTIONS = f"""\
   Place `{FILENAME}` ({_SIZE} bytes, sha256 {_SHA256}), downloaded from
@@ -91,36 +91,38 @@ class FreyFace(tfds.core.GeneratorBasedBuilder):
   # check ships with the package without package-data configuration. TFDS's
   # DownloadManager verifies both downloads and manually placed files with it.
   url_infos: ClassVar[dict[str, checksums.UrlInfo]] = {
-      URL: checksums.UrlInfo(size=_SIZE, checksum=_SHA256, filename=FILENAME),
+    URL: checksums.UrlInfo(size=_SIZE, checksum=_SHA256, filename=FILENAME),
   }
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
-        builder=self,
-        description=(
-            "1965 greyscale 28x20 frames of Brendan Frey's face from a video; "
-            f"the last {NUM_TEST} frames are the test split."
-        ),
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(shape=IMAGE_SHAPE),
-            "frame": tfds.features.Scalar(dtype=np.int32),
-        }),
-        disable_shuffling=True,
-        homepage="https://cs.nyu.edu/~roweis/data.html",
-        citation=_CITATION,
+      builder=self,
+      description=(
+        "1965 greyscale 28x20 frames of Brendan Frey's face from a video; "
+        f"the last {NUM_TEST} frames are the test split."
+      ),
+      features=tfds.features.FeaturesDict(
+        {
+          "image": tfds.features.Image(shape=IMAGE_SHAPE),
+          "frame": tfds.features.Scalar(dtype=np.int32),
+        }
+      ),
+      disable_shuffling=True,
+      homepage="https://cs.nyu.edu/~roweis/data.html",
+      citation=_CITATION,
     )
 
   def _split_generators(
-      self, dl_manager: tfds.download.DownloadManager
+    self, dl_manager: tfds.download.DownloadManager
   ) -> dict[str, Iterator[tuple[int, dict[str, Any]]]]:
     path = dl_manager.download(URL)
     return {
-        "train": self._generate_examples(path, range(NUM_TRAIN)),
-        "test": self._generate_examples(path, range(NUM_TRAIN, NUM_FRAMES)),
+      "train": self._generate_examples(path, range(NUM_TRAIN)),
+      "test": self._generate_examples(path, range(NUM_TRAIN, NUM_FRAMES)),
     }
 
   def _generate_examples(
-      self, path: epath.Path, frames: Sequence[int]
+    self, path: epath.Path, frames: Sequence[int]
   ) -> Iterator[tuple[int, dict[str, Any]]]:
     images = read_frames(path)
     for frame in frames:

@@ -102,17 +102,21 @@ class DatasetSpec:
 
 
 _MNIST_LIKE = DatasetSpec(
-    (28, 28), "bernoulli", {"train": 60_000, "test": 10_000}, 255.0, num_classes=10)
+  (28, 28), "bernoulli", {"train": 60_000, "test": 10_000}, 255.0, num_classes=10
+)
 _SPECS: dict[str, DatasetSpec] = {
-    "digits": DatasetSpec((8, 8), "bernoulli", {"train": 1500, "test": 297}, 16.0, num_classes=10),
-    "mnist": _MNIST_LIKE,
-    "fashion_mnist": _MNIST_LIKE,
-    "binarized_mnist": DatasetSpec(
-        (28, 28), "bernoulli",
-        {"train": 50_000, "validation": 10_000, "test": 10_000}, 1.0, binary=True,
-    ),
-    # Must agree with the split in `vae_jax.data.frey_face`.
-    "frey_face": DatasetSpec((28, 20), "gaussian", {"train": 1765, "test": 200}, 255.0),
+  "digits": DatasetSpec((8, 8), "bernoulli", {"train": 1500, "test": 297}, 16.0, num_classes=10),
+  "mnist": _MNIST_LIKE,
+  "fashion_mnist": _MNIST_LIKE,
+  "binarized_mnist": DatasetSpec(
+    (28, 28),
+    "bernoulli",
+    {"train": 50_000, "validation": 10_000, "test": 10_000},
+    1.0,
+    binary=True,
+  ),
+  # Must agree with the split in `vae_jax.data.frey_face`.
+  "frey_face": DatasetSpec((28, 20), "gaussian", {"train": 1765, "test": 200}, 255.0),
 }
 DATASETS: tuple[str, ...] = tuple(_SPECS)
 
@@ -123,17 +127,19 @@ def dataset_spec(name: str) -> DatasetSpec:
   if name not in _SPECS:
     raise DataError(f"Unknown data set {name!r}; valid names: {', '.join(DATASETS)}.")
   return _SPECS[name]
+
+
 _DIGITS_NUM_TRAIN = 1500
 
 
 def check_split(
-    x: np.ndarray,
-    *,
-    name: str,
-    split: str,
-    num_examples: int,
-    data_dim: int,
-    binary: bool = False,
+  x: np.ndarray,
+  *,
+  name: str,
+  split: str,
+  num_examples: int,
+  data_dim: int,
+  binary: bool = False,
 ) -> None:
   """Raises `DataError` unless x is [num_examples, data_dim] float32 in [0, 1].
 
@@ -148,9 +154,9 @@ def check_split(
   where = f"{name}[{split}]"
   if x.shape != (num_examples, data_dim) or x.dtype != np.float32:
     raise DataError(
-        f"{where}: expected float32 of shape {(num_examples, data_dim)}, got "
-        f"{x.dtype} of shape {x.shape}. The prepared data is not the expected "
-        "data set; delete it from the TFDS data_dir and prepare it again."
+      f"{where}: expected float32 of shape {(num_examples, data_dim)}, got "
+      f"{x.dtype} of shape {x.shape}. The prepared data is not the expected "
+      "data set; delete it from the TFDS data_dir and prepare it again."
     )
   if not np.all(np.isfinite(x)):
     raise DataError(f"{where}: {np.sum(~np.isfinite(x))} values are NaN or inf.")
@@ -162,17 +168,18 @@ def check_split(
 
 
 def check_labels(
-    labels: np.ndarray, *, name: str, split: str, num_examples: int, num_classes: int
+  labels: np.ndarray, *, name: str, split: str, num_examples: int, num_classes: int
 ) -> None:
   """Raises `DataError` unless labels are [num_examples] integers in [0, num_classes)."""
   where = f"{name}[{split}] labels"
   if labels.shape != (num_examples,) or not np.issubdtype(labels.dtype, np.integer):
     raise DataError(
-        f"{where}: expected {num_examples} integers, got {labels.dtype} of shape "
-        f"{labels.shape}.")
+      f"{where}: expected {num_examples} integers, got {labels.dtype} of shape {labels.shape}."
+    )
   if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
     raise DataError(
-        f"{where}: values span [{labels.min()}, {labels.max()}], expected [0, {num_classes}).")
+      f"{where}: values span [{labels.min()}, {labels.max()}], expected [0, {num_classes})."
+    )
 
 
 def _raw_digits() -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
@@ -187,10 +194,10 @@ def _raw_digits() -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
 
 
 def _raw_tfds(
-    name: str,
-    splits: tuple[str, ...],
-    data_dir: str | os.PathLike[str] | None,
-    manual_dir: str | os.PathLike[str] | None,
+  name: str,
+  splits: tuple[str, ...],
+  data_dir: str | os.PathLike[str] | None,
+  manual_dir: str | os.PathLike[str] | None,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
   """({split: [num_examples, height, width, 1] uint8}, {split: [num_examples]
   labels} for the data sets whose TFDS features have a "label") read from TFDS."""
@@ -203,8 +210,10 @@ def _raw_tfds(
     builder = tfds.builder(name, data_dir=data_dir)
   tfds_prepare.prepare(builder, manual_dir)
   examples = {split: tfds_prepare.read_split(builder, split) for split in splits}
-  return ({split: e["image"] for split, e in examples.items()},
-          {split: e["label"] for split, e in examples.items() if "label" in e})
+  return (
+    {split: e["image"] for split, e in examples.items()},
+    {split: e["label"] for split, e in examples.items() if "label" in e},
+  )
 
 
 def arrays_path(arrays_dir: str | os.PathLike[str], name: str) -> Path:
@@ -231,12 +240,17 @@ def export_arrays(dataset: Dataset, arrays_dir: str | os.PathLike[str]) -> Path:
   for split in spec.num_examples:
     x = getattr(dataset, split)
     levels = np.rint(np.asarray(x, np.float64) * spec.max_value)
-    if (x.dtype != np.float32 or levels.min() < 0 or levels.max() > 255
-        or not np.array_equal(levels.astype(np.float32) / np.float32(spec.max_value), x)):
+    if (
+      x.dtype != np.float32
+      or levels.min() < 0
+      or levels.max() > 255
+      or not np.array_equal(levels.astype(np.float32) / np.float32(spec.max_value), x)
+    ):
       raise DataError(
-          f"{dataset.name}[{split}]: only a data set as load_dataset returns it can be "
-          f"exported (float32 multiples of 1/{spec.max_value:g}); got {x.dtype} values "
-          "that are not.")
+        f"{dataset.name}[{split}]: only a data set as load_dataset returns it can be "
+        f"exported (float32 multiples of 1/{spec.max_value:g}); got {x.dtype} values "
+        "that are not."
+      )
     arrays[split] = levels.astype(np.uint8)
     if spec.num_classes:
       arrays[f"{split}_labels"] = getattr(dataset, f"{split}_labels")
@@ -247,16 +261,17 @@ def export_arrays(dataset: Dataset, arrays_dir: str | os.PathLike[str]) -> Path:
 
 
 def _raw_arrays(
-    name: str, splits: tuple[str, ...], labelled: bool, arrays_dir: str | os.PathLike[str]
+  name: str, splits: tuple[str, ...], labelled: bool, arrays_dir: str | os.PathLike[str]
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
   """({split: [num_examples, data_dim] uint8 levels}, {split: labels} if
   `labelled`) read from the file `export_arrays` wrote."""
   path = arrays_path(arrays_dir, name)
   if not path.is_file():
     raise DataError(
-        f"{name}: array file {path} not found. Write it with `python -m "
-        f"experiments.export_arrays --datasets={name} --arrays_dir={path.parent}` on a "
-        f"machine with TFDS, or load through TFDS (no arrays_dir / ${ARRAYS_DIR_ENV}).")
+      f"{name}: array file {path} not found. Write it with `python -m "
+      f"experiments.export_arrays --datasets={name} --arrays_dir={path.parent}` on a "
+      f"machine with TFDS, or load through TFDS (no arrays_dir / ${ARRAYS_DIR_ENV})."
+    )
   try:
     with np.load(path, allow_pickle=False) as contents:
       arrays = {key: contents[key] for key in contents.files}
@@ -266,18 +281,21 @@ def _raw_arrays(
   expected = [*splits, *label_keys]
   if str(arrays.get("name", "")) != name or not set(expected) <= set(arrays):
     raise DataError(
-        f"{name}: {path} holds {str(arrays.get('name', 'no data set'))!r} with "
-        f"{sorted(set(arrays) - {'name'})}, not {name!r} with {expected}; export it again.")
-  return ({split: arrays[split] for split in splits},
-          {split: arrays[key] for split, key in zip(splits, label_keys)})
+      f"{name}: {path} holds {str(arrays.get('name', 'no data set'))!r} with "
+      f"{sorted(set(arrays) - {'name'})}, not {name!r} with {expected}; export it again."
+    )
+  return (
+    {split: arrays[split] for split in splits},
+    {split: arrays[key] for split, key in zip(splits, label_keys, strict=False)},
+  )
 
 
 def load_dataset(
-    name: str,
-    *,
-    data_dir: str | os.PathLike[str] | None = None,
-    manual_dir: str | os.PathLike[str] | None = None,
-    arrays_dir: str | os.PathLike[str] | None = None,
+  name: str,
+  *,
+  data_dir: str | os.PathLike[str] | None = None,
+  manual_dir: str | os.PathLike[str] | None = None,
+  arrays_dir: str | os.PathLike[str] | None = None,
 ) -> Dataset:
   """Loads a data set by name, preparing it with TFDS first if needed.
 
@@ -312,33 +330,41 @@ def load_dataset(
   elif name == "digits":
     raw, raw_labels = _raw_digits()
   else:
-    raw, raw_labels = _raw_tfds(
-        name, splits, data_dir or os.environ.get(DATA_DIR_ENV), manual_dir)
+    raw, raw_labels = _raw_tfds(name, splits, data_dir or os.environ.get(DATA_DIR_ENV), manual_dir)
   data_dim = spec.image_shape[0] * spec.image_shape[1]
   arrays = {}
   for split in splits:
     x = raw[split].reshape(len(raw[split]), -1).astype(np.float32) / np.float32(spec.max_value)
     check_split(
-        x, name=name, split=split, num_examples=spec.num_examples[split],
-        data_dim=data_dim, binary=spec.binary,
+      x,
+      name=name,
+      split=split,
+      num_examples=spec.num_examples[split],
+      data_dim=data_dim,
+      binary=spec.binary,
     )
     arrays[split] = x
   labels = {}
   if spec.num_classes:
     for split in splits:
       labels[split] = np.asarray(raw_labels[split]).astype(np.int32)
-      check_labels(labels[split], name=name, split=split,
-                   num_examples=spec.num_examples[split], num_classes=spec.num_classes)
+      check_labels(
+        labels[split],
+        name=name,
+        split=split,
+        num_examples=spec.num_examples[split],
+        num_classes=spec.num_classes,
+      )
   return Dataset(
-      name=name,
-      train=arrays["train"],
-      test=arrays["test"],
-      image_shape=spec.image_shape,
-      likelihood=spec.likelihood,
-      validation=arrays.get("validation"),
-      train_labels=labels.get("train"),
-      test_labels=labels.get("test"),
-      num_classes=spec.num_classes,
+    name=name,
+    train=arrays["train"],
+    test=arrays["test"],
+    image_shape=spec.image_shape,
+    likelihood=spec.likelihood,
+    validation=arrays.get("validation"),
+    train_labels=labels.get("train"),
+    test_labels=labels.get("test"),
+    num_classes=spec.num_classes,
   )
 
 
@@ -367,5 +393,4 @@ def resplit(dataset: Dataset, seed: int) -> Dataset:
   if dataset.train_labels is not None:
     pooled_labels = np.concatenate([dataset.train_labels, dataset.test_labels])
     labels = dict(train_labels=pooled_labels[train_order], test_labels=pooled_labels[test_order])
-  return dataclasses.replace(
-      dataset, train=pooled[train_order], test=pooled[test_order], **labels)
+  return dataclasses.replace(dataset, train=pooled[train_order], test=pooled[test_order], **labels)

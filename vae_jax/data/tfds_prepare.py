@@ -21,6 +21,7 @@ belong to JAX.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import importlib.util
 import logging
@@ -52,29 +53,28 @@ def import_tfds() -> ModuleType:
   # only for Python < 3.9 (tensorflow/datasets#11212); without it the failure
   # surfaces deep inside `download_and_prepare`.
   for module, hint in (
-      ("tensorflow", "tensorflow-cpu"),
-      ("tensorflow_datasets", "tensorflow-datasets"),
-      ("importlib_resources", "importlib_resources"),
+    ("tensorflow", "tensorflow-cpu"),
+    ("tensorflow_datasets", "tensorflow-datasets"),
+    ("importlib_resources", "importlib_resources"),
   ):
     if importlib.util.find_spec(module) is None:
       raise DataError(
-          f"Loading TFDS data sets needs the Python package {module!r}; "
-          f"install it with `pip install {hint}`."
+        f"Loading TFDS data sets needs the Python package {module!r}; "
+        f"install it with `pip install {hint}`."
       )
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
   # TF would otherwise reserve most of GPU memory at its first op, leaving
   # none for JAX; TFDS only needs it for decoding on the CPU.
-  try:
+  # A RuntimeError: TF's devices are initialised already (by an earlier call or the caller).
+  with contextlib.suppress(RuntimeError):
     tf.config.set_visible_devices([], "GPU")
-  except RuntimeError:
-    pass  # TF's devices are initialised already (by an earlier call or the caller).
   return tfds
 
 
 def resolve_manual_dir(
-    name: str, manual_dir: str | os.PathLike[str] | None
+  name: str, manual_dir: str | os.PathLike[str] | None
 ) -> tuple[Path, str] | None:
   """Finds the raw-file directory of data set `name`.
 
@@ -99,20 +99,20 @@ def resolve_manual_dir(
   root = root.expanduser()
   if not root.is_dir():
     raise DataError(
-        f"{name}: manual directory {root} (from {origin}) does not exist. "
-        f"Point manual_dir= / ${MANUAL_DIR_ENV} at a directory holding the raw "
-        f"files of {name!r}, directly or in a '{name}/' subdirectory."
+      f"{name}: manual directory {root} (from {origin}) does not exist. "
+      f"Point manual_dir= / ${MANUAL_DIR_ENV} at a directory holding the raw "
+      f"files of {name!r}, directly or in a '{name}/' subdirectory."
     )
   subdir = root / name
   return (subdir if subdir.is_dir() else root), origin
 
 
 def stage_raw_files(
-    name: str,
-    url_infos: Mapping[str, Any],
-    manual_dir: Path,
-    origin: str,
-    staging_dir: Path,
+  name: str,
+  url_infos: Mapping[str, Any],
+  manual_dir: Path,
+  origin: str,
+  staging_dir: Path,
 ) -> Path:
   """Checks that every raw file is in `manual_dir`; gunzips `.gz` copies.
 
@@ -136,17 +136,16 @@ def stage_raw_files(
   """
   files = {info.filename: url for url, info in url_infos.items()}
   missing = [
-      f for f in files
-      if not (manual_dir / f).is_file() and not (manual_dir / f"{f}.gz").is_file()
+    f for f in files if not (manual_dir / f).is_file() and not (manual_dir / f"{f}.gz").is_file()
   ]
   if missing:
     listing = "\n".join(f"  {f}  (from {files[f]})" for f in sorted(missing))
     raise DataError(
-        f"{name}: raw files missing from manual directory {manual_dir} "
-        f"(from {origin}):\n{listing}\n"
-        f"Put them there (as downloaded, or gzip-compressed as <file>.gz), or "
-        f"point manual_dir= / ${MANUAL_DIR_ENV} at a directory that holds "
-        f"them, directly or in a '{name}/' subdirectory."
+      f"{name}: raw files missing from manual directory {manual_dir} "
+      f"(from {origin}):\n{listing}\n"
+      f"Put them there (as downloaded, or gzip-compressed as <file>.gz), or "
+      f"point manual_dir= / ${MANUAL_DIR_ENV} at a directory that holds "
+      f"them, directly or in a '{name}/' subdirectory."
     )
   if all((manual_dir / f).is_file() for f in files):
     return manual_dir
@@ -160,8 +159,8 @@ def stage_raw_files(
         shutil.copyfileobj(src, dst)
     except (OSError, EOFError, zlib.error) as e:
       raise DataError(
-          f"{name}: {source}.gz is corrupt or truncated, it cannot be "
-          f"decompressed ({e}). Replace it with an intact copy of {files[f]}."
+        f"{name}: {source}.gz is corrupt or truncated, it cannot be "
+        f"decompressed ({e}). Replace it with an intact copy of {files[f]}."
       ) from e
   return staging_dir
 
@@ -198,32 +197,28 @@ def prepare(builder: Any, manual_dir: str | os.PathLike[str] | None) -> None:
     else:
       staging = scratch / "manual"
       staging.mkdir()
-      tfds_manual_dir = stage_raw_files(
-          name, builder.url_infos, located[0], located[1], staging
-      )
+      tfds_manual_dir = stage_raw_files(name, builder.url_infos, located[0], located[1], staging)
       _log.info("Preparing %s in %s from %s.", name, builder.data_dir, located[0])
     config = tfds.download.DownloadConfig(
-        manual_dir=tfds_manual_dir,
-        force_checksums_validation=True,
-        try_download_gcs=False,
+      manual_dir=tfds_manual_dir,
+      force_checksums_validation=True,
+      try_download_gcs=False,
     )
     try:
-      builder.download_and_prepare(
-          download_dir=scratch / "downloads", download_config=config
-      )
+      builder.download_and_prepare(download_dir=scratch / "downloads", download_config=config)
     except NonMatchingChecksumError as e:
       raise DataError(
-          f"{name}: checksum mismatch, a raw file is corrupt or not the "
-          f"expected file. Replace it with an intact copy.\n{e}"
+        f"{name}: checksum mismatch, a raw file is corrupt or not the "
+        f"expected file. Replace it with an intact copy.\n{e}"
       ) from e
     except (OSError, tfds.download.DownloadError) as e:
       if located is not None:
         raise
       raise DataError(
-          f"{name}: not prepared in {builder.data_dir} and downloading the raw "
-          f"files failed ({e}). To prepare offline, pass manual_dir= or set "
-          f"${MANUAL_DIR_ENV} to a directory holding: "
-          + ", ".join(sorted(i.filename for i in builder.url_infos.values()))
+        f"{name}: not prepared in {builder.data_dir} and downloading the raw "
+        f"files failed ({e}). To prepare offline, pass manual_dir= or set "
+        f"${MANUAL_DIR_ENV} to a directory holding: "
+        + ", ".join(sorted(i.filename for i in builder.url_infos.values()))
       ) from e
 
 

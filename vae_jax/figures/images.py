@@ -23,27 +23,30 @@ def images(flat: np.ndarray, image_shape: tuple[int, int], model: VAE) -> np.nda
 
 
 def sample_images(
-    model: VAE, params: Any, key: jax.Array, num: int, image_shape: tuple[int, int]
+  model: VAE, params: Any, key: jax.Array, num: int, image_shape: tuple[int, int]
 ) -> np.ndarray:
   """[num, height, width]: decoder means E[x|z] at z ~ N(0, I), clipped to [0, 1]."""
   return images(sample(model, params, key, num), image_shape, model)
 
 
 def manifold_images(
-    model: VAE, params: Any, image_shape: tuple[int, int],
-    grid_size: int = MANIFOLD_GRID_SIZE,
+  model: VAE,
+  params: Any,
+  image_shape: tuple[int, int],
+  grid_size: int = MANIFOLD_GRID_SIZE,
 ) -> np.ndarray:
   """[grid_size**2, height, width]: decoder means over `plots.manifold_latents`
   (a model with J = 2), clipped to [0, 1]."""
-  grid = plots.manifold_grid(
-      lambda z: decode_mean(model, params, z), grid_size, image_shape)
+  grid = plots.manifold_grid(lambda z: decode_mean(model, params, z), grid_size, image_shape)
   return images(grid, image_shape, model)
 
 
 def reconstruction_images(
-    model: VAE, params: Any, x: np.ndarray, image_shape: tuple[int, int]
+  model: VAE, params: Any, x: np.ndarray, image_shape: tuple[int, int]
 ) -> tuple[np.ndarray, np.ndarray]:
   """(x, E[x | z = encoder mean of x]) as images [n, height, width] in [0, 1]."""
   mean, _ = encode(model, params, x)
-  return (images(x, image_shape, model),
-          images(decode_mean(model, params, mean), image_shape, model))
+  return (
+    images(x, image_shape, model),
+    images(decode_mean(model, params, mean), image_shape, model),
+  )

@@ -30,10 +30,7 @@ _MAX_WIDTH_INCHES = 12.0
 def _check_images(images: np.ndarray, name: str = "images") -> np.ndarray:
   images = np.asarray(images, dtype=np.float32)
   if images.ndim != 3 or images.shape[0] == 0:
-    raise ValueError(
-        f"{name} must have shape [n, height, width] with n > 0, got"
-        f" {images.shape}."
-    )
+    raise ValueError(f"{name} must have shape [n, height, width] with n > 0, got {images.shape}.")
   return images
 
 
@@ -51,8 +48,8 @@ def _tile(images: np.ndarray, ncols: int, pad: int) -> np.ndarray:
   n, height, width = images.shape
   nrows = math.ceil(n / ncols)
   canvas = np.ones(
-      (nrows * (height + pad) - pad, ncols * (width + pad) - pad),
-      dtype=np.float32,
+    (nrows * (height + pad) - pad, ncols * (width + pad) - pad),
+    dtype=np.float32,
   )
   for index, image in enumerate(images):
     row, col = divmod(index, ncols)
@@ -77,7 +74,7 @@ def _save(fig: Figure, path: str | os.PathLike[str], gray: bool = False) -> str:
 
 
 def _mosaic_figure(
-    canvases: Mapping[str, np.ndarray], ncols: int, title: str | None = None
+  canvases: Mapping[str, np.ndarray], ncols: int, title: str | None = None
 ) -> Figure:
   """A figure showing each canvas ([rows, cols] in [0, 1]) in gray, no ticks.
 
@@ -88,18 +85,14 @@ def _mosaic_figure(
   """
   # The panels split the figure's width (at most _MAX_WIDTH_INCHES) in
   # proportion to their canvases' widths, so that all are drawn at one scale.
-  width = min(
-      _MAX_WIDTH_INCHES, len(canvases) * max(4.0, _INCHES_PER_TILE * ncols)
-  )
+  width = min(_MAX_WIDTH_INCHES, len(canvases) * max(4.0, _INCHES_PER_TILE * ncols))
   widths = [canvas.shape[1] for canvas in canvases.values()]
   tallest = max(canvas.shape[0] for canvas in canvases.values())
   # 0.5 inch above the images for their titles, 0.4 more for a figure title.
   height = width * tallest / sum(widths) + 0.5 + (0.4 if title else 0.0)
   fig = Figure(figsize=(width, height), dpi=_DPI, layout="constrained")
-  axes = np.atleast_1d(
-      fig.subplots(1, len(canvases), gridspec_kw={"width_ratios": widths})
-  )
-  for ax, (panel, canvas) in zip(axes, canvases.items()):
+  axes = np.atleast_1d(fig.subplots(1, len(canvases), gridspec_kw={"width_ratios": widths}))
+  for ax, (panel, canvas) in zip(axes, canvases.items(), strict=False):
     # Values outside [0, 1] (e.g. Gaussian decoder means) saturate.
     ax.imshow(canvas, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
     ax.set_xticks([])
@@ -111,10 +104,10 @@ def _mosaic_figure(
 
 
 def plot_image_grids(
-    panels: Mapping[str, np.ndarray],
-    path: str | os.PathLike[str],
-    ncols: int = 10,
-    title: str | None = None,
+  panels: Mapping[str, np.ndarray],
+  path: str | os.PathLike[str],
+  ncols: int = 10,
+  title: str | None = None,
 ) -> str:
   """Writes one image grid per panel, side by side; returns `path`.
 
@@ -127,30 +120,28 @@ def plot_image_grids(
   """
   if not panels:
     raise ValueError("No panels to plot.")
-  panels = {
-      name: _check_images(images, f"panel {name!r}") for name, images in panels.items()
-  }
+  panels = {name: _check_images(images, f"panel {name!r}") for name, images in panels.items()}
   ncols = min(ncols, *(images.shape[0] for images in panels.values()))
   canvases = {name: _tile(images, ncols, pad=1) for name, images in panels.items()}
   return _save(_mosaic_figure(canvases, ncols, title), path, gray=True)
 
 
 def plot_image_grid(
-    images: np.ndarray,
-    path: str | os.PathLike[str],
-    ncols: int = 10,
-    title: str = "Samples from the generative model",
+  images: np.ndarray,
+  path: str | os.PathLike[str],
+  ncols: int = 10,
+  title: str = "Samples from the generative model",
 ) -> str:
   """Writes `images` ([n, height, width], in [0, 1]) as a grid; returns `path`."""
   return plot_image_grids({title: images}, path, ncols)
 
 
 def plot_reconstructions(
-    originals: np.ndarray,
-    reconstructions: np.ndarray,
-    path: str | os.PathLike[str],
-    ncols: int = 10,
-    title: str = "Data and reconstructions",
+  originals: np.ndarray,
+  reconstructions: np.ndarray,
+  path: str | os.PathLike[str],
+  ncols: int = 10,
+  title: str = "Data and reconstructions",
 ) -> str:
   """Writes originals above their reconstructions; returns `path`.
 
@@ -166,22 +157,18 @@ def plot_reconstructions(
   reconstructions = _check_images(reconstructions, "reconstructions")
   if originals.shape != reconstructions.shape:
     raise ValueError(
-        f"originals {originals.shape} and reconstructions"
-        f" {reconstructions.shape} must have the same shape."
+      f"originals {originals.shape} and reconstructions"
+      f" {reconstructions.shape} must have the same shape."
     )
   n, height, width = originals.shape
   ncols = min(ncols, n)
   num_blocks = math.ceil(n / ncols)
   blank = np.ones((num_blocks * ncols - n, height, width), np.float32)
-  originals = np.concatenate([originals, blank]).reshape(
-      num_blocks, ncols, height, width
-  )
+  originals = np.concatenate([originals, blank]).reshape(num_blocks, ncols, height, width)
   reconstructions = np.concatenate([reconstructions, blank]).reshape(
-      num_blocks, ncols, height, width
+    num_blocks, ncols, height, width
   )
-  interleaved = np.stack([originals, reconstructions], axis=1).reshape(
-      -1, height, width
-  )
+  interleaved = np.stack([originals, reconstructions], axis=1).reshape(-1, height, width)
   fig = _mosaic_figure({title: _tile(interleaved, ncols, pad=1)}, ncols)
   ax = fig.axes[0]
   row_centers = (np.arange(2 * num_blocks) * (height + 1)) + (height - 1) / 2
@@ -191,18 +178,16 @@ def plot_reconstructions(
   return _save(fig, path, gray=True)
 
 
-def _finite_points(
-    records: Sequence[Mapping[str, Any]], key: str
-) -> tuple[np.ndarray, np.ndarray]:
+def _finite_points(records: Sequence[Mapping[str, Any]], key: str) -> tuple[np.ndarray, np.ndarray]:
   """(samples_seen, records[key]) over records where both are plottable."""
   points = sorted(
-      (float(r["samples_seen"]), float(r[key]))
-      for r in records
-      if r.get(key) is not None
-      and r.get("samples_seen") is not None
-      and math.isfinite(r[key])
-      # A log axis cannot show the evaluation before any training.
-      and r["samples_seen"] > 0
+    (float(r["samples_seen"]), float(r[key]))
+    for r in records
+    if r.get(key) is not None
+    and r.get("samples_seen") is not None
+    and math.isfinite(r[key])
+    # A log axis cannot show the evaluation before any training.
+    and r["samples_seen"] > 0
   )
   return np.array([x for x, _ in points]), np.array([y for _, y in points])
 
@@ -210,9 +195,7 @@ def _finite_points(
 _BOUND_CURVES = (("train_bound", "train", "-"), ("test_bound", "test", "--"))
 
 
-def _draw_bound_curves(
-    ax, records, label: str = "", color=None, curves=_BOUND_CURVES
-) -> bool:
+def _draw_bound_curves(ax, records, label: str = "", color=None, curves=_BOUND_CURVES) -> bool:
   """Train (solid) and test (dashed) curves, by default the bounds, on `ax`;
   False if nothing drawn. curves: (record key, name, line style) triples."""
   plotted = False
@@ -237,8 +220,8 @@ def _bound_axes(ax, title: str, ylabel: str = _BOUND_LABEL) -> None:
 
 
 def learning_curve_figure(
-    records: Sequence[Mapping[str, Any]],
-    title: str = "Variational lower bound",
+  records: Sequence[Mapping[str, Any]],
+  title: str = "Variational lower bound",
 ) -> Figure:
   """Lower bound per example vs. training samples evaluated, log x-axis.
 
@@ -254,20 +237,17 @@ def learning_curve_figure(
   fig = Figure(figsize=(6.4, 4.8), dpi=_DPI, layout="constrained")
   ax = fig.add_subplot()
   if not _draw_bound_curves(ax, records):
-    raise ValueError(
-        "No record has samples_seen > 0 and a finite train_bound or"
-        " test_bound."
-    )
+    raise ValueError("No record has samples_seen > 0 and a finite train_bound or test_bound.")
   _bound_axes(ax, title)
   return fig
 
 
 def plot_bound_comparison(
-    panels: Mapping[str, Mapping[str, Sequence[Mapping[str, Any]]]],
-    path: str | os.PathLike[str],
-    title: str,
-    value: str = "bound",
-    ylabel: str = _BOUND_LABEL,
+  panels: Mapping[str, Mapping[str, Sequence[Mapping[str, Any]]]],
+  path: str | os.PathLike[str],
+  title: str,
+  value: str = "bound",
+  ylabel: str = _BOUND_LABEL,
 ) -> str:
   """The paper's Figs. 2 and 3 layout: one panel per setting, one colour per
   method, train (solid) and test (dashed).
@@ -286,8 +266,8 @@ def plot_bound_comparison(
   fig = Figure(figsize=(4.2 * len(panels), 4.2), dpi=_DPI, layout="constrained")
   axes = np.atleast_1d(fig.subplots(1, len(panels)))
   colors = [f"C{i}" for i in range(10)]
-  for ax, (panel, methods) in zip(axes, panels.items()):
-    for color, (method, records) in zip(colors, methods.items()):
+  for ax, (panel, methods) in zip(axes, panels.items(), strict=False):
+    for color, (method, records) in zip(colors, methods.items(), strict=False):
       _draw_bound_curves(ax, records, method, color, curves)
     _bound_axes(ax, panel, ylabel)
   fig.suptitle(title)
@@ -295,9 +275,9 @@ def plot_bound_comparison(
 
 
 def plot_learning_curve(
-    records: Sequence[Mapping[str, Any]],
-    path: str | os.PathLike[str],
-    title: str = "Variational lower bound",
+  records: Sequence[Mapping[str, Any]],
+  path: str | os.PathLike[str],
+  title: str = "Variational lower bound",
 ) -> str:
   """Writes `learning_curve_figure(records, title)` to `path`; returns it."""
   return _save(learning_curve_figure(records, title), path)
@@ -319,15 +299,16 @@ def manifold_latents(grid_size: int) -> jax.Array:
   # NumPy and the standard library's inverse CDF: eager JAX would compile
   # every operation of these few numbers (more than a second on a CPU).
   coordinates = np.array(
-      [NormalDist().inv_cdf(i / (grid_size + 1)) for i in range(1, grid_size + 1)], np.float32)
+    [NormalDist().inv_cdf(i / (grid_size + 1)) for i in range(1, grid_size + 1)], np.float32
+  )
   z2, z1 = np.meshgrid(coordinates[::-1], coordinates, indexing="ij")
   return jnp.asarray(np.stack([z1.ravel(), z2.ravel()], axis=-1))
 
 
 def manifold_grid(
-    decode_mean_fn: Callable[[jax.Array], jax.Array],
-    grid_size: int,
-    image_shape: tuple[int, int],
+  decode_mean_fn: Callable[[jax.Array], jax.Array],
+  grid_size: int,
+  image_shape: tuple[int, int],
 ) -> np.ndarray:
   """Decodes the `manifold_latents` grid of a model with a 2-D latent space.
 
@@ -344,10 +325,10 @@ def manifold_grid(
 
 
 def plot_manifolds(
-    panels: Mapping[str, np.ndarray],
-    grid_size: int,
-    path: str | os.PathLike[str],
-    title: str | None = None,
+  panels: Mapping[str, np.ndarray],
+  grid_size: int,
+  path: str | os.PathLike[str],
+  title: str | None = None,
 ) -> str:
   """Writes `manifold_grid` outputs side by side (the paper's Fig. 4); returns `path`.
 
@@ -365,8 +346,7 @@ def plot_manifolds(
     images = _check_images(images, f"panel {name!r}")
     if images.shape[0] != grid_size * grid_size:
       raise ValueError(
-          f"panel {name!r}: expected grid_size**2 = {grid_size**2} images, got"
-          f" {images.shape[0]}."
+        f"panel {name!r}: expected grid_size**2 = {grid_size**2} images, got {images.shape[0]}."
       )
     canvases[name] = _tile(images, grid_size, pad=0)
   fig = _mosaic_figure(canvases, grid_size, title)
@@ -377,26 +357,26 @@ def plot_manifolds(
 
 
 def plot_manifold(
-    images: np.ndarray,
-    grid_size: int,
-    path: str | os.PathLike[str],
-    title: str = "Learned data manifold",
+  images: np.ndarray,
+  grid_size: int,
+  path: str | os.PathLike[str],
+  title: str = "Learned data manifold",
 ) -> str:
   """Writes `manifold_grid` output ([grid_size**2, h, w]) as a square grid."""
   return plot_manifolds({title: images}, grid_size, path)
 
 
 VARIANCE_PANELS = (
-    ("bound_variance", "Var[bound estimate] (nats$^2$)"),
-    ("encoder_variance", "tr Cov[encoder gradient]"),
-    ("decoder_variance", "tr Cov[decoder gradient]"),
+  ("bound_variance", "Var[bound estimate] (nats$^2$)"),
+  ("encoder_variance", "tr Cov[encoder gradient]"),
+  ("decoder_variance", "tr Cov[decoder gradient]"),
 )
 
 
 def plot_variance_vs_samples(
-    rows: Sequence[Mapping[str, Any]],
-    path: str | os.PathLike[str],
-    title: str = "Estimator variance",
+  rows: Sequence[Mapping[str, Any]],
+  path: str | os.PathLike[str],
+  title: str = "Estimator variance",
 ) -> str:
   """Variance against L on log-log axes, one line per estimator.
 
@@ -409,17 +389,16 @@ def plot_variance_vs_samples(
   """
   fig = Figure(figsize=(15, 4.5), dpi=_DPI, layout="constrained")
   axes = fig.subplots(1, len(VARIANCE_PANELS))
-  for ax, (key, label) in zip(axes, VARIANCE_PANELS):
+  for ax, (key, label) in zip(axes, VARIANCE_PANELS, strict=False):
     for estimator in dict.fromkeys(r["estimator"] for r in rows):
       points = sorted(
-          (r["num_samples"], r[key], r[f"{key}_ci"])
-          for r in rows
-          if r["estimator"] == estimator and r[key] > 0
+        (r["num_samples"], r[key], r[f"{key}_ci"])
+        for r in rows
+        if r["estimator"] == estimator and r[key] > 0
       )
       if points:
-        L, value, ci = (np.array(column, float) for column in zip(*points))
-        ax.errorbar(L, value, yerr=np.nan_to_num(ci), marker="o", capsize=3,
-                    label=estimator)
+        L, value, ci = (np.array(column, float) for column in zip(*points, strict=False))
+        ax.errorbar(L, value, yerr=np.nan_to_num(ci), marker="o", capsize=3, label=estimator)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("Samples per example L")
@@ -431,9 +410,9 @@ def plot_variance_vs_samples(
 
 
 def plot_latent_scatter(
-    panels: Mapping[str, tuple[np.ndarray, np.ndarray]],
-    path: str | os.PathLike[str],
-    title: str,
+  panels: Mapping[str, tuple[np.ndarray, np.ndarray]],
+  path: str | os.PathLike[str],
+  title: str,
 ) -> str:
   """2-D latent codes coloured by class, one panel per model; returns `path`.
 
@@ -447,13 +426,15 @@ def plot_latent_scatter(
     raise ValueError("No panels to plot.")
   fig = Figure(figsize=(4.2 * len(panels) + 0.8, 4.2), dpi=_DPI, layout="constrained")
   axes = np.atleast_1d(fig.subplots(1, len(panels)))
-  for ax, (panel, (z, labels)) in zip(axes, panels.items()):
+  for ax, (panel, (z, labels)) in zip(axes, panels.items(), strict=False):
     z, labels = np.asarray(z), np.asarray(labels)
     if z.ndim != 2 or z.shape[1] != 2 or labels.shape != z.shape[:1]:
       raise ValueError(
-          f"panel {panel!r}: expected z [n, 2] and labels [n], got {z.shape}, {labels.shape}.")
-    points = ax.scatter(z[:, 0], z[:, 1], c=labels, cmap="tab10", s=3,
-                        vmin=-0.5, vmax=9.5, rasterized=True)
+        f"panel {panel!r}: expected z [n, 2] and labels [n], got {z.shape}, {labels.shape}."
+      )
+    points = ax.scatter(
+      z[:, 0], z[:, 1], c=labels, cmap="tab10", s=3, vmin=-0.5, vmax=9.5, rasterized=True
+    )
     ax.set_title(panel)
     ax.set_xlabel("z1")
     ax.set_ylabel("z2")

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -23,8 +24,15 @@ class RunFigures(Hook):
   the work directory; figures show run 0 of several. In process 0 only, on
   the host, so that plotting runs no program the other processes skip."""
 
-  def __init__(self, model: VAE, test_data: np.ndarray, image_shape: tuple[int, int],
-               workdir: str, key: jax.Array, log: Callable[[str], None] = print):
+  def __init__(
+    self,
+    model: VAE,
+    test_data: np.ndarray,
+    image_shape: tuple[int, int],
+    workdir: str,
+    key: jax.Array,
+    log: Callable[[str], None] = print,
+  ):
     self._model = model
     self._test_data = test_data
     self._image_shape = image_shape
@@ -35,35 +43,49 @@ class RunFigures(Hook):
   def on_end(self, state: Any, history: Sequence[dict[str, Any]]) -> None:
     if jax.process_index() != 0:
       return
-    written = write_figures(self._model, host_params(state), self._test_data,
-                            self._image_shape, self._workdir, self._key, history)
+    written = write_figures(
+      self._model,
+      host_params(state),
+      self._test_data,
+      self._image_shape,
+      self._workdir,
+      self._key,
+      history,
+    )
     self._log("Figures: " + ", ".join(written))
 
 
 def write_figures(
-    model: VAE,
-    params: Any,
-    test_data: np.ndarray,
-    image_shape: tuple[int, int],
-    workdir: str,
-    key: jax.Array,
-    history: Sequence[dict[str, Any]],
+  model: VAE,
+  params: Any,
+  test_data: np.ndarray,
+  image_shape: tuple[int, int],
+  workdir: str,
+  key: jax.Array,
+  history: Sequence[dict[str, Any]],
 ) -> list[str]:
   """Samples, reconstructions, learning curve (if trained), 2-D manifold; the paths."""
   path = lambda name: os.path.join(workdir, name)  # noqa: E731
   paths = [
-      plots.plot_image_grid(
-          images.sample_images(model, params, key, NUM_FIGURE_EXAMPLES, image_shape),
-          path("samples.png")),
-      plots.plot_reconstructions(
-          *images.reconstruction_images(
-              model, params, np.asarray(test_data[:NUM_RECONSTRUCTIONS]), image_shape),
-          path("reconstructions.png")),
+    plots.plot_image_grid(
+      images.sample_images(model, params, key, NUM_FIGURE_EXAMPLES, image_shape),
+      path("samples.png"),
+    ),
+    plots.plot_reconstructions(
+      *images.reconstruction_images(
+        model, params, np.asarray(test_data[:NUM_RECONSTRUCTIONS]), image_shape
+      ),
+      path("reconstructions.png"),
+    ),
   ]
   if any(record["samples_seen"] > 0 for record in history):
     paths.append(plots.plot_learning_curve(history, path("learning_curve.png")))
   if model.latent_dim == 2:
-    paths.append(plots.plot_manifold(
-        images.manifold_images(model, params, image_shape), images.MANIFOLD_GRID_SIZE,
-        path("manifold.png")))
+    paths.append(
+      plots.plot_manifold(
+        images.manifold_images(model, params, image_shape),
+        images.MANIFOLD_GRID_SIZE,
+        path("manifold.png"),
+      )
+    )
   return paths

@@ -11,7 +11,8 @@ here they are bound to a Flax model and vmapped over the batch.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -31,9 +32,8 @@ def check_estimator(estimator: str, num_samples: int) -> None:
   """Raises a ConfigError/TypeError for an unknown estimator name or L < 1."""
   if estimator not in estimators.ESTIMATORS:
     raise ConfigError(
-        "estimator",
-        f"Unknown estimator {estimator!r}; choose one of "
-        f"{sorted(estimators.ESTIMATORS)}."
+      "estimator",
+      f"Unknown estimator {estimator!r}; choose one of {sorted(estimators.ESTIMATORS)}.",
     )
   check_num_samples(num_samples)
 
@@ -53,9 +53,9 @@ def check_kl_weight(kl_weight: float, estimator: str) -> None:
     raise ConfigError("kl_weight", f"kl_weight must be >= 0, got {kl_weight}.")
   if kl_weight != 1 and estimator not in estimators.KL_WEIGHTED_ESTIMATORS:
     raise ConfigError(
-        "kl_weight",
-        f"kl_weight = {kl_weight} is defined only for the estimators "
-        f"{list(estimators.KL_WEIGHTED_ESTIMATORS)}, not {estimator!r}; use 1."
+      "kl_weight",
+      f"kl_weight = {kl_weight} is defined only for the estimators "
+      f"{list(estimators.KL_WEIGHTED_ESTIMATORS)}, not {estimator!r}; use 1.",
     )
 
 
@@ -64,19 +64,19 @@ def check_posterior(posterior: posteriors.Posterior, estimator: str) -> None:
   closed-form KL to N(0, I)."""
   if estimator == "B" and not posterior.analytic_kl:
     raise ConfigError(
-        "posterior",
-        f"Estimator B needs KL(q || N(0, I)) in closed form, which the "
-        f"{posterior.name!r} posterior lacks; use estimator A, iwae or "
-        "stl, or the gaussian posterior."
+      "posterior",
+      f"Estimator B needs KL(q || N(0, I)) in closed form, which the "
+      f"{posterior.name!r} posterior lacks; use estimator A, iwae or "
+      "stl, or the gaussian posterior.",
     )
 
 
 def make_elbo(
-    model: VAE,
-    estimator: str = "B",
-    num_samples: int = 1,
-    kl_weight: float = 1.0,
-    posterior: posteriors.Posterior = posteriors.GAUSSIAN,
+  model: VAE,
+  estimator: str = "B",
+  num_samples: int = 1,
+  kl_weight: float = 1.0,
+  posterior: posteriors.Posterior = posteriors.GAUSSIAN,
 ) -> ElboFn:
   """Returns `elbo(params, x, key) -> [batch]`, the per-example bound in nats.
 
@@ -111,22 +111,21 @@ def make_elbo(
   def elbo(params: Params, x: Array, key: Array) -> Array:
     check_data(x, model)
     eps = posterior_noise(model, key, num_samples, x.shape[0], posterior)
-    return estimators.batch_bound(
-        per_example, encode_fn, log_likelihood_fn, params, x, eps
-    )
+    return estimators.batch_bound(per_example, encode_fn, log_likelihood_fn, params, x, eps)
 
   return elbo
 
 
 def posterior_noise(
-    model: VAE, key: Array, num_samples: int, batch: int,
-    posterior: posteriors.Posterior = posteriors.GAUSSIAN,
+  model: VAE,
+  key: Array,
+  num_samples: int,
+  batch: int,
+  posterior: posteriors.Posterior = posteriors.GAUSSIAN,
 ) -> Array:
   """eps [L, batch, latent_dim], the posterior family's standardised noise
   (N(0, I) for the Gaussian) that `make_elbo` draws from `key`."""
-  return posterior.sample_noise(
-      key, (num_samples, batch, model.latent_dim), jnp.result_type(float)
-  )
+  return posterior.sample_noise(key, (num_samples, batch, model.latent_dim), jnp.result_type(float))
 
 
 def _largest_divisor_at_most(n: int, limit: int) -> int:
@@ -134,8 +133,10 @@ def _largest_divisor_at_most(n: int, limit: int) -> int:
 
 
 def make_log_likelihood_estimate(
-    model: VAE, num_samples: int = 5000, samples_per_pass: int = 100,
-    posterior: posteriors.Posterior = posteriors.GAUSSIAN,
+  model: VAE,
+  num_samples: int = 5000,
+  samples_per_pass: int = 100,
+  posterior: posteriors.Posterior = posteriors.GAUSSIAN,
 ) -> ElboFn:
   """Returns `log_likelihood(params, x, key) -> [batch]`, log p(x) in nats.
 
@@ -162,9 +163,7 @@ def make_log_likelihood_estimate(
     keys = jax.random.split(key, num_passes)
     # iwae_bound(k') + log k' is the logsumexp of one pass's k' log-weights.
     pass_logsumexp = jax.lax.map(lambda k: pass_bound(params, x, k), keys)
-    return jax.nn.logsumexp(pass_logsumexp, axis=0) + (
-        np.log(per_pass) - np.log(num_samples)
-    )
+    return jax.nn.logsumexp(pass_logsumexp, axis=0) + (np.log(per_pass) - np.log(num_samples))
 
   return log_likelihood
 
@@ -184,8 +183,7 @@ def make_autoencoder_objective(model: VAE) -> ElboFn:
     del key
     check_data(x, model)
     return jax.vmap(
-        lambda x_i: estimators.reconstruction_at_mean(
-            encode_fn, log_likelihood_fn, params, x_i)
+      lambda x_i: estimators.reconstruction_at_mean(encode_fn, log_likelihood_fn, params, x_i)
     )(x)
 
   return objective

@@ -38,18 +38,16 @@ DEFAULT_TARGET_ACCEPTANCE = 0.9  # App. E
 DEFAULT_ADAPTATION_RATE = 0.1
 
 
-def log_joint(
-    log_likelihood_fn: LogLikelihoodFn, params: Params, x: Array, z: Array
-) -> Array:
+def log_joint(log_likelihood_fn: LogLikelihoodFn, params: Params, x: Array, z: Array) -> Array:
   """log p(z) + log p_theta(x|z) = log p_theta(z|x) + log p_theta(x), a scalar."""
   return distributions.standard_normal_log_prob(z) + log_likelihood_fn(params, x, z)
 
 
 def adapt_log_step_size(
-    log_step_size: Array,
-    acceptance_rate: Array,
-    target_acceptance: float = DEFAULT_TARGET_ACCEPTANCE,
-    adaptation_rate: float = DEFAULT_ADAPTATION_RATE,
+  log_step_size: Array,
+  acceptance_rate: Array,
+  target_acceptance: float = DEFAULT_TARGET_ACCEPTANCE,
+  adaptation_rate: float = DEFAULT_ADAPTATION_RATE,
 ) -> Array:
   """One Robbins-Monro step towards `target_acceptance` (module docstring)."""
   return log_step_size + adaptation_rate * (acceptance_rate - target_acceptance)
@@ -69,20 +67,19 @@ def _kernel(log_likelihood_fn, params, x, num_leapfrog):
   kernel = blackjax.mcmc.hmc.build_kernel()
 
   def move(state, key, step_size):
-    return kernel(key, state, logdensity, step_size, jnp.ones_like(state.position),
-                  num_leapfrog)
+    return kernel(key, state, logdensity, step_size, jnp.ones_like(state.position), num_leapfrog)
 
   return logdensity, move
 
 
 def transition(
-    log_likelihood_fn: LogLikelihoodFn,
-    params: Params,
-    x: Array,
-    z: Array,
-    key: Array,
-    step_size: Array,
-    num_leapfrog: int,
+  log_likelihood_fn: LogLikelihoodFn,
+  params: Params,
+  x: Array,
+  z: Array,
+  key: Array,
+  step_size: Array,
+  num_leapfrog: int,
 ) -> Transition:
   """One HMC transition of `num_leapfrog` leapfrog steps from z [latent_dim]."""
   chex.assert_rank(z, 1)
@@ -100,17 +97,17 @@ class Chain(NamedTuple):
 
 
 def sample_posterior(
-    log_likelihood_fn: LogLikelihoodFn,
-    params: Params,
-    x: Array,
-    z_init: Array,
-    key: Array,
-    *,
-    num_samples: int,
-    num_leapfrog: int,
-    num_warmup: int,
-    initial_step_size: float = 0.1,
-    target_acceptance: float = DEFAULT_TARGET_ACCEPTANCE,
+  log_likelihood_fn: LogLikelihoodFn,
+  params: Params,
+  x: Array,
+  z_init: Array,
+  key: Array,
+  *,
+  num_samples: int,
+  num_leapfrog: int,
+  num_warmup: int,
+  initial_step_size: float = 0.1,
+  target_acceptance: float = DEFAULT_TARGET_ACCEPTANCE,
 ) -> Chain:
   """`num_samples` HMC draws from p_theta(z|x) for one example x [data_dim].
 
@@ -132,10 +129,12 @@ def sample_posterior(
     return (state, log_step_size), None
 
   (state, log_step_size), _ = jax.lax.scan(
-      warmup,
-      (blackjax.mcmc.hmc.init(z_init, logdensity),
-       jnp.log(jnp.asarray(initial_step_size, z_init.dtype))),
-      jax.random.split(warmup_key, num_warmup),
+    warmup,
+    (
+      blackjax.mcmc.hmc.init(z_init, logdensity),
+      jnp.log(jnp.asarray(initial_step_size, z_init.dtype)),
+    ),
+    jax.random.split(warmup_key, num_warmup),
   )
   step_size = jnp.exp(log_step_size)
 
@@ -143,6 +142,5 @@ def sample_posterior(
     state, info = move(state, key, step_size)
     return state, (state.position, info.acceptance_rate)
 
-  _, (samples, acceptance) = jax.lax.scan(
-      draw, state, jax.random.split(sampling_key, num_samples))
+  _, (samples, acceptance) = jax.lax.scan(draw, state, jax.random.split(sampling_key, num_samples))
   return Chain(samples, step_size, jnp.mean(acceptance))

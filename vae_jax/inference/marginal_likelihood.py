@@ -23,7 +23,8 @@ Written for ONE example in terms of
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import chex
 import jax
@@ -62,9 +63,9 @@ def gaussian_log_prob(z: Array, mean: Array, chol: Array) -> Array:
   whitened = jax.scipy.linalg.solve_triangular(chol, (z - mean).T, lower=True).T
   dim = mean.shape[-1]
   return (
-      -0.5 * jnp.sum(jnp.square(whitened), axis=-1)
-      - jnp.sum(jnp.log(jnp.diag(chol)))
-      - 0.5 * dim * np.log(2 * np.pi)
+    -0.5 * jnp.sum(jnp.square(whitened), axis=-1)
+    - jnp.sum(jnp.log(jnp.diag(chol)))
+    - 0.5 * dim * np.log(2 * np.pi)
   )
 
 
@@ -78,15 +79,15 @@ def harmonic_mean_log_marginal(log_q: Array, log_joint: Array) -> Array:
 
 
 def log_marginal_likelihood(
-    log_likelihood_fn: LogLikelihoodFn,
-    params: Params,
-    x: Array,
-    z_init: Array,
-    key: Array,
-    *,
-    num_samples: int = 50,
-    num_leapfrog: int = 4,
-    num_warmup: int = 100,
+  log_likelihood_fn: LogLikelihoodFn,
+  params: Params,
+  x: Array,
+  z_init: Array,
+  key: Array,
+  *,
+  num_samples: int = 50,
+  num_leapfrog: int = 4,
+  num_warmup: int = 100,
 ) -> Array:
   """The App. D estimate of log p_theta(x) for x [data_dim], a scalar in nats.
 
@@ -96,8 +97,14 @@ def log_marginal_likelihood(
   `num_samples` new ones that enter the estimate (step 3's fresh draws).
   """
   chain = hmc.sample_posterior(
-      log_likelihood_fn, params, x, z_init, key, num_samples=2 * num_samples,
-      num_leapfrog=num_leapfrog, num_warmup=num_warmup,
+    log_likelihood_fn,
+    params,
+    x,
+    z_init,
+    key,
+    num_samples=2 * num_samples,
+    num_leapfrog=num_leapfrog,
+    num_warmup=num_warmup,
   )
   fit_samples, estimate_samples = jnp.split(chain.samples, 2)
   mean, chol = fit_gaussian(fit_samples)
@@ -106,7 +113,7 @@ def log_marginal_likelihood(
 
 
 def make_marginal_likelihood_estimate(
-    model: VAE, num_samples: int = 50, num_leapfrog: int = 4, num_warmup: int = 100
+  model: VAE, num_samples: int = 50, num_leapfrog: int = 4, num_warmup: int = 100
 ) -> Callable[..., Array]:
   """Returns `estimate(params, x, key, z_init=None) -> [batch]`, log p(x) in nats.
 
@@ -124,8 +131,11 @@ def make_marginal_likelihood_estimate(
     raise ConfigError("num_warmup", f"num_warmup must be >= 0, got {num_warmup}.")
   _, log_likelihood_fn = model_functions(model)
   per_example = functools.partial(
-      log_marginal_likelihood, log_likelihood_fn,
-      num_samples=num_samples, num_leapfrog=num_leapfrog, num_warmup=num_warmup,
+    log_marginal_likelihood,
+    log_likelihood_fn,
+    num_samples=num_samples,
+    num_leapfrog=num_leapfrog,
+    num_warmup=num_warmup,
   )
 
   def estimate(params: Params, x: Array, key: Array, z_init: Array | None = None) -> Array:

@@ -35,7 +35,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -109,12 +110,13 @@ def _check_settings(estimator: str, num_samples: int, label_inference: str) -> N
   check_estimator(estimator, num_samples)
   if label_inference not in LABEL_INFERENCES:
     raise ConfigError(
-        "label_inference",
-        f"Unknown label_inference {label_inference!r}; choose one of {list(LABEL_INFERENCES)}.")
+      "label_inference",
+      f"Unknown label_inference {label_inference!r}; choose one of {list(LABEL_INFERENCES)}.",
+    )
 
 
 def make_labelled_bound(
-    model: M2, estimator: str = "B", num_samples: int = 1
+  model: M2, estimator: str = "B", num_samples: int = 1
 ) -> Callable[[Params, Array, Array, Array], Array]:
   """Returns `bound(params, x [batch, data_dim], y [batch] int, key) -> [batch]`,
   L(x, y) in nats, a lower bound on log p(x, y), by `estimator` with L =
@@ -131,8 +133,10 @@ def make_labelled_bound(
 
 
 def make_unlabelled_bound(
-    model: M2, estimator: str = "B", num_samples: int = 1,
-    label_inference: str = "enumerate",
+  model: M2,
+  estimator: str = "B",
+  num_samples: int = 1,
+  label_inference: str = "enumerate",
 ) -> Callable[[Params, Array, Array], Array]:
   """Returns `bound(params, x [batch, data_dim], key) -> [batch]`, U(x) in
   nats, a lower bound on log p(x): exact in y ("enumerate") or with one
@@ -146,8 +150,7 @@ def make_unlabelled_bound(
     noise_key, label_key = jax.random.split(key)
     eps = _noise(model, noise_key, x.shape[0], num_samples)
     label_keys = jax.random.split(label_key, x.shape[0])
-    values, log_q_y = jax.vmap(per_example, in_axes=(None, 0, 0, 0))(
-        params, x, eps, label_keys)
+    values, log_q_y = jax.vmap(per_example, in_axes=(None, 0, 0, 0))(params, x, eps, label_keys)
     if label_inference == "sample":
       return _with_score_function(values, log_q_y)
     return values
@@ -179,7 +182,7 @@ class ObjectiveConfig:
 
 
 def make_objective(
-    model: M2, config: ObjectiveConfig, num_labelled: int, num_unlabelled: int
+  model: M2, config: ObjectiveConfig, num_labelled: int, num_unlabelled: int
 ) -> Callable[[Params, Array, Array, Array, Array], tuple[Array, dict[str, Array]]]:
   """Returns `objective(params, x_labelled, y_labelled, x_unlabelled, key) ->
   (J_alpha / N, aux)`, to maximise (see the module docstring).
@@ -194,10 +197,12 @@ def make_objective(
   """
   if num_labelled < 1 or num_unlabelled < 0:
     raise ValueError(
-        f"Need num_labelled >= 1 and num_unlabelled >= 0, got {num_labelled}, {num_unlabelled}.")
+      f"Need num_labelled >= 1 and num_unlabelled >= 0, got {num_labelled}, {num_unlabelled}."
+    )
   labelled_bound = make_labelled_bound(model, config.estimator, config.num_samples)
   unlabelled_bound = make_unlabelled_bound(
-      model, config.estimator, config.num_samples, config.label_inference)
+    model, config.estimator, config.num_samples, config.label_inference
+  )
   total = num_labelled + num_unlabelled
 
   def objective(params, x_labelled, y_labelled, x_unlabelled, key):

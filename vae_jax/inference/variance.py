@@ -56,9 +56,7 @@ class Moments:
   seconds_per_gradient: float
 
 
-def make_gradient_moments(
-    model: VAE, *, estimator: str, num_samples: int, num_draws: int
-):
+def make_gradient_moments(model: VAE, *, estimator: str, num_samples: int, num_draws: int):
   """Returns a jitted `moments(params, x, key) -> (mean, variance)`.
 
   Per example, over `num_draws` independent draws of eps [L, num_examples,
@@ -81,7 +79,7 @@ def make_gradient_moments(
     def draw(draw_key):
       eps = jax.random.normal(draw_key, (num_samples, x.shape[0], model.latent_dim))
       return estimators.per_example_gradients(
-          per_example, encode_fn, log_likelihood_fn, params, x, eps
+        per_example, encode_fn, log_likelihood_fn, params, x, eps
       )
 
     def welford(carry, draw_key):
@@ -90,14 +88,12 @@ def make_gradient_moments(
       count = count + 1
       delta = jax.tree_util.tree_map(lambda s, m: s - m, sample, mean)
       mean = jax.tree_util.tree_map(lambda m, d: m + d / count, mean, delta)
-      m2 = jax.tree_util.tree_map(
-          lambda acc, d, s, m: acc + d * (s - m), m2, delta, sample, mean
-      )
+      m2 = jax.tree_util.tree_map(lambda acc, d, s, m: acc + d * (s - m), m2, delta, sample, mean)
       return (count, mean, m2), None
 
     zeros = jax.tree_util.tree_map(jnp.zeros_like, jax.eval_shape(draw, key))
     (count, mean, m2), _ = jax.lax.scan(
-        welford, (0.0, zeros, zeros), jax.random.split(key, num_draws)
+      welford, (0.0, zeros, zeros), jax.random.split(key, num_draws)
     )
     return mean, jax.tree_util.tree_map(lambda acc: acc / (count - 1), m2)
 
@@ -105,14 +101,14 @@ def make_gradient_moments(
 
 
 def gradient_moments(
-    model: VAE,
-    params: Params,
-    x: Array,
-    keys: Array,
-    *,
-    estimator: str,
-    num_samples: int,
-    num_draws: int,
+  model: VAE,
+  params: Params,
+  x: Array,
+  keys: Array,
+  *,
+  estimator: str,
+  num_samples: int,
+  num_draws: int,
 ) -> list[Moments]:
   """One `Moments` per key in `keys`, from one compiled program.
 
@@ -123,41 +119,46 @@ def gradient_moments(
     estimator, num_samples, num_draws: see `make_gradient_moments`.
   """
   check_data(x, model)
-  moments = make_gradient_moments(
-      model, estimator=estimator, num_samples=num_samples, num_draws=num_draws
-  ).lower(params, x, keys[0]).compile()
+  moments = (
+    make_gradient_moments(model, estimator=estimator, num_samples=num_samples, num_draws=num_draws)
+    .lower(params, x, keys[0])
+    .compile()
+  )
   results = []
   for key in keys:
     started = time.perf_counter()
     mean, variance = jax.block_until_ready(moments(params, x, key))
     seconds = time.perf_counter() - started
-    results.append(Moments(
+    results.append(
+      Moments(
         bound_mean=mean[0],
         bound_variance=variance[0],
         gradient_mean=mean[1],
         gradient_variance=variance[1],
         seconds_per_gradient=seconds / (num_draws * x.shape[0]),
-    ))
+      )
+    )
   return results
 
 
 def _per_example_sum(tree: Params) -> Array:
   """Sums every coordinate of a pytree of [num_examples, ...] leaves -> [num_examples]."""
   return sum(
-      jnp.sum(leaf.reshape(leaf.shape[0], -1), axis=1)
-      for leaf in jax.tree_util.tree_leaves(tree)
+    jnp.sum(leaf.reshape(leaf.shape[0], -1), axis=1) for leaf in jax.tree_util.tree_leaves(tree)
   )
 
 
 def summarize(moments: Moments) -> dict[str, float]:
   """The figures of the module docstring, for one measurement."""
   summary = {
-      "bound_mean": float(jnp.mean(moments.bound_mean)),
-      "bound_variance": float(jnp.mean(moments.bound_variance)),
-      "seconds_per_gradient": moments.seconds_per_gradient,
+    "bound_mean": float(jnp.mean(moments.bound_mean)),
+    "bound_variance": float(jnp.mean(moments.bound_variance)),
+    "seconds_per_gradient": moments.seconds_per_gradient,
   }
-  parts = {name: (moments.gradient_mean["params"][name],
-                  moments.gradient_variance["params"][name]) for name in PARTS}
+  parts = {
+    name: (moments.gradient_mean["params"][name], moments.gradient_variance["params"][name])
+    for name in PARTS
+  }
   parts["total"] = (moments.gradient_mean, moments.gradient_variance)
   for name, (mean, variance) in parts.items():
     trace = _per_example_sum(variance)
@@ -177,25 +178,27 @@ def confidence_interval(values: np.ndarray, level: float = 0.95) -> tuple[float,
 
 
 def measure(
-    model: VAE,
-    params: Params,
-    x: Array,
-    key: Array,
-    *,
-    estimator: str,
-    num_samples: int,
-    num_draws: int,
-    num_repetitions: int,
+  model: VAE,
+  params: Params,
+  x: Array,
+  key: Array,
+  *,
+  estimator: str,
+  num_samples: int,
+  num_draws: int,
+  num_repetitions: int,
 ) -> dict[str, tuple[float, float]]:
   """`summarize` over independent repetitions: figure -> (mean, 95% half-width)."""
   summaries = [
-      summarize(moments)
-      for moments in gradient_moments(
-          model, params, x, jax.random.split(key, num_repetitions),
-          estimator=estimator, num_samples=num_samples, num_draws=num_draws,
-      )
+    summarize(moments)
+    for moments in gradient_moments(
+      model,
+      params,
+      x,
+      jax.random.split(key, num_repetitions),
+      estimator=estimator,
+      num_samples=num_samples,
+      num_draws=num_draws,
+    )
   ]
-  return {
-      name: confidence_interval([s[name] for s in summaries])
-      for name in summaries[0]
-  }
+  return {name: confidence_interval([s[name] for s in summaries]) for name in summaries[0]}

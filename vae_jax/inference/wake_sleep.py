@@ -25,13 +25,14 @@ functions:
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import chex
 import jax
 import jax.numpy as jnp
 
-from vae_jax.inference.bounds import check_num_samples, posterior_noise
+from vae_jax.inference.bounds import ElboFn, check_num_samples, posterior_noise
 from vae_jax.math import distributions
 from vae_jax.math.estimators import EncodeFn, LogLikelihoodFn
 from vae_jax.models.functions import check_data, model_functions
@@ -43,13 +44,13 @@ SampleFn = Callable[[Params, Array, Array], Array]
 
 
 def wake_sleep_surrogate(
-    encode_fn: EncodeFn,
-    log_likelihood_fn: LogLikelihoodFn,
-    sample_fn: SampleFn,
-    params: Params,
-    x: Array,
-    eps: Array,
-    dream_key: Array,
+  encode_fn: EncodeFn,
+  log_likelihood_fn: LogLikelihoodFn,
+  sample_fn: SampleFn,
+  params: Params,
+  x: Array,
+  eps: Array,
+  dream_key: Array,
 ) -> Array:
   """The wake-sleep surrogate of one example, averaged over L samples.
 
@@ -74,7 +75,7 @@ def wake_sleep_surrogate(
   z_key, x_key = jax.random.split(dream_key)
   dream_z = jax.random.normal(z_key, (num_samples, latent_dim))
   dream_x = jax.vmap(sample_fn, in_axes=(None, 0, 0))(
-      jax.lax.stop_gradient(params), dream_z, jax.random.split(x_key, num_samples)
+    jax.lax.stop_gradient(params), dream_z, jax.random.split(x_key, num_samples)
   )
   dream_mean, dream_logvar = jax.vmap(encode_fn, in_axes=(None, 0))(params, dream_x)
   sleep = distributions.gaussian_log_prob(dream_mean, dream_logvar, dream_z)
@@ -82,13 +83,13 @@ def wake_sleep_surrogate(
 
 
 def batch_wake_sleep_surrogate(
-    encode_fn: EncodeFn,
-    log_likelihood_fn: LogLikelihoodFn,
-    sample_fn: SampleFn,
-    params: Params,
-    x: Array,
-    eps: Array,
-    dream_key: Array,
+  encode_fn: EncodeFn,
+  log_likelihood_fn: LogLikelihoodFn,
+  sample_fn: SampleFn,
+  params: Params,
+  x: Array,
+  eps: Array,
+  dream_key: Array,
 ) -> Array:
   """`wake_sleep_surrogate` vmapped over x [batch, data_dim] and eps [L,
   batch, latent_dim], with an independent dream key per example -> [batch]."""
@@ -96,10 +97,10 @@ def batch_wake_sleep_surrogate(
   chex.assert_equal(eps.shape[1], x.shape[0])
   keys = jax.random.split(dream_key, x.shape[0])
   return jax.vmap(
-      lambda x_i, eps_i, key_i: wake_sleep_surrogate(
-          encode_fn, log_likelihood_fn, sample_fn, params, x_i, eps_i, key_i
-      ),
-      in_axes=(0, 1, 0),
+    lambda x_i, eps_i, key_i: wake_sleep_surrogate(
+      encode_fn, log_likelihood_fn, sample_fn, params, x_i, eps_i, key_i
+    ),
+    in_axes=(0, 1, 0),
   )(x, eps, keys)
 
 
@@ -123,8 +124,13 @@ def make_wake_sleep_objective(model: VAE, num_samples: int = 1) -> ElboFn:
     check_data(x, model)
     eps = posterior_noise(model, key, num_samples, x.shape[0])
     return batch_wake_sleep_surrogate(
-        encode_fn, log_likelihood_fn, sample_fn, params, x, eps,
-        jax.random.fold_in(key, 1),
+      encode_fn,
+      log_likelihood_fn,
+      sample_fn,
+      params,
+      x,
+      eps,
+      jax.random.fold_in(key, 1),
     )
 
   return objective

@@ -85,18 +85,14 @@ def categorical_log_prob(logits: Array, x: Array) -> Array:
   return jnp.sum(picked[..., 0], axis=-1)
 
 
-def kl_diag_gaussians(
-    mean_q: Array, logvar_q: Array, mean_p: Array, logvar_p: Array
-) -> Array:
+def kl_diag_gaussians(mean_q: Array, logvar_q: Array, mean_p: Array, logvar_p: Array) -> Array:
   """KL( N(mean_q, diag exp(logvar_q)) || N(mean_p, diag exp(logvar_p)) ).
 
   All arguments: [..., dim]. Returns [...] in nats.
   """
   variance_ratio = jnp.exp(logvar_q - logvar_p)
   scaled_mean_gap = jnp.square(mean_q - mean_p) * jnp.exp(-logvar_p)
-  return 0.5 * jnp.sum(
-      variance_ratio + scaled_mean_gap - 1.0 - (logvar_q - logvar_p), axis=-1
-  )
+  return 0.5 * jnp.sum(variance_ratio + scaled_mean_gap - 1.0 - (logvar_q - logvar_p), axis=-1)
 
 
 def kl_standard_normal(mean: Array, logvar: Array) -> Array:
@@ -128,9 +124,7 @@ def reparameterize(mean: Array, logvar: Array, eps: Array) -> Array:
   return mean + jnp.exp(0.5 * logvar) * eps
 
 
-def sample_diag_gaussian(
-    key: Array, mean: Array, logvar: Array, num_samples: int
-) -> Array:
+def sample_diag_gaussian(key: Array, mean: Array, logvar: Array, num_samples: int) -> Array:
   """Draws reparameterised samples z ~ N(mean, diag exp(logvar)).
 
   Args:

@@ -26,7 +26,8 @@ estimator's gradient for each example separately, for variance studies.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import chex
 import jax
@@ -44,24 +45,22 @@ GAUSSIAN_LOG_Q = distributions.gaussian_log_prob
 
 
 class PerExampleEstimator(Protocol):
-
   def __call__(
-      self,
-      encode_fn: EncodeFn,
-      log_likelihood_fn: LogLikelihoodFn,
-      params: Params,
-      x: Array,
-      eps: Array,
-  ) -> Array:
-    ...
-
-
-def _posterior_samples(
+    self,
     encode_fn: EncodeFn,
     log_likelihood_fn: LogLikelihoodFn,
     params: Params,
     x: Array,
     eps: Array,
+  ) -> Array: ...
+
+
+def _posterior_samples(
+  encode_fn: EncodeFn,
+  log_likelihood_fn: LogLikelihoodFn,
+  params: Params,
+  x: Array,
+  eps: Array,
 ) -> tuple[Array, Array, Array, Array]:
   """Encodes x, reparameterises, decodes each sample.
 
@@ -69,15 +68,17 @@ def _posterior_samples(
   """
   mean, logvar = encode_fn(params, x)
   z = distributions.reparameterize(mean, logvar, eps)
-  log_px_given_z = jax.vmap(log_likelihood_fn, in_axes=(None, None, 0))(
-      params, x, z
-  )
+  log_px_given_z = jax.vmap(log_likelihood_fn, in_axes=(None, None, 0))(params, x, z)
   return mean, logvar, z, log_px_given_z
 
 
 def _log_weight(
-    log_px_given_z: Array, z: Array, mean: Array, logvar: Array,
-    kl_weight: float = 1.0, log_q: LogPosteriorFn = GAUSSIAN_LOG_Q,
+  log_px_given_z: Array,
+  z: Array,
+  mean: Array,
+  logvar: Array,
+  kl_weight: float = 1.0,
+  log_q: LogPosteriorFn = GAUSSIAN_LOG_Q,
 ) -> Array:
   """log p(x|z) + beta * (log p(z) - log q(z|x)) for z [..., latent] -> [...].
 
@@ -85,20 +86,20 @@ def _log_weight(
   exact, so the value is bit for bit the unweighted one.
   """
   return (
-      log_px_given_z
-      + kl_weight * distributions.standard_normal_log_prob(z)
-      - kl_weight * log_q(mean, logvar, z)
+    log_px_given_z
+    + kl_weight * distributions.standard_normal_log_prob(z)
+    - kl_weight * log_q(mean, logvar, z)
   )
 
 
 def log_importance_weights(
-    encode_fn: EncodeFn,
-    log_likelihood_fn: LogLikelihoodFn,
-    params: Params,
-    x: Array,
-    eps: Array,
-    kl_weight: float = 1.0,
-    log_q: LogPosteriorFn = GAUSSIAN_LOG_Q,
+  encode_fn: EncodeFn,
+  log_likelihood_fn: LogLikelihoodFn,
+  params: Params,
+  x: Array,
+  eps: Array,
+  kl_weight: float = 1.0,
+  log_q: LogPosteriorFn = GAUSSIAN_LOG_Q,
 ) -> Array:
   """log w_l = log p(x, z_l) - log q(z_l | x) for one example.
 
@@ -115,20 +116,18 @@ def log_importance_weights(
   Returns:
     [L] log-weights in nats.
   """
-  mean, logvar, z, log_px_given_z = _posterior_samples(
-      encode_fn, log_likelihood_fn, params, x, eps
-  )
+  mean, logvar, z, log_px_given_z = _posterior_samples(encode_fn, log_likelihood_fn, params, x, eps)
   return _log_weight(log_px_given_z, z, mean, logvar, kl_weight, log_q)
 
 
 def estimator_a(
-    encode_fn: EncodeFn,
-    log_likelihood_fn: LogLikelihoodFn,
-    params: Params,
-    x: Array,
-    eps: Array,
-    kl_weight: float = 1.0,
-    log_q: LogPosteriorFn = GAUSSIAN_LOG_Q,
+  encode_fn: EncodeFn,
+  log_likelihood_fn: LogLikelihoodFn,
+  params: Params,
+  x: Array,
+  eps: Array,
+  kl_weight: float = 1.0,
+  log_q: LogPosteriorFn = GAUSSIAN_LOG_Q,
 ) -> Array:
   """SGVB estimator A (eq. 6) for one example. x: [data_dim], eps: [L, latent].
 
@@ -137,83 +136,71 @@ def estimator_a(
   unbiased estimate of E_q log p(x|z) - beta KL(q || p), like B's.
   """
   return jnp.mean(
-      log_importance_weights(
-          encode_fn, log_likelihood_fn, params, x, eps, kl_weight, log_q
-      )
+    log_importance_weights(encode_fn, log_likelihood_fn, params, x, eps, kl_weight, log_q)
   )
 
 
 def estimator_b(
-    encode_fn: EncodeFn,
-    log_likelihood_fn: LogLikelihoodFn,
-    params: Params,
-    x: Array,
-    eps: Array,
-    kl_weight: float = 1.0,
+  encode_fn: EncodeFn,
+  log_likelihood_fn: LogLikelihoodFn,
+  params: Params,
+  x: Array,
+  eps: Array,
+  kl_weight: float = 1.0,
 ) -> Array:
   """SGVB estimator B (eq. 7) for one example: analytic KL + MC likelihood.
 
   kl_weight = beta scales the KL: E_q log p(x|z) - beta KL(q || p), the
   beta-VAE objective (Higgins et al., 2017); beta = 1 is the ELBO.
   """
-  mean, logvar, _, log_px_given_z = _posterior_samples(
-      encode_fn, log_likelihood_fn, params, x, eps
-  )
-  return -kl_weight * distributions.kl_standard_normal(mean, logvar) + jnp.mean(
-      log_px_given_z
-  )
+  mean, logvar, _, log_px_given_z = _posterior_samples(encode_fn, log_likelihood_fn, params, x, eps)
+  return -kl_weight * distributions.kl_standard_normal(mean, logvar) + jnp.mean(log_px_given_z)
 
 
 def iwae_bound(
-    encode_fn: EncodeFn,
-    log_likelihood_fn: LogLikelihoodFn,
-    params: Params,
-    x: Array,
-    eps: Array,
-    log_q: LogPosteriorFn = GAUSSIAN_LOG_Q,
+  encode_fn: EncodeFn,
+  log_likelihood_fn: LogLikelihoodFn,
+  params: Params,
+  x: Array,
+  eps: Array,
+  log_q: LogPosteriorFn = GAUSSIAN_LOG_Q,
 ) -> Array:
   """The importance-weighted bound with k = L samples, for one example.
 
   log (1/k) sum_l w_l, computed with logsumexp; for k = 1 it equals A.
   """
-  log_w = log_importance_weights(
-      encode_fn, log_likelihood_fn, params, x, eps, log_q=log_q
-  )
+  log_w = log_importance_weights(encode_fn, log_likelihood_fn, params, x, eps, log_q=log_q)
   return jax.nn.logsumexp(log_w) - math.log(log_w.shape[0])
 
 
 def estimator_stl(
-    encode_fn: EncodeFn,
-    log_likelihood_fn: LogLikelihoodFn,
-    params: Params,
-    x: Array,
-    eps: Array,
-    log_q: LogPosteriorFn = GAUSSIAN_LOG_Q,
+  encode_fn: EncodeFn,
+  log_likelihood_fn: LogLikelihoodFn,
+  params: Params,
+  x: Array,
+  eps: Array,
+  log_q: LogPosteriorFn = GAUSSIAN_LOG_Q,
 ) -> Array:
-  """"Sticking the landing" (Roeder et al., 2017): A with q's score term stopped.
+  """ "Sticking the landing" (Roeder et al., 2017): A with q's score term stopped.
 
   The value equals estimator A's. In the gradient, log q(z|x) is
   differentiated only through z, not through q's parameters; that drops a
   term whose expectation is zero, so the gradient stays unbiased and its
   variance vanishes as q approaches the exact posterior.
   """
-  mean, logvar, z, log_px_given_z = _posterior_samples(
-      encode_fn, log_likelihood_fn, params, x, eps
-  )
+  mean, logvar, z, log_px_given_z = _posterior_samples(encode_fn, log_likelihood_fn, params, x, eps)
   frozen_mean, frozen_logvar = jax.lax.stop_gradient((mean, logvar))
-  return jnp.mean(
-      _log_weight(log_px_given_z, z, frozen_mean, frozen_logvar, log_q=log_q)
-  )
+  return jnp.mean(_log_weight(log_px_given_z, z, frozen_mean, frozen_logvar, log_q=log_q))
 
 
 def _score_function(
-    encode_fn: EncodeFn,
-    log_likelihood_fn: LogLikelihoodFn,
-    params: Params,
-    x: Array,
-    eps: Array,
-    use_baseline: bool,
-    log_q: LogPosteriorFn,
+  encode_fn: EncodeFn,
+  log_likelihood_fn: LogLikelihoodFn,
+  params: Params,
+  x: Array,
+  eps: Array,
+  use_baseline: bool,
+  log_q: LogPosteriorFn,
 ) -> Array:
   """Surrogate whose value is A's and whose gradient is REINFORCE's.
 
@@ -225,54 +212,50 @@ def _score_function(
   """
   mean, logvar = encode_fn(params, x)
   z = jax.lax.stop_gradient(distributions.reparameterize(mean, logvar, eps))
-  log_px_given_z = jax.vmap(log_likelihood_fn, in_axes=(None, None, 0))(
-      params, x, z
-  )
+  log_px_given_z = jax.vmap(log_likelihood_fn, in_axes=(None, None, 0))(params, x, z)
   log_qz = log_q(mean, logvar, z)
   log_w = _log_weight(log_px_given_z, z, mean, logvar, log_q=log_q)
   signal = log_w
   if use_baseline:
-    baseline = _log_weight(
-        log_likelihood_fn(params, x, mean), mean, mean, logvar, log_q=log_q
-    )
+    baseline = _log_weight(log_likelihood_fn(params, x, mean), mean, mean, logvar, log_q=log_q)
     signal = log_w - baseline
   score_term = jax.lax.stop_gradient(signal) * log_qz
   return jnp.mean(log_w + score_term - jax.lax.stop_gradient(score_term))
 
 
 def score_function(
-    encode_fn: EncodeFn,
-    log_likelihood_fn: LogLikelihoodFn,
-    params: Params,
-    x: Array,
-    eps: Array,
-    log_q: LogPosteriorFn = GAUSSIAN_LOG_Q,
+  encode_fn: EncodeFn,
+  log_likelihood_fn: LogLikelihoodFn,
+  params: Params,
+  x: Array,
+  eps: Array,
+  log_q: LogPosteriorFn = GAUSSIAN_LOG_Q,
 ) -> Array:
   """The naive score-function (REINFORCE) estimator, as a surrogate (value: A)."""
   return _score_function(
-      encode_fn, log_likelihood_fn, params, x, eps, use_baseline=False, log_q=log_q
+    encode_fn, log_likelihood_fn, params, x, eps, use_baseline=False, log_q=log_q
   )
 
 
 def score_function_baseline(
-    encode_fn: EncodeFn,
-    log_likelihood_fn: LogLikelihoodFn,
-    params: Params,
-    x: Array,
-    eps: Array,
-    log_q: LogPosteriorFn = GAUSSIAN_LOG_Q,
+  encode_fn: EncodeFn,
+  log_likelihood_fn: LogLikelihoodFn,
+  params: Params,
+  x: Array,
+  eps: Array,
+  log_q: LogPosteriorFn = GAUSSIAN_LOG_Q,
 ) -> Array:
   """Score-function estimator with the baseline log w(mean(x)) (value: A)."""
   return _score_function(
-      encode_fn, log_likelihood_fn, params, x, eps, use_baseline=True, log_q=log_q
+    encode_fn, log_likelihood_fn, params, x, eps, use_baseline=True, log_q=log_q
   )
 
 
 def reconstruction_at_mean(
-    encode_fn: EncodeFn,
-    log_likelihood_fn: LogLikelihoodFn,
-    params: Params,
-    x: Array,
+  encode_fn: EncodeFn,
+  log_likelihood_fn: LogLikelihoodFn,
+  params: Params,
+  x: Array,
 ) -> Array:
   """log p(x | z = mean(x)) for one example x [data_dim]: a scalar in nats.
 
@@ -293,12 +276,12 @@ KL_WEIGHTED_ESTIMATORS = ("A", "B")
 # Every entry is a per-example objective: its value estimates a bound and its
 # gradient is the named gradient estimator.
 ESTIMATORS: dict[str, PerExampleEstimator] = {
-    "A": estimator_a,
-    "B": estimator_b,
-    "iwae": iwae_bound,
-    "stl": estimator_stl,
-    "score": score_function,
-    "score_baseline": score_function_baseline,
+  "A": estimator_a,
+  "B": estimator_b,
+  "iwae": iwae_bound,
+  "stl": estimator_stl,
+  "score": score_function,
+  "score_baseline": score_function_baseline,
 }
 
 
@@ -311,12 +294,12 @@ def _over_batch(per_example, params: Params, x: Array, eps: Array):
 
 
 def batch_bound(
-    estimator: PerExampleEstimator,
-    encode_fn: EncodeFn,
-    log_likelihood_fn: LogLikelihoodFn,
-    params: Params,
-    x: Array,
-    eps: Array,
+  estimator: PerExampleEstimator,
+  encode_fn: EncodeFn,
+  log_likelihood_fn: LogLikelihoodFn,
+  params: Params,
+  x: Array,
+  eps: Array,
 ) -> Array:
   """A per-example estimator vmapped over the batch.
 
@@ -330,18 +313,20 @@ def batch_bound(
     [batch] per-example bound estimates in nats.
   """
   return _over_batch(
-      lambda p, x_i, eps_i: estimator(encode_fn, log_likelihood_fn, p, x_i, eps_i),
-      params, x, eps,
+    lambda p, x_i, eps_i: estimator(encode_fn, log_likelihood_fn, p, x_i, eps_i),
+    params,
+    x,
+    eps,
   )
 
 
 def per_example_gradients(
-    estimator: PerExampleEstimator,
-    encode_fn: EncodeFn,
-    log_likelihood_fn: LogLikelihoodFn,
-    params: Params,
-    x: Array,
-    eps: Array,
+  estimator: PerExampleEstimator,
+  encode_fn: EncodeFn,
+  log_likelihood_fn: LogLikelihoodFn,
+  params: Params,
+  x: Array,
+  eps: Array,
 ) -> tuple[Array, Params]:
   """Each example's bound estimate and its gradient: vmap of value_and_grad.
 
@@ -354,10 +339,12 @@ def per_example_gradients(
     (bounds [batch], gradients: a pytree like params with a leading [batch]).
   """
   return _over_batch(
-      jax.value_and_grad(
-          lambda p, x_i, eps_i: estimator(encode_fn, log_likelihood_fn, p, x_i, eps_i)
-      ),
-      params, x, eps,
+    jax.value_and_grad(
+      lambda p, x_i, eps_i: estimator(encode_fn, log_likelihood_fn, p, x_i, eps_i)
+    ),
+    params,
+    x,
+    eps,
   )
 
 
@@ -372,6 +359,4 @@ def gaussian_weight_log_prior(params: Params, stddev: float = 1.0) -> Array:
   leaves = jax.tree_util.tree_leaves(params)
   sum_squares = sum(jnp.sum(jnp.square(leaf)) for leaf in leaves)
   count = sum(leaf.size for leaf in leaves)
-  return -0.5 * sum_squares / stddev**2 - count * (
-      0.5 * math.log(2.0 * math.pi) + math.log(stddev)
-  )
+  return -0.5 * sum_squares / stddev**2 - count * (0.5 * math.log(2.0 * math.pi) + math.log(stddev))

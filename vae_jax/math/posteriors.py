@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -65,7 +65,7 @@ class Posterior:
 
 
 def _location_scale_log_prob(
-    standard_log_prob: Callable[[Array], Array]
+  standard_log_prob: Callable[[Array], Array],
 ) -> Callable[[Array, Array, Array], Array]:
   """log q(z) = sum_j [log f((z_j - loc_j) / scale_j) - log scale_j] for the
   elementwise standardised log-density f."""
@@ -95,58 +95,58 @@ def student_t(dof: float) -> Posterior:
     raise ConfigError("student_t_dof", f"student_t_dof must be > 0, got {dof}.")
   log_norm = gammaln((dof + 1) / 2) - gammaln(dof / 2) - 0.5 * math.log(dof * math.pi)
   return Posterior(
-      name="student_t",
-      sample_noise=lambda key, shape, dtype: jax.random.t(key, dof, shape, dtype),
-      log_prob=_location_scale_log_prob(
-          lambda u: log_norm - 0.5 * (dof + 1) * jnp.log1p(jnp.square(u) / dof)),
-      noise_mean=0.0,
-      noise_variance=dof / (dof - 2) if dof > 2 else math.inf,
+    name="student_t",
+    sample_noise=lambda key, shape, dtype: jax.random.t(key, dof, shape, dtype),
+    log_prob=_location_scale_log_prob(
+      lambda u: log_norm - 0.5 * (dof + 1) * jnp.log1p(jnp.square(u) / dof)
+    ),
+    noise_mean=0.0,
+    noise_variance=dof / (dof - 2) if dof > 2 else math.inf,
   )
 
 
 GAUSSIAN = Posterior(
-    name="gaussian",
-    sample_noise=lambda key, shape, dtype: jax.random.normal(key, shape, dtype),
-    log_prob=distributions.gaussian_log_prob,
-    noise_mean=0.0,
-    noise_variance=1.0,
-    analytic_kl=True,
+  name="gaussian",
+  sample_noise=lambda key, shape, dtype: jax.random.normal(key, shape, dtype),
+  log_prob=distributions.gaussian_log_prob,
+  noise_mean=0.0,
+  noise_variance=1.0,
+  analytic_kl=True,
 )
 
 _FIXED = {
-    "gaussian": GAUSSIAN,
-    "laplace": Posterior(
-        name="laplace",
-        sample_noise=lambda key, shape, dtype: jax.random.laplace(key, shape, dtype),
-        log_prob=_location_scale_log_prob(lambda u: -jnp.abs(u) - math.log(2.0)),
-        noise_mean=0.0,
-        noise_variance=2.0,
+  "gaussian": GAUSSIAN,
+  "laplace": Posterior(
+    name="laplace",
+    sample_noise=lambda key, shape, dtype: jax.random.laplace(key, shape, dtype),
+    log_prob=_location_scale_log_prob(lambda u: -jnp.abs(u) - math.log(2.0)),
+    noise_mean=0.0,
+    noise_variance=2.0,
+  ),
+  "logistic": Posterior(
+    name="logistic",
+    sample_noise=lambda key, shape, dtype: jax.random.logistic(key, shape, dtype),
+    log_prob=_location_scale_log_prob(lambda u: -u - 2.0 * jax.nn.softplus(-u)),
+    noise_mean=0.0,
+    noise_variance=math.pi**2 / 3.0,
+  ),
+  "gumbel": Posterior(
+    name="gumbel",
+    sample_noise=_gumbel_noise,
+    log_prob=_location_scale_log_prob(lambda u: -(u + jnp.exp(-u))),
+    noise_mean=EULER_GAMMA,
+    noise_variance=math.pi**2 / 6.0,
+  ),
+  "johnson_su": Posterior(
+    name="johnson_su",
+    sample_noise=lambda key, shape, dtype: jnp.sinh(jax.random.normal(key, shape, dtype)),
+    # Change of variables u = sinh(n): log phi(asinh u) - log sqrt(1 + u^2).
+    log_prob=_location_scale_log_prob(
+      lambda u: _standard_normal_log_density(jnp.arcsinh(u)) - 0.5 * jnp.log1p(jnp.square(u))
     ),
-    "logistic": Posterior(
-        name="logistic",
-        sample_noise=lambda key, shape, dtype: jax.random.logistic(key, shape, dtype),
-        log_prob=_location_scale_log_prob(lambda u: -u - 2.0 * jax.nn.softplus(-u)),
-        noise_mean=0.0,
-        noise_variance=math.pi**2 / 3.0,
-    ),
-    "gumbel": Posterior(
-        name="gumbel",
-        sample_noise=_gumbel_noise,
-        log_prob=_location_scale_log_prob(lambda u: -(u + jnp.exp(-u))),
-        noise_mean=EULER_GAMMA,
-        noise_variance=math.pi**2 / 6.0,
-    ),
-    "johnson_su": Posterior(
-        name="johnson_su",
-        sample_noise=lambda key, shape, dtype: jnp.sinh(
-            jax.random.normal(key, shape, dtype)),
-        # Change of variables u = sinh(n): log phi(asinh u) - log sqrt(1 + u^2).
-        log_prob=_location_scale_log_prob(
-            lambda u: _standard_normal_log_density(jnp.arcsinh(u))
-            - 0.5 * jnp.log1p(jnp.square(u))),
-        noise_mean=0.0,
-        noise_variance=(math.e**2 - 1.0) / 2.0,
-    ),
+    noise_mean=0.0,
+    noise_variance=(math.e**2 - 1.0) / 2.0,
+  ),
 }
 
 POSTERIORS = (*_FIXED, "student_t")
@@ -158,6 +158,5 @@ def make_posterior(name: str, student_t_dof: float = 5.0) -> Posterior:
   if name == "student_t":
     return student_t(student_t_dof)
   if name not in _FIXED:
-    raise ConfigError(
-        "posterior", f"Unknown posterior {name!r}; choose one of {list(POSTERIORS)}.")
+    raise ConfigError("posterior", f"Unknown posterior {name!r}; choose one of {list(POSTERIORS)}.")
   return _FIXED[name]

@@ -3,12 +3,12 @@ pure functions of a VAE's parameters (`functions`). Imports `vae_jax.math`.
 """
 
 from vae_jax.models.vae import (
-    ACTIVATIONS,
-    INITIALIZATIONS,
-    LIKELIHOODS,
-    VAE,
-    ModelConfig,
-    make_vae,
+  ACTIVATIONS,
+  INITIALIZATIONS,
+  LIKELIHOODS,
+  VAE,
+  ModelConfig,
+  make_vae,
 )
 
 __all__ = ["ACTIVATIONS", "INITIALIZATIONS", "LIKELIHOODS", "VAE", "ModelConfig", "make_vae"]

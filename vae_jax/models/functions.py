@@ -14,7 +14,8 @@ with.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -41,26 +42,23 @@ def check_data(x: Any, model: VAE) -> None:
   shape = jnp.shape(x)
   if len(shape) != 2:
     raise ValueError(
-        f"x must have rank 2, [batch, data_dim], got shape {shape}; "
-        "flatten images and add a batch axis."
+      f"x must have rank 2, [batch, data_dim], got shape {shape}; "
+      "flatten images and add a batch axis."
     )
   if shape[1] != model.data_dim:
     raise ValueError(
-        f"x has data_dim {shape[1]} (shape {shape}) but the model expects "
-        f"data_dim {model.data_dim}."
+      f"x has data_dim {shape[1]} (shape {shape}) but the model expects data_dim {model.data_dim}."
     )
   if shape[0] < 1:
     raise ValueError(f"x has an empty batch axis: shape {shape}.")
   dtype = jnp.result_type(x)
   if model.likelihood == "categorical":
     if not jnp.issubdtype(dtype, jnp.integer):
-      raise TypeError(
-          f"Categorical data must be integer category indices, got dtype {dtype}."
-      )
+      raise TypeError(f"Categorical data must be integer category indices, got dtype {dtype}.")
   elif not jnp.issubdtype(dtype, jnp.floating):
     raise TypeError(
-        f"{model.likelihood.capitalize()} data must be floating point, got dtype "
-        f"{dtype}; scale integer pixels to [0, 1] with x.astype(np.float32) / 255."
+      f"{model.likelihood.capitalize()} data must be floating point, got dtype "
+      f"{dtype}; scale integer pixels to [0, 1] with x.astype(np.float32) / 255."
     )
   if isinstance(x, jax.core.Tracer):
     return
@@ -69,8 +67,8 @@ def check_data(x: Any, model: VAE) -> None:
     low, high = values.min(), values.max()
     if low < 0 or high >= model.decoder.num_categories:
       raise ValueError(
-          f"Categorical targets must lie in [0, {model.decoder.num_categories}), "
-          f"got values in [{low}, {high}]."
+        f"Categorical targets must lie in [0, {model.decoder.num_categories}), "
+        f"got values in [{low}, {high}]."
       )
     return
   if np.isnan(values).any():
@@ -80,9 +78,7 @@ def check_data(x: Any, model: VAE) -> None:
   if model.likelihood == "bernoulli":
     low, high = values.min(), values.max()
     if low < 0.0 or high > 1.0:
-      raise ValueError(
-          f"Bernoulli targets must lie in [0, 1], got values in [{low}, {high}]."
-      )
+      raise ValueError(f"Bernoulli targets must lie in [0, 1], got values in [{low}, {high}].")
 
 
 @functools.partial(jax.jit, static_argnames=("model", "method"))
@@ -119,9 +115,7 @@ def decode_mean(model: VAE, params: Params, z: Array) -> Array:
 
 
 @functools.partial(jax.jit, static_argnames=("model", "num_samples", "mean"))
-def sample(
-    model: VAE, params: Params, key: Array, num_samples: int, *, mean: bool = True
-) -> Array:
+def sample(model: VAE, params: Params, key: Array, num_samples: int, *, mean: bool = True) -> Array:
   """Generates data from the model: z ~ N(0, I), then x given z.
 
   One compiled program per model, num_samples and mean.
@@ -149,7 +143,7 @@ def kl_divergence(model: VAE, params: Params, x: Array) -> Array:
 
 
 def model_functions(
-    model: VAE,
+  model: VAE,
 ) -> tuple[estimators.EncodeFn, estimators.LogLikelihoodFn]:
   """The pair of pure functions `vae_jax.estimators` works with.
 

@@ -15,7 +15,8 @@ the one-hot y), so the K label-conditioned passes of U share the W x product.
 from __future__ import annotations
 
 import functools
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import chex
 import flax.linen as nn
@@ -42,11 +43,14 @@ class _ConditionedMLP(nn.Module):
   @nn.compact
   def __call__(self, inputs: Array, y: Array) -> Array:
     first, rest = self.hidden_sizes[0], self.hidden_sizes[1:]
-    embedding_init = (nn.initializers.normal(stddev=models.PAPER_INIT_STDDEV)
-                      if self.init_scheme == "paper" else nn.initializers.lecun_normal())
-    pre_activation = (models.dense(first, self.init_scheme, name="input")(inputs)
-                      + nn.Embed(self.num_classes, first, embedding_init=embedding_init,
-                                 name="label")(y))
+    embedding_init = (
+      nn.initializers.normal(stddev=models.PAPER_INIT_STDDEV)
+      if self.init_scheme == "paper"
+      else nn.initializers.lecun_normal()
+    )
+    pre_activation = models.dense(first, self.init_scheme, name="input")(inputs) + nn.Embed(
+      self.num_classes, first, embedding_init=embedding_init, name="label"
+    )(y)
     h = models.ACTIVATIONS[self.activation](pre_activation)
     if rest:
       h = models.MLP(rest, self.activation, self.init_scheme, name="mlp")(h)
@@ -103,13 +107,13 @@ class M2(nn.Module):
 
 
 def make_m2(
-    data_dim: int,
-    num_classes: int,
-    latent_dim: int,
-    *,
-    hidden_sizes: Sequence[int] = (500,),
-    activation: str = "softplus",
-    init: str = "paper",
+  data_dim: int,
+  num_classes: int,
+  latent_dim: int,
+  *,
+  hidden_sizes: Sequence[int] = (500,),
+  activation: str = "softplus",
+  init: str = "paper",
 ) -> M2:
   """The M2 model; the paper's MNIST settings are latent_dim 50, one hidden
   layer of 500 softplus units per network."""
@@ -118,7 +122,8 @@ def make_m2(
     raise ConfigError("num_classes", f"num_classes must be an integer >= 2, got {num_classes!r}.")
   # The networks' settings are checked as a VAE's are.
   networks = models.ModelConfig(
-      latent_dim=latent_dim, hidden_sizes=hidden_sizes, activation=activation, init=init)
+    latent_dim=latent_dim, hidden_sizes=hidden_sizes, activation=activation, init=init
+  )
   return M2(data_dim, num_classes, latent_dim, networks.hidden_sizes, activation, init)
 
 
@@ -158,5 +163,5 @@ def style_transfer(model: M2, params: Params, x: Array) -> Array:
   mean, _ = model.apply(params, x, predict(model, params, x), method=M2.encode)
   labels = jnp.arange(model.num_classes)
   return jax.vmap(
-      lambda y: model.apply(params, jnp.full(x.shape[:1], y), mean, method=M2.decode_mean),
-      out_axes=1)(labels)
+    lambda y: model.apply(params, jnp.full(x.shape[:1], y), mean, method=M2.decode_mean), out_axes=1
+  )(labels)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -21,12 +21,12 @@ from vae_jax.math import distributions
 Array = jax.Array
 
 ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
-    "tanh": jnp.tanh,
-    "relu": jax.nn.relu,
-    "softplus": jax.nn.softplus,
-    "elu": jax.nn.elu,
-    "gelu": jax.nn.gelu,
-    "sigmoid": jax.nn.sigmoid,
+  "tanh": jnp.tanh,
+  "relu": jax.nn.relu,
+  "softplus": jax.nn.softplus,
+  "elu": jax.nn.elu,
+  "gelu": jax.nn.gelu,
+  "sigmoid": jax.nn.sigmoid,
 }
 INITIALIZATIONS = ("paper", "flax", "glorot")
 LIKELIHOODS = ("bernoulli", "gaussian", "categorical")
@@ -48,12 +48,10 @@ def check_positive_int(name: str, value: int) -> None:
 
 def check_hidden_sizes(hidden_sizes: Sequence[int]) -> None:
   """Raises a ConfigError unless hidden_sizes is a non-empty sequence of positive ints."""
-  if not hidden_sizes or any(
-      not isinstance(width, int) or width < 1 for width in hidden_sizes
-  ):
+  if not hidden_sizes or any(not isinstance(width, int) or width < 1 for width in hidden_sizes):
     raise ConfigError(
-        "hidden_sizes",
-        f"hidden_sizes must be a non-empty sequence of positive integers, got {hidden_sizes!r}.",
+      "hidden_sizes",
+      f"hidden_sizes must be a non-empty sequence of positive integers, got {hidden_sizes!r}.",
     )
 
 
@@ -94,13 +92,14 @@ class ModelConfig:
     check_choice("init", self.init, INITIALIZATIONS)
     if (self.likelihood == "categorical") != (self.num_categories is not None):
       raise ConfigError(
-          "num_categories",
-          "num_categories is required for the categorical likelihood and only for it; got "
-          f"likelihood={self.likelihood!r}, num_categories={self.num_categories!r}.",
+        "num_categories",
+        "num_categories is required for the categorical likelihood and only for it; got "
+        f"likelihood={self.likelihood!r}, num_categories={self.num_categories!r}.",
       )
     if self.num_categories is not None and self.num_categories < 2:
       raise ConfigError(
-          "num_categories", f"num_categories must be >= 2, got {self.num_categories}.")
+        "num_categories", f"num_categories must be >= 2, got {self.num_categories}."
+      )
     if not self.min_variance >= 0.0:
       raise ConfigError("min_variance", f"min_variance must be >= 0, got {self.min_variance}.")
 
@@ -227,7 +226,7 @@ class GaussianDecoder(nn.Module):
     """x ~ p(x | z): [..., data_dim]."""
     mean, logvar = self(z)
     return distributions.reparameterize(
-        mean, logvar, jax.random.normal(key, mean.shape, mean.dtype)
+      mean, logvar, jax.random.normal(key, mean.shape, mean.dtype)
     )
 
 
@@ -336,17 +335,17 @@ def vae_from_config(data_dim: int, config: ModelConfig) -> VAE:
   """The VAE that `config` describes, for examples of `data_dim` values."""
   check_positive_int("data_dim", data_dim)
   mlp = dict(
-      hidden_sizes=config.hidden_sizes, activation=config.activation, init_scheme=config.init
+    hidden_sizes=config.hidden_sizes, activation=config.activation, init_scheme=config.init
   )
   encoder = GaussianEncoder(latent_dim=config.latent_dim, **mlp)
   if config.likelihood == "bernoulli":
     decoder = BernoulliDecoder(data_dim=data_dim, **mlp)
   elif config.likelihood == "gaussian":
     decoder = GaussianDecoder(
-        data_dim=data_dim,
-        min_variance=config.min_variance,
-        sigmoid_mean=config.sigmoid_mean,
-        **mlp,
+      data_dim=data_dim,
+      min_variance=config.min_variance,
+      sigmoid_mean=config.sigmoid_mean,
+      **mlp,
     )
   else:
     decoder = CategoricalDecoder(data_dim=data_dim, num_categories=config.num_categories, **mlp)

@@ -43,9 +43,7 @@ class _DropOrbaxInfo(logging.Filter):
   """Drops orbax records below WARNING; keeps everything else."""
 
   def filter(self, record: logging.LogRecord) -> bool:
-    return record.levelno >= logging.WARNING or not record.pathname.startswith(
-        _ORBAX_SOURCE_DIR
-    )
+    return record.levelno >= logging.WARNING or not record.pathname.startswith(_ORBAX_SOURCE_DIR)
 
 
 @contextlib.contextmanager
@@ -69,10 +67,10 @@ def _reject_typed_keys(tree: PyTree, what: str) -> None:
       typed.append(name)
   if typed:
     raise TypeError(
-        f"The {what} holds typed PRNG keys (jax.random.key) at"
-        f" {', '.join(sorted(typed))}; checkpoints store raw key data: pass"
-        " jax.random.key_data(key) instead, and jax.random.wrap_key_data after"
-        " restoring."
+      f"The {what} holds typed PRNG keys (jax.random.key) at"
+      f" {', '.join(sorted(typed))}; checkpoints store raw key data: pass"
+      " jax.random.key_data(key) instead, and jax.random.wrap_key_data after"
+      " restoring."
     )
 
 
@@ -94,12 +92,12 @@ def _stored_leaf_differences(stored: PyTree, template: PyTree) -> list[str]:
   stored_flat = ocp.tree.to_flat_dict(stored, sep="/")
   template_flat = ocp.tree.to_flat_dict(template, sep="/")
   differences = [
-      f"  {name}: in the checkpoint but not in the template"
-      for name in sorted(stored_flat.keys() - template_flat.keys())
+    f"  {name}: in the checkpoint but not in the template"
+    for name in sorted(stored_flat.keys() - template_flat.keys())
   ]
   differences += [
-      f"  {name}: in the template but not in the checkpoint"
-      for name in sorted(template_flat.keys() - stored_flat.keys())
+    f"  {name}: in the template but not in the checkpoint"
+    for name in sorted(template_flat.keys() - stored_flat.keys())
   ]
   for name in sorted(stored_flat.keys() & template_flat.keys()):
     meta = stored_flat[name]
@@ -107,8 +105,8 @@ def _stored_leaf_differences(stored: PyTree, template: PyTree) -> list[str]:
     template_spec = _stored_shape_dtype(template_flat[name])
     if stored_spec != template_spec:
       differences.append(
-          f"  {name}: checkpoint has {_describe(*stored_spec)}, template"
-          f" has {_describe(*template_spec)}"
+        f"  {name}: checkpoint has {_describe(*stored_spec)}, template"
+        f" has {_describe(*template_spec)}"
       )
   return differences
 
@@ -130,10 +128,10 @@ class Checkpointer:
   """
 
   def __init__(
-      self,
-      directory: str | os.PathLike[str],
-      max_to_keep: int | None = 3,
-      save_interval_steps: int = 1,
+    self,
+    directory: str | os.PathLike[str],
+    max_to_keep: int | None = 3,
+    save_interval_steps: int = 1,
   ):
     """Opens (creating if needed) a checkpoint directory.
 
@@ -147,18 +145,14 @@ class Checkpointer:
     if max_to_keep is not None and max_to_keep < 1:
       raise ValueError(f"max_to_keep must be >= 1 or None, got {max_to_keep}.")
     if save_interval_steps < 1:
-      raise ValueError(
-          f"save_interval_steps must be >= 1, got {save_interval_steps}."
-      )
+      raise ValueError(f"save_interval_steps must be >= 1, got {save_interval_steps}.")
     options = ocp.CheckpointManagerOptions(
-        save_decision_policy=ocp.checkpoint_managers.FixedIntervalPolicy(
-            save_interval_steps
-        ),
-        preservation_policy=ocp.checkpoint_managers.LatestN(max_to_keep),
-        # A returned save must already be durable; the state is small.
-        enable_async_checkpointing=False,
-        # Removes `*.orbax-checkpoint-tmp` leftovers of a killed run.
-        cleanup_tmp_directories=True,
+      save_decision_policy=ocp.checkpoint_managers.FixedIntervalPolicy(save_interval_steps),
+      preservation_policy=ocp.checkpoint_managers.LatestN(max_to_keep),
+      # A returned save must already be durable; the state is small.
+      enable_async_checkpointing=False,
+      # Removes `*.orbax-checkpoint-tmp` leftovers of a killed run.
+      cleanup_tmp_directories=True,
     )
     # Orbax logs from background threads too (e.g. the clean-up of temporary
     # directories), so its INFO records are dropped while this object is open.
@@ -167,14 +161,10 @@ class Checkpointer:
     # Registering the handler up front lets a fresh manager read metadata
     # of checkpoints written by an earlier process before any restore.
     registry = ocp.handlers.create_default_handler_registry(
-        **{
-            ocp.checkpoint_manager.DEFAULT_ITEM_NAME: (
-                ocp.StandardCheckpointHandler()
-            )
-        }
+      **{ocp.checkpoint_manager.DEFAULT_ITEM_NAME: (ocp.StandardCheckpointHandler())}
     )
     self._manager = ocp.CheckpointManager(
-        os.path.abspath(directory), options=options, handler_registry=registry
+      os.path.abspath(directory), options=options, handler_registry=registry
     )
 
   @property
@@ -215,12 +205,10 @@ class Checkpointer:
       return False
     if steps and step < steps[-1]:
       raise ValueError(
-          f"Cannot save step {step}: {self.directory} already holds the newer"
-          f" step {steps[-1]}. Restore it, or use a fresh directory."
+        f"Cannot save step {step}: {self.directory} already holds the newer"
+        f" step {steps[-1]}. Restore it, or use a fresh directory."
       )
-    saved = self._manager.save(
-        step, args=ocp.args.StandardSave(state), force=force
-    )
+    saved = self._manager.save(step, args=ocp.args.StandardSave(state), force=force)
     self._manager.wait_until_finished()
     return saved
 
@@ -248,8 +236,7 @@ class Checkpointer:
       step = available[-1]
     elif step not in available:
       raise FileNotFoundError(
-          f"No checkpoint for step {step} in {self.directory}; available"
-          f" steps: {available}."
+        f"No checkpoint for step {step} in {self.directory}; available steps: {available}."
       )
     stored = self._manager.metadata(step).item_metadata.tree
     self._raise_on_mismatch(step, _stored_leaf_differences(stored, template))
@@ -258,8 +245,8 @@ class Checkpointer:
   def _raise_on_mismatch(self, step: int, differences: list[str]) -> None:
     if differences:
       raise CheckpointMismatchError(
-          f"Checkpoint for step {step} in {self.directory} does not match the"
-          " restore template:\n" + "\n".join(differences)
+        f"Checkpoint for step {step} in {self.directory} does not match the"
+        " restore template:\n" + "\n".join(differences)
       )
 
   def close(self) -> None:
@@ -273,9 +260,9 @@ class Checkpointer:
     return self
 
   def __exit__(
-      self,
-      exc_type: type[BaseException] | None,
-      exc: BaseException | None,
-      traceback: types.TracebackType | None,
+    self,
+    exc_type: type[BaseException] | None,
+    exc: BaseException | None,
+    traceback: types.TracebackType | None,
   ) -> None:
     self.close()

@@ -12,7 +12,8 @@ in the inner loop. `make_epoch` is that program for any step function: AEVB
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, NamedTuple, TypeVar
+from collections.abc import Callable
+from typing import Any, NamedTuple, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -34,7 +35,7 @@ EpochFn = Callable[..., tuple[Any, Any]]
 
 
 def make_train_step(
-    model: VAE, config: TrainConfig, num_train: int, learning_rate: Any = None
+  model: VAE, config: TrainConfig, num_train: int, learning_rate: Any = None
 ) -> Callable[[TrainState, Array, Array], tuple[TrainState, Array]]:
   """Returns `train_step(state, batch, key) -> (state, mean bound)`.
 
@@ -44,7 +45,7 @@ def make_train_step(
   learning_rate: in place of `config.learning_rate` (see `make_optimizer`).
   """
   elbo = bounds.make_elbo(
-      model, config.estimator, config.num_samples, posterior=config.posterior_family
+    model, config.estimator, config.num_samples, posterior=config.posterior_family
   )
   objective_fn = training_objective(model, config)
   optimizer = make_optimizer(config, num_train, learning_rate)
@@ -72,7 +73,7 @@ def make_train_step(
 
 
 def epoch_batches(
-    key: Array, train_data: Array, config: TrainConfig
+  key: Array, train_data: Array, config: TrainConfig
 ) -> tuple[Array, Array, tuple[Array, Array]]:
   """One epoch's minibatches in a fresh random order, binarised anew if
   `config.dynamic_binarization`.
@@ -102,11 +103,11 @@ class Minibatch(NamedTuple):
 
 
 def make_epoch(
-    step: Callable[..., tuple[State, Any]],
-    config: TrainConfig,
-    batch_sharding: jax.sharding.Sharding | None = None,
-    over_runs: Callable[[EpochFn], EpochFn] | None = None,
-    **jit_options: Any,
+  step: Callable[..., tuple[State, Any]],
+  config: TrainConfig,
+  batch_sharding: jax.sharding.Sharding | None = None,
+  over_runs: Callable[[EpochFn], EpochFn] | None = None,
+  **jit_options: Any,
 ) -> EpochFn:
   """Returns a jitted `epoch(state, data, *step_args) -> (state, aux)`.
 
@@ -139,7 +140,7 @@ def make_epoch(
       batches = jax.lax.with_sharding_constraint(batches, batch_sharding)
     minibatches = Minibatch(indices, batches, jax.random.split(step_key, indices.shape[0]))
     state, aux = jax.lax.scan(
-        lambda carry, minibatch: step(carry, minibatch, *step_args), state, minibatches
+      lambda carry, minibatch: step(carry, minibatch, *step_args), state, minibatches
     )
     return state.with_key(next_key), aux
 
@@ -149,12 +150,12 @@ def make_epoch(
 
 
 def make_train_epoch(
-    model: VAE,
-    config: TrainConfig,
-    num_train: int,
-    mesh: jax.sharding.Mesh | None = None,
-    multi_run: bool = False,
-    learning_rates: Any = None,
+  model: VAE,
+  config: TrainConfig,
+  num_train: int,
+  mesh: jax.sharding.Mesh | None = None,
+  multi_run: bool = False,
+  learning_rates: Any = None,
 ) -> Callable[[TrainState, Array], tuple[TrainState, Array]]:
   """Returns a jitted `train_epoch(state, train_data) -> (state, bounds)`.
 
@@ -192,17 +193,15 @@ def make_train_epoch(
     learning_rates = np.asarray(learning_rates, np.float32)
     if not multi_run or learning_rates.ndim != 1 or not np.all(learning_rates > 0):
       raise ValueError(
-          "learning_rates must be a 1-D sequence of positive rates, one per run of a "
-          f"multi_run epoch; got {learning_rates.tolist()} with multi_run={multi_run}."
+        "learning_rates must be a 1-D sequence of positive rates, one per run of a "
+        f"multi_run epoch; got {learning_rates.tolist()} with multi_run={multi_run}."
       )
   if num_train < config.batch_size:
-    raise ValueError(
-        f"batch_size {config.batch_size} exceeds the {num_train} training examples."
-    )
+    raise ValueError(f"batch_size {config.batch_size} exceeds the {num_train} training examples.")
   if data_parallel and config.batch_size % mesh.size:
     raise ValueError(
-        f"batch_size {config.batch_size} must be a multiple of the {mesh.size} "
-        "devices it is split over."
+      f"batch_size {config.batch_size} must be a multiple of the {mesh.size} "
+      "devices it is split over."
     )
 
   def step(state: TrainState, minibatch: Minibatch, learning_rate: Any = None):
@@ -216,17 +215,19 @@ def make_train_epoch(
   replicated = NamedSharding(mesh, PartitionSpec())
   if data_parallel:
     return make_epoch(
-        step, config, batch_sharding=NamedSharding(mesh, PartitionSpec(None, BATCH_AXIS)),
-        out_shardings=replicated,
+      step,
+      config,
+      batch_sharding=NamedSharding(mesh, PartitionSpec(None, BATCH_AXIS)),
+      out_shardings=replicated,
     )
   by_run = NamedSharding(mesh, PartitionSpec(BATCH_AXIS))
   return make_epoch(
-      step, config, over_runs=over_runs, in_shardings=(by_run, replicated), out_shardings=by_run
+    step, config, over_runs=over_runs, in_shardings=(by_run, replicated), out_shardings=by_run
   )
 
 
 def _over_runs(
-    multi_run: bool, learning_rates: np.ndarray | None
+  multi_run: bool, learning_rates: np.ndarray | None
 ) -> Callable[[EpochFn], EpochFn] | None:
   """How `make_train_epoch` maps its one-run epoch over a leading axis of runs
   (at learning_rates [num_runs], one per run, if given); None for one run."""
@@ -239,8 +240,8 @@ def _over_runs(
     def train_epoch(state: TrainState, train_data: Array):
       if state.step.shape != learning_rates.shape:
         raise ValueError(
-            f"The state holds {state.step.shape[0]} runs but learning_rates "
-            f"{learning_rates.size} rates."
+          f"The state holds {state.step.shape[0]} runs but learning_rates "
+          f"{learning_rates.size} rates."
         )
       return epoch_per_run(state, train_data, learning_rates)
 

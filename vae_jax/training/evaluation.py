@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -21,14 +22,15 @@ Params = Any
 # this fixed key, so that runs with different seeds are scored on the same bits.
 EVAL_BINARIZATION_SEED = 0
 
+
 def make_evaluate(
-    model: VAE,
-    estimator: str = "B",
-    num_samples: int = 1,
-    batch_size: int = 1000,
-    multi_run: bool = False,
-    samples_per_pass: int = 100,
-    posterior: posteriors.Posterior = posteriors.GAUSSIAN,
+  model: VAE,
+  estimator: str = "B",
+  num_samples: int = 1,
+  batch_size: int = 1000,
+  multi_run: bool = False,
+  samples_per_pass: int = 100,
+  posterior: posteriors.Posterior = posteriors.GAUSSIAN,
 ) -> Callable[[Params, Array, Array], Array]:
   """Returns a jitted `evaluate(params, data, key) -> [N]` bounds in nats.
 
@@ -44,9 +46,7 @@ def make_evaluate(
   `posterior` is the family of q(z|x).
   """
   if estimator == "iwae":
-    bound = bounds.make_log_likelihood_estimate(
-        model, num_samples, samples_per_pass, posterior
-    )
+    bound = bounds.make_log_likelihood_estimate(model, num_samples, samples_per_pass, posterior)
   else:
     bound = bounds.make_elbo(model, estimator, num_samples, posterior=posterior)
 
@@ -59,7 +59,7 @@ def make_evaluate(
 
 
 def map_in_batches(
-    fn: Callable[..., Any], arrays: tuple[Array, ...], key: Array, batch_size: int
+  fn: Callable[..., Any], arrays: tuple[Array, ...], key: Array, batch_size: int
 ) -> Any:
   """fn(*batches, key) over `arrays` [N, ...] in batches of `batch_size` rows,
   one `lax.map` (so one compiled loop, not N / batch_size programs).
@@ -93,5 +93,6 @@ def binarize_for_evaluation(sets: dict[str, Array]) -> dict[str, Array]:
   fixed by EVAL_BINARIZATION_SEED and the set's position: every run and
   every evaluation scores the same bits."""
   key = jax.random.key(EVAL_BINARIZATION_SEED)
-  return {name: binarize(jax.random.fold_in(key, i), data)
-          for i, (name, data) in enumerate(sets.items())}
+  return {
+    name: binarize(jax.random.fold_in(key, i), data) for i, (name, data) in enumerate(sets.items())
+  }

@@ -8,7 +8,7 @@ matplotlib.
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from vae_jax.training.checkpoints import Checkpointer
 from vae_jax.training.loop import Evaluation, Hook, LoopPlan
@@ -41,10 +41,16 @@ class ProgressHook(Hook):
   """Logs, per evaluation, the progress line (`ProgressLogger`: rate, ETA)
   and the scores."""
 
-  def __init__(self, plan: LoopPlan, start_step: int, log: Callable[[str], None],
-               value: str = "train_bound"):
-    self._logger = ProgressLogger(plan.total_steps, 1, start_step=start_step,
-                                  start_samples=start_step * plan.batch_size, print_fn=log)
+  def __init__(
+    self, plan: LoopPlan, start_step: int, log: Callable[[str], None], value: str = "train_bound"
+  ):
+    self._logger = ProgressLogger(
+      plan.total_steps,
+      1,
+      start_step=start_step,
+      start_samples=start_step * plan.batch_size,
+      print_fn=log,
+    )
     self._log = log
     self._value = value
 
@@ -53,7 +59,10 @@ class ProgressHook(Hook):
     if evaluation.epoch:
       self._logger(evaluation.step, record["samples_seen"], record.get(self._value, math.nan))
     scores = ", ".join(
-        f"{name} {value:.4g}" for name, value in record.items()
-        if isinstance(value, float) and name not in ("seconds", "examples_per_second")
-        and "_run" not in name)
+      f"{name} {value:.4g}"
+      for name, value in record.items()
+      if isinstance(value, float)
+      and name not in ("seconds", "examples_per_second")
+      and "_run" not in name
+    )
     self._log(f"epoch {evaluation.epoch}: {scores}")

@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -86,18 +87,20 @@ class Hook:
     """After the last epoch, with every record of the run ("step" included)."""
 
 
-def check_finite(values: Any, epoch: int, last_step: int | None, run_name: str,
-                 kind: str = "training") -> None:
+def check_finite(
+  values: Any, epoch: int, last_step: int | None, run_name: str, kind: str = "training"
+) -> None:
   """Raises TrainingDivergedError if a floating leaf of `values` (a pytree)
   is NaN or infinite, naming the value, the epoch and the state kept."""
   for path, value in jax.tree_util.tree_leaves_with_path(values):
     value = np.asarray(value)
     if np.issubdtype(value.dtype, np.floating) and not np.all(np.isfinite(value)):
       raise TrainingDivergedError(
-          f"The {kind} value {jax.tree_util.keystr(path) or '(bound)'} became "
-          f"{value[~np.isfinite(value)].flat[0]} in epoch {epoch}; stopping. The last good "
-          f"checkpoint (step {last_step}) is kept in {run_name}; lower the learning "
-          "rate or set a variance floor, then rerun to resume.")
+        f"The {kind} value {jax.tree_util.keystr(path) or '(bound)'} became "
+        f"{value[~np.isfinite(value)].flat[0]} in epoch {epoch}; stopping. The last good "
+        f"checkpoint (step {last_step}) is kept in {run_name}; lower the learning "
+        "rate or set a variance floor, then rerun to resume."
+      )
 
 
 class _Round:
@@ -109,18 +112,18 @@ class _Round:
 
 
 def train_loop(
-    state: Any,
-    train_epoch: Any,
-    epoch_args: tuple[Any, ...],
-    evaluate: Callable[[Any, int, list[Any]], dict[str, Any]],
-    plan: LoopPlan,
-    hooks: Sequence[Hook] = (),
-    *,
-    start_step: int = 0,
-    resumed: bool = False,
-    history: Sequence[dict[str, Any]] = (),
-    run_name: str = "the run",
-    log: Callable[[str], None] = print,
+  state: Any,
+  train_epoch: Any,
+  epoch_args: tuple[Any, ...],
+  evaluate: Callable[[Any, int, list[Any]], dict[str, Any]],
+  plan: LoopPlan,
+  hooks: Sequence[Hook] = (),
+  *,
+  start_step: int = 0,
+  resumed: bool = False,
+  history: Sequence[dict[str, Any]] = (),
+  run_name: str = "the run",
+  log: Callable[[str], None] = print,
 ) -> tuple[Any, list[dict[str, Any]]]:
   """Trains from `start_step` to `plan.num_epochs` epochs.
 
@@ -166,8 +169,18 @@ def train_loop(
     check_finite(outputs, epoch, history[-1]["step"] if history else None, run_name)
     if plan.evaluate_at(epoch) or epoch == plan.num_epochs:
       seconds += current.seconds
-      _evaluate(state, epoch, epoch * plan.steps_per_epoch, current, seconds, evaluate, plan,
-                hooks, history, run_name)
+      _evaluate(
+        state,
+        epoch,
+        epoch * plan.steps_per_epoch,
+        current,
+        seconds,
+        evaluate,
+        plan,
+        hooks,
+        history,
+        run_name,
+      )
       current = _Round()
   for hook in hooks:
     hook.on_end(state, history)
@@ -180,11 +193,11 @@ def _evaluate(state, epoch, step, current, seconds, evaluate, plan, hooks, histo
   check_finite(scores, epoch, history[-1]["step"] if history else None, run_name, "evaluated")
   examples = len(current.outputs) * plan.steps_per_epoch * plan.batch_size * plan.num_runs
   record = {
-      "epoch": epoch,
-      "samples_seen": step * plan.batch_size,
-      **scores,
-      "seconds": seconds,
-      "examples_per_second": examples / current.seconds if current.outputs else None,
+    "epoch": epoch,
+    "samples_seen": step * plan.batch_size,
+    **scores,
+    "seconds": seconds,
+    "examples_per_second": examples / current.seconds if current.outputs else None,
   }
   evaluation = Evaluation(epoch, step, state, record)
   for hook in hooks:

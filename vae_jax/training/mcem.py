@@ -19,7 +19,7 @@ training set, which is why the paper runs it on small ones.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 import flax
 import jax
@@ -32,11 +32,11 @@ from vae_jax.models.vae import VAE
 from vae_jax.training.epoch import Minibatch, make_epoch
 from vae_jax.training.objectives import with_weight_prior
 from vae_jax.training.state import (
-    TrainConfig,
-    TrainState,
-    apply_gradients,
-    init_train_state,
-    make_optimizer,
+  TrainConfig,
+  TrainState,
+  apply_gradients,
+  init_train_state,
+  make_optimizer,
 )
 
 Array = jax.Array
@@ -64,12 +64,12 @@ class MCEMConfig:
         raise ConfigError(name, f"{name} must be >= 1, got {getattr(self, name)}.")
     if not 0 < self.target_acceptance < 1:
       raise ConfigError(
-          "target_acceptance",
-          f"target_acceptance must be in (0, 1), got {self.target_acceptance}.")
+        "target_acceptance", f"target_acceptance must be in (0, 1), got {self.target_acceptance}."
+      )
     if not self.initial_step_size > 0:
       raise ConfigError(
-          "initial_step_size",
-          f"initial_step_size must be > 0, got {self.initial_step_size}.")
+        "initial_step_size", f"initial_step_size must be > 0, got {self.initial_step_size}."
+      )
 
 
 @flax.struct.dataclass
@@ -91,27 +91,27 @@ class MCEMState:
 
 
 def init_mcem_state(
-    model: VAE,
-    config: TrainConfig,
-    mcem_config: MCEMConfig,
-    num_train: int,
-    key: Array,
+  model: VAE,
+  config: TrainConfig,
+  mcem_config: MCEMConfig,
+  num_train: int,
+  key: Array,
 ) -> MCEMState:
   """Parameters and optimiser state as `init_train_state(model,
   config, key)`; the chains start at draws from the prior p(z)."""
   train_key, latent_key = jax.random.split(key)
   return MCEMState(
-      train=init_train_state(model, config, train_key, num_train),
-      latents=jax.random.normal(latent_key, (num_train, model.latent_dim)),
-      log_step_size=jnp.log(jnp.float32(mcem_config.initial_step_size)),
+    train=init_train_state(model, config, train_key, num_train),
+    latents=jax.random.normal(latent_key, (num_train, model.latent_dim)),
+    log_step_size=jnp.log(jnp.float32(mcem_config.initial_step_size)),
   )
 
 
 def make_mcem_epoch(
-    model: VAE,
-    config: TrainConfig,
-    mcem_config: MCEMConfig,
-    num_train: int,
+  model: VAE,
+  config: TrainConfig,
+  mcem_config: MCEMConfig,
+  num_train: int,
 ) -> Callable[[MCEMState, Array], tuple[MCEMState, Array]]:
   """Returns a jitted `epoch(state, train_data) -> (state, acceptance)`.
 
@@ -122,16 +122,14 @@ def make_mcem_epoch(
   [num_train // M] the E-steps' mean acceptance rates.
   """
   if num_train < config.batch_size:
-    raise ValueError(
-        f"batch_size {config.batch_size} exceeds the {num_train} training examples."
-    )
+    raise ValueError(f"batch_size {config.batch_size} exceeds the {num_train} training examples.")
   _, log_likelihood_fn = model_functions(model)
   optimizer = make_optimizer(config, num_train)
   transition = jax.vmap(
-      lambda params, x, z, key, step_size: hmc.transition(
-          log_likelihood_fn, params, x, z, key, step_size, mcem_config.num_leapfrog
-      ),
-      in_axes=(None, 0, 0, 0, None),
+    lambda params, x, z, key, step_size: hmc.transition(
+      log_likelihood_fn, params, x, z, key, step_size, mcem_config.num_leapfrog
+    ),
+    in_axes=(None, 0, 0, 0, None),
   )
   log_likelihood = jax.vmap(log_likelihood_fn, in_axes=(None, 0, 0))
 
@@ -149,19 +147,22 @@ def make_mcem_epoch(
   def step(state: MCEMState, minibatch: Minibatch):
     indices, x, key = minibatch
     keys = jax.random.split(key, indices.shape[0])
-    moved = transition(state.train.params, x, state.latents[indices], keys,
-                       jnp.exp(state.log_step_size))
+    moved = transition(
+      state.train.params, x, state.latents[indices], keys, jnp.exp(state.log_step_size)
+    )
     acceptance = jnp.mean(moved.acceptance_rate)
     train_state, _ = jax.lax.scan(
-        lambda s, _: update(s, (x, moved.position)), state.train, None,
-        length=mcem_config.num_updates,
+      lambda s, _: update(s, (x, moved.position)),
+      state.train,
+      None,
+      length=mcem_config.num_updates,
     )
     return state.replace(
-        train=train_state,
-        latents=state.latents.at[indices].set(moved.position),
-        log_step_size=hmc.adapt_log_step_size(
-            state.log_step_size, acceptance, mcem_config.target_acceptance
-        ),
+      train=train_state,
+      latents=state.latents.at[indices].set(moved.position),
+      log_step_size=hmc.adapt_log_step_size(
+        state.log_step_size, acceptance, mcem_config.target_acceptance
+      ),
     ), acceptance
 
   return make_epoch(step, config)

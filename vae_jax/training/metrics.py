@@ -26,7 +26,7 @@ import json
 import os
 import socket
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any, TextIO, TypeVar
 
 import numpy as np
@@ -44,10 +44,7 @@ def _to_json_scalar(name: str, value: Any) -> Scalar:
     return value
   array = np.asarray(value)
   if array.ndim != 0:
-    raise TypeError(
-        f"Metric {name!r} must be a scalar, got an array of shape"
-        f" {array.shape}."
-    )
+    raise TypeError(f"Metric {name!r} must be a scalar, got an array of shape {array.shape}.")
   return array.item()
 
 
@@ -115,23 +112,18 @@ class JsonlWriter(MetricWriter):
   that the next record starts on its own line.
   """
 
-  def __init__(
-      self, workdir: str | os.PathLike[str], resume_step: int | None = None
-  ):
+  def __init__(self, workdir: str | os.PathLike[str], resume_step: int | None = None):
     os.makedirs(workdir, exist_ok=True)
     self.path = os.path.join(os.fspath(workdir), METRICS_FILENAME)
     if os.path.exists(self.path):
       self._rewrite_complete_lines(resume_step)
-    self._file: TextIO = open(self.path, "a", encoding="utf-8")
+    # Open for the writer's life, closed by close(): a context manager cannot span it.
+    self._file: TextIO = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
 
   def _rewrite_complete_lines(self, resume_step: int | None) -> None:
     lines = _read_complete_lines(self.path)
     if resume_step is not None:
-      lines = [
-          line
-          for line in lines
-          if json.loads(line).get("step", resume_step) <= resume_step
-      ]
+      lines = [line for line in lines if json.loads(line).get("step", resume_step) <= resume_step]
     # Write-then-rename, so a kill during the rewrite keeps the old file.
     tmp_path = self.path + ".tmp"
     with open(tmp_path, "w", encoding="utf-8") as f:
@@ -175,9 +167,7 @@ class TensorBoardWriter(MetricWriter):
   still be lost by a kill.
   """
 
-  def __init__(
-      self, logdir: str | os.PathLike[str], resume_step: int | None = None
-  ):
+  def __init__(self, logdir: str | os.PathLike[str], resume_step: int | None = None):
     """Opens a new event file in `logdir`, creating the directory.
 
     Args:
@@ -197,26 +187,22 @@ class TensorBoardWriter(MetricWriter):
     os.makedirs(logdir, exist_ok=True)
     # The name TensorFlow gives event files: time, host, process, number.
     self.path = os.path.join(
-        os.fspath(logdir),
-        f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}"
-        f".{os.getpid()}.{next(_event_file_numbers)}",
+      os.fspath(logdir),
+      f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}"
+      f".{os.getpid()}.{next(_event_file_numbers)}",
     )
     self._records = tensorboardX.RecordWriter(self.path)
     # Readers identify the format by the first event's file_version.
-    self._write_event(
-        event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2")
-    )
+    self._write_event(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
     if resume_step is not None:
       # TensorBoard drops the events of steps >= a START event's step that it
       # read before it.
       self._write_event(
-          event_pb2.Event(
-              wall_time=time.time(),
-              step=int(resume_step) + 1,
-              session_log=event_pb2.SessionLog(
-                  status=event_pb2.SessionLog.START
-              ),
-          )
+        event_pb2.Event(
+          wall_time=time.time(),
+          step=int(resume_step) + 1,
+          session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START),
+        )
       )
 
   def _write_event(self, event: Any) -> None:
@@ -229,19 +215,19 @@ class TensorBoardWriter(MetricWriter):
     See `MetricWriter.write`. A record without numbers writes nothing.
     """
     summary_values = [
-        self._summary_pb2.Summary.Value(tag=name, simple_value=float(value))
-        for name, value in _to_scalars(record).items()
-        # bool is an int subclass, but a flag is not a curve.
-        if isinstance(value, (int, float)) and not isinstance(value, bool)
+      self._summary_pb2.Summary.Value(tag=name, simple_value=float(value))
+      for name, value in _to_scalars(record).items()
+      # bool is an int subclass, but a flag is not a curve.
+      if isinstance(value, (int, float)) and not isinstance(value, bool)
     ]
     if not summary_values:
       return
     self._write_event(
-        self._event_pb2.Event(
-            wall_time=time.time(),
-            step=int(step),
-            summary=self._summary_pb2.Summary(value=summary_values),
-        )
+      self._event_pb2.Event(
+        wall_time=time.time(),
+        step=int(step),
+        summary=self._summary_pb2.Summary(value=summary_values),
+      )
     )
 
   def close(self) -> None:

@@ -24,14 +24,17 @@ def training_objective(model: VAE, config: TrainConfig) -> bounds.ElboFn | None:
     return bounds.make_autoencoder_objective(model)
   if config.kl_weight != 1:
     return bounds.make_elbo(
-        model, config.estimator, config.num_samples, config.kl_weight,
-        config.posterior_family,
+      model,
+      config.estimator,
+      config.num_samples,
+      config.kl_weight,
+      config.posterior_family,
     )
   return None
 
 
 def with_weight_prior(
-    objective: Array, params: Params, num_examples: int, config: TrainConfig
+  objective: Array, params: Params, num_examples: int, config: TrainConfig
 ) -> Array:
   """`objective` plus the weight prior's share per example, if `config.weight_prior`.
 
@@ -52,6 +55,6 @@ def with_weight_prior(
   """
   if not config.weight_prior:
     return objective
-  return objective + estimators.gaussian_weight_log_prior(
-      params, config.prior_stddev
-  ) / num_examples
+  return (
+    objective + estimators.gaussian_weight_log_prior(params, config.prior_stddev) / num_examples
+  )

@@ -24,13 +24,12 @@ def make_mesh(num_devices: int) -> jax.sharding.Mesh:
   num_processes = jax.process_count()
   if not 1 <= num_devices <= jax.device_count():
     raise ValueError(
-        f"num_devices must be in [1, {jax.device_count()}] (the devices of all "
-        f"processes), got {num_devices}."
+      f"num_devices must be in [1, {jax.device_count()}] (the devices of all "
+      f"processes), got {num_devices}."
     )
   if num_devices % num_processes:
     raise ValueError(
-        f"num_devices must be a multiple of the {num_processes} processes, got "
-        f"{num_devices}."
+      f"num_devices must be a multiple of the {num_processes} processes, got {num_devices}."
     )
   per_process = num_devices // num_processes
   devices = []
@@ -38,8 +37,8 @@ def make_mesh(num_devices: int) -> jax.sharding.Mesh:
     local = [d for d in jax.devices() if d.process_index == process]
     if len(local) < per_process:
       raise ValueError(
-          f"num_devices={num_devices} needs {per_process} devices in each of the "
-          f"{num_processes} processes; process {process} has {len(local)}."
+        f"num_devices={num_devices} needs {per_process} devices in each of the "
+        f"{num_processes} processes; process {process} has {len(local)}."
       )
     devices += local[:per_process]
   return jax.sharding.Mesh(np.array(devices), (BATCH_AXIS,))
@@ -52,9 +51,7 @@ def replicate(tree: Any, mesh: jax.sharding.Mesh) -> Any:
   process must pass the same values, and each fills its own devices (no data
   crosses processes).
   """
-  return jax.make_array_from_process_local_data(
-      NamedSharding(mesh, PartitionSpec()), tree
-  )
+  return jax.make_array_from_process_local_data(NamedSharding(mesh, PartitionSpec()), tree)
 
 
 def shard_runs(tree: Any, mesh: jax.sharding.Mesh) -> Any:
@@ -66,7 +63,7 @@ def shard_runs(tree: Any, mesh: jax.sharding.Mesh) -> Any:
   num_runs = {leaf.shape[0] for leaf in jax.tree_util.tree_leaves(tree)}
   if len(num_runs) != 1 or next(iter(num_runs)) % mesh.size:
     raise ValueError(
-        f"Runs split over {mesh.size} devices must be a multiple of them in number; "
-        f"the leaves' leading axes are {sorted(num_runs)}."
+      f"Runs split over {mesh.size} devices must be a multiple of them in number; "
+      f"the leaves' leading axes are {sorted(num_runs)}."
     )
   return jax.device_put(tree, NamedSharding(mesh, PartitionSpec(BATCH_AXIS)))

@@ -29,18 +29,18 @@ def format_duration(seconds: float) -> str:
 
 
 def format_progress(
-    step: int,
-    total_steps: int,
-    samples_seen: int,
-    samples_per_second: float,
-    bound: float,
-    eta_seconds: float,
+  step: int,
+  total_steps: int,
+  samples_seen: int,
+  samples_per_second: float,
+  bound: float,
+  eta_seconds: float,
 ) -> str:
   """One human-readable progress line; `bound` is in nats per example."""
   return (
-      f"step {step:,}/{total_steps:,} ({100 * step / total_steps:.1f}%)"
-      f" | {samples_seen:,} samples | {samples_per_second:,.0f} samples/s"
-      f" | bound {bound:.2f} nats | ETA {format_duration(eta_seconds)}"
+    f"step {step:,}/{total_steps:,} ({100 * step / total_steps:.1f}%)"
+    f" | {samples_seen:,} samples | {samples_per_second:,.0f} samples/s"
+    f" | bound {bound:.2f} nats | ETA {format_duration(eta_seconds)}"
   )
 
 
@@ -53,14 +53,14 @@ class ProgressLogger:
   """
 
   def __init__(
-      self,
-      total_steps: int,
-      every_steps: int,
-      *,
-      start_step: int = 0,
-      start_samples: int = 0,
-      print_fn: Callable[[str], None] = print,
-      clock: Callable[[], float] = time.monotonic,
+    self,
+    total_steps: int,
+    every_steps: int,
+    *,
+    start_step: int = 0,
+    start_samples: int = 0,
+    print_fn: Callable[[str], None] = print,
+    clock: Callable[[], float] = time.monotonic,
   ):
     """Starts the clock.
 
@@ -104,12 +104,12 @@ class ProgressLogger:
     else:
       samples_per_second, eta = math.nan, math.nan
     line = format_progress(
-        step,
-        self._total_steps,
-        samples_seen,
-        samples_per_second,
-        float(np.asarray(bound)),
-        eta,
+      step,
+      self._total_steps,
+      samples_seen,
+      samples_per_second,
+      float(np.asarray(bound)),
+      eta,
     )
     self._print_fn(line)
     self._last_step, self._last_samples = step, samples_seen

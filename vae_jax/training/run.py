@@ -11,7 +11,8 @@ training and test sets. Its work directory is described there.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -73,8 +74,9 @@ class RunConfig:
       if getattr(self, name) < 0:
         raise ConfigError(name, f"{name} must be >= 0, got {getattr(self, name)}.")
     if not all(rate > 0 for rate in self.learning_rates):
-      raise ConfigError("learning_rates",
-                        f"learning_rates must be positive, got {list(self.learning_rates)}.")
+      raise ConfigError(
+        "learning_rates", f"learning_rates must be positive, got {list(self.learning_rates)}."
+      )
 
   @property
   def runs(self) -> list[dict[str, Any]]:
@@ -82,8 +84,11 @@ class RunConfig:
     vmapped axis and of the metrics' "_run<i>" names: the rates of a sweep
     outer, the seeds inner; "learning_rate" is None without a sweep."""
     seeds = [self.seed + i for i in range(self.num_runs)]
-    return [{"seed": seed, "learning_rate": rate}
-            for rate in (self.learning_rates or (None,)) for seed in seeds]
+    return [
+      {"seed": seed, "learning_rate": rate}
+      for rate in (self.learning_rates or (None,))
+      for seed in seeds
+    ]
 
   @property
   def multi_run(self) -> bool:
@@ -92,13 +97,21 @@ class RunConfig:
 
 
 def describe(
-    model: VAE, config: TrainConfig, seed: int, num_runs: int = 1,
-    learning_rates: tuple[float, ...] = (),
+  model: VAE,
+  config: TrainConfig,
+  seed: int,
+  num_runs: int = 1,
+  learning_rates: tuple[float, ...] = (),
 ) -> dict[str, Any]:
   """The settings that define a VAE run, as they read back from JSON."""
-  settings = describe_parts(encoder=model.encoder, decoder=model.decoder,
-                            likelihood=model.likelihood, train=config, seed=seed,
-                            num_runs=num_runs)
+  settings = describe_parts(
+    encoder=model.encoder,
+    decoder=model.decoder,
+    likelihood=model.likelihood,
+    train=config,
+    seed=seed,
+    num_runs=num_runs,
+  )
   if learning_rates:  # absent otherwise, as in the runs saved before sweeps existed
     settings["learning_rates"] = list(learning_rates)
   return settings
@@ -109,7 +122,8 @@ def check_settings(model: VAE, config: TrainConfig, run: RunConfig) -> None:
   settings; writes nothing (a runner calls it before writing into the
   directory)."""
   check_run_settings(
-      run.workdir, describe(model, config, run.seed, run.num_runs, run.learning_rates), False)
+    run.workdir, describe(model, config, run.seed, run.num_runs, run.learning_rates), False
+  )
 
 
 def host_params(state: TrainState) -> Any:
@@ -120,32 +134,52 @@ def host_params(state: TrainState) -> Any:
   return params
 
 
-def _initial_state(model: VAE, config: TrainConfig, run: RunConfig, num_train: int,
-                   log: Callable[[str], None]) -> TrainState:
+def _initial_state(
+  model: VAE, config: TrainConfig, run: RunConfig, num_train: int, log: Callable[[str], None]
+) -> TrainState:
   if not run.multi_run:
     return init_train_state(model, config, jax.random.key(run.seed), num_train)
   # Each run is seeded as the single run with its seed would be.
   keys = jax.numpy.stack([jax.random.key(r["seed"]) for r in run.runs])
-  log("Runs (the metrics' _run<i>): " + "; ".join(
-      f"{i}: seed {r['seed']}" + (f", learning rate {r['learning_rate']:g}"
-                                  if r["learning_rate"] is not None else "")
-      for i, r in enumerate(run.runs)))
+  log(
+    "Runs (the metrics' _run<i>): "
+    + "; ".join(
+      f"{i}: seed {r['seed']}"
+      + (f", learning rate {r['learning_rate']:g}" if r["learning_rate"] is not None else "")
+      for i, r in enumerate(run.runs)
+    )
+  )
   return init_train_states(model, config, keys, num_train)
 
 
-def _make_evaluate(model: VAE, config: TrainConfig, run: RunConfig,
-                   eval_sets: dict[str, jax.Array]) -> Callable[..., dict[str, float]]:
+def _make_evaluate(
+  model: VAE, config: TrainConfig, run: RunConfig, eval_sets: dict[str, jax.Array]
+) -> Callable[..., dict[str, float]]:
   """The loop's `evaluate`: the bound of `config.estimator` on every
   evaluation set (means over the runs, and with several runs each run's as
   "<name>_run<i>"), the mean per-step bound of the epochs trained since the
   last evaluation, and after the last epoch the k-sample test
   log-likelihood if `run.log_likelihood_samples`."""
   bound = evaluation.make_evaluate(
-      model, config.estimator, config.num_samples, run.eval_batch_size, run.multi_run,
-      posterior=config.posterior_family)
-  log_likelihood = evaluation.make_evaluate(
-      model, "iwae", run.log_likelihood_samples, run.eval_batch_size, run.multi_run,
-      posterior=config.posterior_family) if run.log_likelihood_samples else None
+    model,
+    config.estimator,
+    config.num_samples,
+    run.eval_batch_size,
+    run.multi_run,
+    posterior=config.posterior_family,
+  )
+  log_likelihood = (
+    evaluation.make_evaluate(
+      model,
+      "iwae",
+      run.log_likelihood_samples,
+      run.eval_batch_size,
+      run.multi_run,
+      posterior=config.posterior_family,
+    )
+    if run.log_likelihood_samples
+    else None
+  )
   eval_key = jax.random.key(run.seed + 1)
 
   def evaluate(state, epoch, outputs):
@@ -160,24 +194,24 @@ def _make_evaluate(model: VAE, config: TrainConfig, run: RunConfig,
     for name, data in eval_sets.items():
       record(f"{name}_bound", bound(state.params, data, eval_key))
     if outputs:
-      scores["train_minibatch_bound"] = float(np.mean(np.concatenate(
-          [np.asarray(bounds).reshape(-1) for bounds in outputs])))
+      scores["train_minibatch_bound"] = float(
+        np.mean(np.concatenate([np.asarray(bounds).reshape(-1) for bounds in outputs]))
+      )
     if epoch == run.num_epochs and log_likelihood is not None:
-      record("test_log_likelihood",
-             log_likelihood(state.params, eval_sets["test"], eval_key))
+      record("test_log_likelihood", log_likelihood(state.params, eval_sets["test"], eval_key))
     return scores
 
   return evaluate
 
 
 def train_and_evaluate(
-    model: VAE,
-    config: TrainConfig,
-    run: RunConfig,
-    train_data: np.ndarray,
-    test_data: np.ndarray,
-    hooks: Sequence[Hook] = (),
-    log: Callable[[str], None] = print,
+  model: VAE,
+  config: TrainConfig,
+  run: RunConfig,
+  train_data: np.ndarray,
+  test_data: np.ndarray,
+  hooks: Sequence[Hook] = (),
+  log: Callable[[str], None] = print,
 ) -> TrainState:
   """Trains `model` on `train_data`, resuming from `run.workdir` if possible.
 
@@ -209,8 +243,13 @@ def train_and_evaluate(
   multi_device = run.num_devices > 1 or jax.process_count() > 1
   mesh = parallel.make_mesh(run.num_devices) if multi_device else None
   train_epoch = make_train_epoch(
-      model, config, num_train, mesh, run.multi_run,
-      [r["learning_rate"] for r in run.runs] if run.learning_rates else None)
+    model,
+    config,
+    num_train,
+    mesh,
+    run.multi_run,
+    [r["learning_rate"] for r in run.runs] if run.learning_rates else None,
+  )
   place = jax.device_put if mesh is None else lambda tree: parallel.replicate(tree, mesh)
   train_data = place(train_data)
   eval_sets = {"train": train_data, "test": place(test_data)}
@@ -220,12 +259,23 @@ def train_and_evaluate(
   # Placed before a restore, the state is its template, so that every process
   # restores straight into the devices of the mesh.
   state = parallel.shard_runs(state, mesh) if mesh is not None and run.multi_run else place(state)
-  plan = LoopPlan(num_epochs=run.num_epochs, steps_per_epoch=num_train // config.batch_size,
-                  batch_size=config.batch_size,
-                  evaluate_at=lambda epoch: epoch % run.eval_every == 0,
-                  num_runs=len(run.runs))
+  plan = LoopPlan(
+    num_epochs=run.num_epochs,
+    steps_per_epoch=num_train // config.batch_size,
+    batch_size=config.batch_size,
+    evaluate_at=lambda epoch: epoch % run.eval_every == 0,
+    num_runs=len(run.runs),
+  )
   state, _ = train_in_directory(
-      run.workdir, describe(model, config, run.seed, run.num_runs, run.learning_rates),
-      state, train_epoch, (train_data,), _make_evaluate(model, config, run, eval_sets), plan,
-      hooks=hooks, keep_checkpoints=run.keep_checkpoints, log=log)
+    run.workdir,
+    describe(model, config, run.seed, run.num_runs, run.learning_rates),
+    state,
+    train_epoch,
+    (train_data,),
+    _make_evaluate(model, config, run, eval_sets),
+    plan,
+    hooks=hooks,
+    keep_checkpoints=run.keep_checkpoints,
+    log=log,
+  )
   return state

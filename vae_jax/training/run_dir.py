@@ -16,7 +16,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -57,9 +58,9 @@ def _as_json(value: Any) -> Any:
 def module_settings(module: nn.Module) -> dict[str, Any]:
   """A Flax module's fields, without its place in a parent."""
   return {
-      field.name: getattr(module, field.name)
-      for field in dataclasses.fields(module)
-      if field.name not in ("parent", "name")
+    field.name: getattr(module, field.name)
+    for field in dataclasses.fields(module)
+    if field.name not in ("parent", "name")
   }
 
 
@@ -78,8 +79,10 @@ def describe_parts(**parts: Any) -> dict[str, Any]:
 
 
 def check_run_settings(
-    workdir: str, settings: dict[str, Any], write: bool,
-    defaults: dict[str, Any] | None = None,
+  workdir: str,
+  settings: dict[str, Any],
+  write: bool,
+  defaults: dict[str, Any] | None = None,
 ) -> None:
   """Raises RunSettingsMismatchError unless `workdir` is new or holds a run
   with these settings; a new run's are written if `write`.
@@ -97,14 +100,15 @@ def check_run_settings(
     defaults = _flatten(describe_parts(train=TrainConfig(), **(defaults or {})))
     saved = {**{name: value for name, value in defaults.items() if name in now}, **saved}
     differences = [
-        f"{name}: saved {saved.get(name)!r}, now {now.get(name)!r}"
-        for name in sorted(saved.keys() | now.keys())
-        if saved.get(name) != now.get(name)
+      f"{name}: saved {saved.get(name)!r}, now {now.get(name)!r}"
+      for name in sorted(saved.keys() | now.keys())
+      if saved.get(name) != now.get(name)
     ]
     if differences:
       raise RunSettingsMismatchError(
-          f"{workdir} holds a run with other settings; use another work directory or "
-          "the same settings. Differences:\n  " + "\n  ".join(differences))
+        f"{workdir} holds a run with other settings; use another work directory or "
+        "the same settings. Differences:\n  " + "\n  ".join(differences)
+      )
     return
   if write:
     with open(path + ".tmp", "w", encoding="utf-8") as f:
@@ -121,9 +125,15 @@ class RunDirectory:
   metrics.
   """
 
-  def __init__(self, workdir: str, settings: dict[str, Any], *,
-               setting_defaults: dict[str, Any] | None = None, keep_checkpoints: int = 3,
-               is_main: bool = True):
+  def __init__(
+    self,
+    workdir: str,
+    settings: dict[str, Any],
+    *,
+    setting_defaults: dict[str, Any] | None = None,
+    keep_checkpoints: int = 3,
+    is_main: bool = True,
+  ):
     self.workdir = workdir
     self._settings = settings
     self._setting_defaults = setting_defaults
@@ -136,7 +146,8 @@ class RunDirectory:
     os.makedirs(self.workdir, exist_ok=True)
     check_run_settings(self.workdir, self._settings, self._is_main, self._setting_defaults)
     self._checkpointer = Checkpointer(
-        os.path.join(self.workdir, "checkpoints"), max_to_keep=self._keep_checkpoints)
+      os.path.join(self.workdir, "checkpoints"), max_to_keep=self._keep_checkpoints
+    )
     return self
 
   def __exit__(self, *exc_info: object) -> None:
@@ -165,8 +176,7 @@ class RunDirectory:
   def hooks(self) -> list[Hook]:
     """Checkpoint, then record, every evaluation: a record is written only
     for a state that is on disk."""
-    return [loop_hooks.CheckpointHook(self._checkpointer),
-            loop_hooks.MetricsHook(self._writers)]
+    return [loop_hooks.CheckpointHook(self._checkpointer), loop_hooks.MetricsHook(self._writers)]
 
 
 def _check_counted_in_steps(workdir: str, history: Sequence[dict[str, Any]]) -> None:
@@ -175,23 +185,24 @@ def _check_counted_in_steps(workdir: str, history: Sequence[dict[str, Any]]) -> 
   checkpoints and "step" in epochs, which this loop would misread."""
   if history and "epoch" not in history[-1]:
     raise RunFormatError(
-        f"{workdir} was written by vae-jax 0.1, whose Fig. 3 and M2 runs counted checkpoints "
-        "in epochs; it cannot be resumed: move it aside or use another work directory.")
+      f"{workdir} was written by vae-jax 0.1, whose Fig. 3 and M2 runs counted checkpoints "
+      "in epochs; it cannot be resumed: move it aside or use another work directory."
+    )
 
 
 def train_in_directory(
-    workdir: str,
-    settings: dict[str, Any],
-    state: Any,
-    train_epoch: Any,
-    epoch_args: tuple[Any, ...],
-    evaluate: Callable[..., dict[str, Any]],
-    plan: LoopPlan,
-    *,
-    hooks: Sequence[Hook] = (),
-    keep_checkpoints: int = 3,
-    setting_defaults: dict[str, Any] | None = None,
-    log: Callable[[str], None] = print,
+  workdir: str,
+  settings: dict[str, Any],
+  state: Any,
+  train_epoch: Any,
+  epoch_args: tuple[Any, ...],
+  evaluate: Callable[..., dict[str, Any]],
+  plan: LoopPlan,
+  *,
+  hooks: Sequence[Hook] = (),
+  keep_checkpoints: int = 3,
+  setting_defaults: dict[str, Any] | None = None,
+  log: Callable[[str], None] = print,
 ) -> tuple[Any, list[dict[str, Any]]]:
   """The resumable training loop in `workdir`: what every runner calls.
 
@@ -206,14 +217,30 @@ def train_in_directory(
   """
   is_main = jax.process_index() == 0
   log = log if is_main else (lambda line: None)
-  with RunDirectory(workdir, settings, setting_defaults=setting_defaults,
-                    keep_checkpoints=keep_checkpoints, is_main=is_main) as run_dir:
+  with RunDirectory(
+    workdir,
+    settings,
+    setting_defaults=setting_defaults,
+    keep_checkpoints=keep_checkpoints,
+    is_main=is_main,
+  ) as run_dir:
     state, step, history = run_dir.resume(state)
     if step is not None:
-      log(f"Resumed from the checkpoint at step {step} (epoch "
-          f"{step // plan.steps_per_epoch}) in {workdir}.")
+      log(
+        f"Resumed from the checkpoint at step {step} (epoch "
+        f"{step // plan.steps_per_epoch}) in {workdir}."
+      )
     progress = loop_hooks.ProgressHook(plan, step or 0, log)
     return train_loop(
-        state, train_epoch, epoch_args, evaluate, plan, [*run_dir.hooks(), progress, *hooks],
-        start_step=step or 0, resumed=step is not None, history=history, run_name=workdir,
-        log=log)
+      state,
+      train_epoch,
+      epoch_args,
+      evaluate,
+      plan,
+      [*run_dir.hooks(), progress, *hooks],
+      start_step=step or 0,
+      resumed=step is not None,
+      history=history,
+      run_name=workdir,
+      log=log,
+    )

@@ -13,7 +13,7 @@ prior come from a `TrainConfig`; the state is a
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -27,12 +27,12 @@ from vae_jax.training import evaluation
 from vae_jax.training.epoch import Minibatch, make_epoch
 from vae_jax.training.objectives import with_weight_prior
 from vae_jax.training.state import (
-    Params,
-    TrainConfig,
-    TrainState,
-    apply_gradients,
-    make_optimizer,
-    train_state_for,
+  Params,
+  TrainConfig,
+  TrainState,
+  apply_gradients,
+  make_optimizer,
+  train_state_for,
 )
 
 Array = jax.Array
@@ -60,24 +60,30 @@ class SemiSupervisedConfig:
   def __post_init__(self):
     if self.labelled_batch_size < 1:
       raise ConfigError(
-          "labelled_batch_size",
-          f"labelled_batch_size must be >= 1, got {self.labelled_batch_size}.")
+        "labelled_batch_size", f"labelled_batch_size must be >= 1, got {self.labelled_batch_size}."
+      )
     # Checks alpha and label_inference here, not at the first epoch.
     semi_supervised.ObjectiveConfig(alpha=self.alpha, label_inference=self.label_inference)
 
   def objective_config(self, config: TrainConfig) -> semi_supervised.ObjectiveConfig:
     return semi_supervised.ObjectiveConfig(
-        config.estimator, config.num_samples, self.alpha, self.label_inference)
+      config.estimator, config.num_samples, self.alpha, self.label_inference
+    )
 
 
 def check_train_config(config: TrainConfig) -> None:
   """Raises a ConfigError for VAE-only settings that M2 does not implement."""
-  unsupported = {"algorithm": "aevb", "kl_weight": 1.0, "posterior": "gaussian",
-                 "learning_rate_schedule": "constant"}
+  unsupported = {
+    "algorithm": "aevb",
+    "kl_weight": 1.0,
+    "posterior": "gaussian",
+    "learning_rate_schedule": "constant",
+  }
   for name, supported in unsupported.items():
     if getattr(config, name) != supported:
       raise ConfigError(
-          name, f"M2 supports only {name}={supported!r}, got {getattr(config, name)!r}.")
+        name, f"M2 supports only {name}={supported!r}, got {getattr(config, name)!r}."
+      )
 
 
 def select_labelled(labels: np.ndarray, num_labels: int, num_classes: int, seed: int) -> np.ndarray:
@@ -94,7 +100,8 @@ def select_labelled(labels: np.ndarray, num_labels: int, num_classes: int, seed:
   """
   if num_labels < num_classes or num_labels % num_classes:
     raise ValueError(
-        f"num_labels must be a positive multiple of the {num_classes} classes, got {num_labels}.")
+      f"num_labels must be a positive multiple of the {num_classes} classes, got {num_labels}."
+    )
   per_class = num_labels // num_classes
   rng = np.random.default_rng(seed)
   chosen = []
@@ -102,27 +109,25 @@ def select_labelled(labels: np.ndarray, num_labels: int, num_classes: int, seed:
     members = np.flatnonzero(labels == k)
     if members.size < per_class:
       raise ValueError(
-          f"Class {k} has {members.size} examples, fewer than the {per_class} per class "
-          f"that num_labels={num_labels} needs.")
+        f"Class {k} has {members.size} examples, fewer than the {per_class} per class "
+        f"that num_labels={num_labels} needs."
+      )
     chosen.append(rng.choice(members, per_class, replace=False))
   return np.sort(np.concatenate(chosen))
 
 
-def init_state(
-    model: m2.M2, config: TrainConfig, key: Array, num_unlabelled: int
-) -> TrainState:
+def init_state(model: m2.M2, config: TrainConfig, key: Array, num_unlabelled: int) -> TrainState:
   """Fresh parameters and optimiser state; `key` seeds both and the run."""
   init_key, run_key = jax.random.split(key)
-  return train_state_for(
-      m2.init_params(model, init_key), config, run_key, num_unlabelled)
+  return train_state_for(m2.init_params(model, init_key), config, run_key, num_unlabelled)
 
 
 def make_train_epoch(
-    model: m2.M2,
-    config: TrainConfig,
-    ss_config: SemiSupervisedConfig,
-    num_labelled: int,
-    num_unlabelled: int,
+  model: m2.M2,
+  config: TrainConfig,
+  ss_config: SemiSupervisedConfig,
+  num_labelled: int,
+  num_unlabelled: int,
 ) -> Callable[..., tuple[TrainState, dict[str, Array]]]:
   """Returns a jitted `epoch(state, unlabelled, x_labelled, y_labelled) ->
   (state, metrics)`.
@@ -137,10 +142,14 @@ def make_train_epoch(
   check_train_config(config)
   if num_unlabelled < config.batch_size:
     raise ValueError(
-        f"batch_size {config.batch_size} exceeds the {num_unlabelled} unlabelled examples.")
+      f"batch_size {config.batch_size} exceeds the {num_unlabelled} unlabelled examples."
+    )
   objective = semi_supervised.make_objective(
-      model, ss_config.objective_config(config), num_labelled,
-      num_unlabelled if ss_config.use_unlabelled else 0)
+    model,
+    ss_config.objective_config(config),
+    num_labelled,
+    num_unlabelled if ss_config.use_unlabelled else 0,
+  )
   optimizer = make_optimizer(config, num_unlabelled)
   labelled_batch_size = min(ss_config.labelled_batch_size, num_labelled)
 
@@ -156,17 +165,18 @@ def make_train_epoch(
     if config.dynamic_binarization:
       x_chosen = binarize(binarize_key, x_chosen)
     grads, metrics = jax.grad(loss, has_aux=True)(
-        state.params, x_chosen, y_labelled[chosen], minibatch.x, objective_key)
+      state.params, x_chosen, y_labelled[chosen], minibatch.x, objective_key
+    )
     return apply_gradients(state, grads, optimizer), metrics
 
   return make_epoch(step, config)
 
 
 def make_evaluate(
-    model: m2.M2,
-    estimator: str = "B",
-    num_samples: int = 1,
-    batch_size: int = 1000,
+  model: m2.M2,
+  estimator: str = "B",
+  num_samples: int = 1,
+  batch_size: int = 1000,
 ) -> Callable[[Params, Array, Array, Array], dict[str, Array]]:
   """Returns a jitted `evaluate(params, x, y, key) -> {name: [N]}` per example.
 
@@ -182,10 +192,11 @@ def make_evaluate(
     def per_batch(x, y, key):
       labelled_key, unlabelled_key = jax.random.split(key)
       return {
-          "error": (m2.predict(model, params, x) != y).astype(jnp.float32),
-          "labelled_bound": labelled_bound(params, x, y, labelled_key),
-          "unlabelled_bound": unlabelled_bound(params, x, unlabelled_key),
+        "error": (m2.predict(model, params, x) != y).astype(jnp.float32),
+        "labelled_bound": labelled_bound(params, x, y, labelled_key),
+        "unlabelled_bound": unlabelled_bound(params, x, unlabelled_key),
       }
+
     return evaluation.map_in_batches(per_batch, (x, y), key, batch_size)
 
   return jax.jit(evaluate)

@@ -109,11 +109,15 @@ class TrainConfig:
   student_t_dof: float = 5.0
 
   def __post_init__(self):
-    for name, choices in (("algorithm", ALGORITHMS), ("optimizer", OPTIMIZERS),
-                          ("learning_rate_schedule", LEARNING_RATE_SCHEDULES)):
+    for name, choices in (
+      ("algorithm", ALGORITHMS),
+      ("optimizer", OPTIMIZERS),
+      ("learning_rate_schedule", LEARNING_RATE_SCHEDULES),
+    ):
       if getattr(self, name) not in choices:
         raise ConfigError(
-            name, f"Unknown {name} {getattr(self, name)!r}; choose one of {list(choices)}.")
+          name, f"Unknown {name} {getattr(self, name)!r}; choose one of {list(choices)}."
+        )
     for name in ("batch_size", "num_samples"):
       if getattr(self, name) < 1:
         raise ConfigError(name, f"{name} must be >= 1, got {getattr(self, name)}.")
@@ -122,21 +126,21 @@ class TrainConfig:
         raise ConfigError(name, f"{name} must be > 0, got {getattr(self, name)}.")
     if not self.adagrad_initial_accumulator >= 0:
       raise ConfigError(
-          "adagrad_initial_accumulator",
-          f"adagrad_initial_accumulator must be >= 0, got {self.adagrad_initial_accumulator}.",
+        "adagrad_initial_accumulator",
+        f"adagrad_initial_accumulator must be >= 0, got {self.adagrad_initial_accumulator}.",
       )
     check_kl_weight(self.kl_weight, self.estimator)
     if self.kl_weight != 1 and self.algorithm != "aevb":
       raise ConfigError(
-          "kl_weight",
-          f"kl_weight = {self.kl_weight} needs algorithm 'aevb', got {self.algorithm!r}.",
+        "kl_weight",
+        f"kl_weight = {self.kl_weight} needs algorithm 'aevb', got {self.algorithm!r}.",
       )
     check_posterior(self.posterior_family, self.estimator)
     if self.posterior != "gaussian" and self.algorithm == "wake_sleep":
       raise ConfigError(
-          "posterior",
-          f"The {self.posterior!r} posterior cannot be trained by wake-sleep, whose sleep "
-          "phase fits a Gaussian q.",
+        "posterior",
+        f"The {self.posterior!r} posterior cannot be trained by wake-sleep, whose sleep "
+        "phase fits a Gaussian q.",
       )
 
   @property
@@ -156,9 +160,7 @@ def iwae_learning_rate(learning_rate: Any, steps_per_epoch: int) -> optax.Schedu
     raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}.")
   # The first step of stages 1..7: cumulative 1, 4, 13, ..., 1093 epochs; a
   # host constant, so that building the optimiser touches no device.
-  boundaries = np.array(
-      [steps_per_epoch * (3**i - 1) // 2 for i in range(1, IWAE_SCHEDULE_STAGES)]
-  )
+  boundaries = np.array([steps_per_epoch * (3**i - 1) // 2 for i in range(1, IWAE_SCHEDULE_STAGES)])
 
   def schedule(step):
     stage = jnp.sum(step >= boundaries)
@@ -168,7 +170,7 @@ def iwae_learning_rate(learning_rate: Any, steps_per_epoch: int) -> optax.Schedu
 
 
 def make_optimizer(
-    config: TrainConfig, num_train: int | None = None, learning_rate: Any = None
+  config: TrainConfig, num_train: int | None = None, learning_rate: Any = None
 ) -> optax.GradientTransformation:
   """The optax transformation named by the config (it minimises the loss).
 
@@ -183,15 +185,15 @@ def make_optimizer(
   if config.learning_rate_schedule != "constant":
     if num_train is None:
       raise ValueError(
-          f"learning_rate_schedule={config.learning_rate_schedule!r} counts epochs: "
-          "pass num_train, the training set size."
+        f"learning_rate_schedule={config.learning_rate_schedule!r} counts epochs: "
+        "pass num_train, the training set size."
       )
     learning_rate = iwae_learning_rate(learning_rate, num_train // config.batch_size)
   if config.optimizer == "adagrad":
     return optax.adagrad(
-        learning_rate,
-        initial_accumulator_value=config.adagrad_initial_accumulator,
-        eps=1e-8,
+      learning_rate,
+      initial_accumulator_value=config.adagrad_initial_accumulator,
+      eps=1e-8,
     )
   if config.optimizer == "adam":
     return optax.adam(learning_rate, eps=config.adam_epsilon)
@@ -200,7 +202,7 @@ def make_optimizer(
 
 @functools.partial(jax.jit, static_argnames=("model", "config", "num_train"))
 def init_train_state(
-    model: VAE, config: TrainConfig, key: Array, num_train: int | None = None
+  model: VAE, config: TrainConfig, key: Array, num_train: int | None = None
 ) -> TrainState:
   """Fresh parameters and optimiser state; `key` seeds both and the run.
 
@@ -213,31 +215,31 @@ def init_train_state(
 
 
 def train_state_for(
-    params: Params, config: TrainConfig, key: Array, num_train: int | None = None
+  params: Params, config: TrainConfig, key: Array, num_train: int | None = None
 ) -> TrainState:
   """A step-0 state around given parameters (of any model); `key` seeds the run."""
   return TrainState(
-      step=jnp.zeros((), jnp.int32),
-      params=params,
-      opt_state=make_optimizer(config, num_train).init(params),
-      key_data=jax.random.key_data(key),
+    step=jnp.zeros((), jnp.int32),
+    params=params,
+    opt_state=make_optimizer(config, num_train).init(params),
+    key_data=jax.random.key_data(key),
   )
 
 
 def apply_gradients(
-    state: TrainState, grads: Params, optimizer: optax.GradientTransformation
+  state: TrainState, grads: Params, optimizer: optax.GradientTransformation
 ) -> TrainState:
   """One optimiser update of `state.params` by the loss gradient `grads`."""
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   return state.replace(
-      step=state.step + 1,
-      params=optax.apply_updates(state.params, updates),
-      opt_state=opt_state,
+    step=state.step + 1,
+    params=optax.apply_updates(state.params, updates),
+    opt_state=opt_state,
   )
 
 
 def init_train_states(
-    model: VAE, config: TrainConfig, keys: Array, num_train: int | None = None
+  model: VAE, config: TrainConfig, keys: Array, num_train: int | None = None
 ) -> TrainState:
   """Independent runs' states stacked on a leading axis: keys [num_runs]."""
   return jax.vmap(lambda key: init_train_state(model, config, key, num_train))(keys)
