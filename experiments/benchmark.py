@@ -386,9 +386,18 @@ def main(argv):
   }
   with open(_OUTPUT.value, "w", encoding="utf-8") as f:
     json.dump(results, f, indent=2)
+  print_results(results)
+  if profile:
+    print_profile(profile)
+
+
+def print_results(results: dict) -> None:
+  """The device line and the tables of training, vmapped runs and evaluation."""
+  train_rows, run_rows, eval_rows = results["train"], results["runs"], results["eval"]
   print(
     f"Device {results['device']}; model {results['model']}; float32 matmul rate "
-    f"{results['matmul_flops_per_second'] / 1e9:.1f} GFLOP/s at the end ({matmul_size}^3 "
+    f"{results['matmul_flops_per_second'] / 1e9:.1f} GFLOP/s at the end "
+    f"({results['matmul_size']}^3 "
     f"product, matmul precision {jax.config.jax_default_matmul_precision or 'default'}); "
     "peak device memory "
     f"{results['peak_memory_bytes'] or 'n/a (not reported on CPU)'}\n"
@@ -457,8 +466,6 @@ def main(argv):
       [False, True, True, True],
     )
   )
-  if profile:
-    print_profile(profile)
 
 
 def print_profile(profile: dict) -> None:

@@ -60,6 +60,34 @@ def _check_variants(paths) -> bool:
   return bool(paths) and all(map(os.path.isfile, paths)) and len(set(names)) == len(names)
 
 
+def _write_figures(root, bounds, samples, reconstructions, latents, ncols):
+  """The comparison's figures in `root` (the latent scatter where any variant
+  has a 2-D latent space on a labelled data set); their paths."""
+  written = [
+    plots.plot_bound_comparison(
+      bounds, os.path.join(root, "compare_bounds.png"), "Variational lower bound per variant"
+    ),
+    plots.plot_image_grids(
+      samples,
+      os.path.join(root, "compare_samples.png"),
+      title="Samples: decoder means at z ~ N(0, I)",
+    ),
+    plots.plot_image_grids(
+      reconstructions,
+      os.path.join(root, "compare_reconstructions.png"),
+      ncols=ncols,
+      title="Test examples (top) and reconstructions (bottom)",
+    ),
+  ]
+  if latents:
+    written.append(
+      plots.plot_latent_scatter(
+        latents, os.path.join(root, "compare_latents.png"), "Test examples' encoder means, by class"
+      )
+    )
+  return written
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -109,28 +137,7 @@ def main(argv):
         **tables.final_summary(records),
       }
     )
-  written = [
-    plots.plot_bound_comparison(
-      bounds, os.path.join(root, "compare_bounds.png"), "Variational lower bound per variant"
-    ),
-    plots.plot_image_grids(
-      samples,
-      os.path.join(root, "compare_samples.png"),
-      title="Samples: decoder means at z ~ N(0, I)",
-    ),
-    plots.plot_image_grids(
-      reconstructions,
-      os.path.join(root, "compare_reconstructions.png"),
-      ncols=num // 2,
-      title="Test examples (top) and reconstructions (bottom)",
-    ),
-  ]
-  if latents:
-    written.append(
-      plots.plot_latent_scatter(
-        latents, os.path.join(root, "compare_latents.png"), "Test examples' encoder means, by class"
-      )
-    )
+  written = _write_figures(root, bounds, samples, reconstructions, latents, num // 2)
   table = tables.summary_table(
     "Final bounds per example (nats); the autoencoder's is the ELBO of its networks read "
     "as a VAE, a categorical decoder's is in nats of the quantised image.",

@@ -144,6 +144,20 @@ def _markdown(rows: list[dict]) -> str:
   return "\n".join(sections)
 
 
+def _write_results(outdir: str, settings: dict, rows: list[dict]) -> str:
+  """results.json (with the settings), results.csv and table.md; the table."""
+  with open(os.path.join(outdir, "results.json"), "w", encoding="utf-8") as f:
+    json.dump({"settings": settings, "rows": rows}, f, indent=2)
+  with open(os.path.join(outdir, "results.csv"), "w", newline="", encoding="utf-8") as f:
+    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+  table = _markdown(rows)
+  with open(os.path.join(outdir, "table.md"), "w", encoding="utf-8") as f:
+    f.write(table)
+  return table
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -205,27 +219,13 @@ def main(argv):
       os.path.join(outdir, f"variance_stage_{stage}.png"),
       title=f"Estimator variance after {stage:,} training examples",
     )
-  with open(os.path.join(outdir, "results.json"), "w", encoding="utf-8") as f:
-    json.dump(
-      {
-        "settings": {
-          "num_examples": _NUM_EXAMPLES.value,
-          "num_draws": _NUM_DRAWS.value,
-          "num_repetitions": _NUM_REPETITIONS.value,
-          "run": run_lib.describe(model, config, run.seed),
-        },
-        "rows": rows,
-      },
-      f,
-      indent=2,
-    )
-  with open(os.path.join(outdir, "results.csv"), "w", newline="", encoding="utf-8") as f:
-    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-  table = _markdown(rows)
-  with open(os.path.join(outdir, "table.md"), "w", encoding="utf-8") as f:
-    f.write(table)
+  settings = {
+    "num_examples": _NUM_EXAMPLES.value,
+    "num_draws": _NUM_DRAWS.value,
+    "num_repetitions": _NUM_REPETITIONS.value,
+    "run": run_lib.describe(model, config, run.seed),
+  }
+  table = _write_results(outdir, settings, rows)
   print(table)
 
 

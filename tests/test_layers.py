@@ -4,6 +4,8 @@ its layer may use. Read from the source (every import statement, those inside
 functions too), so a new import that breaks the layering fails here."""
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -65,3 +67,16 @@ def test_a_module_imports_only_layers_below_its_own(path, layer):
     top = name.split(".")[0]
     # The runners sit above the library: nothing in it imports them.
     assert top not in ("experiments", *FORBIDDEN.get(layer, ())), f"{path} ({layer}) imports {name}"
+
+
+def test_training_imports_neither_matplotlib_nor_tensorflow():
+  """A run that draws no figure never loads matplotlib; the library never TensorFlow
+  (TFDS loads it on demand, for the TFDS data sets alone)."""
+  code = (
+    "import sys, vae_jax, vae_jax.training, vae_jax.inference.marginal_likelihood\n"
+    "print(sorted(m for m in ('matplotlib', 'tensorflow') if m in sys.modules))\n"
+  )
+  result = subprocess.run(
+    [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+  )
+  assert result.stdout.strip() == "[]"
