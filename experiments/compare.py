@@ -35,7 +35,7 @@ from absl import app, flags, logging
 
 from experiments import config_flags, tables
 from vae_jax.figures import images, plots
-from vae_jax.figures.run_figures import RunFigures
+from vae_jax.figures.run_figures import train_and_draw
 from vae_jax.models.functions import encode
 from vae_jax.training import metrics
 from vae_jax.training import run as run_lib
@@ -101,17 +101,7 @@ def main(argv):
     model = config_flags.make_model(config, dataset)
     run = dataclasses.replace(config.run, workdir=os.path.join(root, name))
     logging.info("Compare: %s in %s", name, run.workdir)
-    figures = RunFigures(
-      model,
-      dataset.test,
-      dataset.image_shape,
-      run.workdir,
-      jax.random.key(run.seed + 2),
-      log=logging.info,
-    )
-    state = run_lib.train_and_evaluate(
-      model, config.train, run, dataset.train, dataset.test, hooks=[figures], log=logging.info
-    )
+    state = train_and_draw(model, config.train, run, dataset, log=logging.info)
     params = run_lib.host_params(state)
     records = metrics.read_metrics(os.path.join(run.workdir, metrics.METRICS_FILENAME))
     bounds.setdefault(f"{model.likelihood} decoder", {})[name] = records

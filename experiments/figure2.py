@@ -18,15 +18,13 @@ from __future__ import annotations
 import dataclasses
 import os
 
-import jax
 from absl import app, flags, logging
 
 from experiments import config_flags, tables
 from vae_jax.figures import plots
-from vae_jax.figures.run_figures import RunFigures
+from vae_jax.figures.run_figures import train_and_draw
 from vae_jax.models import vae as vae_models
 from vae_jax.training import metrics
-from vae_jax.training import run as run_lib
 from vae_jax.training import state as state_lib
 
 _LATENT_DIMS = flags.DEFINE_list(
@@ -74,17 +72,7 @@ def main(argv):
         config.run, workdir=os.path.join(root, f"{algorithm}_latent{latent_dim}")
       )
       logging.info("Fig. 2: %s with J = %d in %s", algorithm, latent_dim, run.workdir)
-      figures = RunFigures(
-        model,
-        dataset.test,
-        dataset.image_shape,
-        run.workdir,
-        jax.random.key(run.seed + 2),
-        log=logging.info,
-      )
-      run_lib.train_and_evaluate(
-        model, train_config, run, dataset.train, dataset.test, hooks=[figures], log=logging.info
-      )
+      train_and_draw(model, train_config, run, dataset, log=logging.info)
       records = metrics.read_metrics(os.path.join(run.workdir, metrics.METRICS_FILENAME))
       panel[METHOD_LABELS[algorithm]] = records
       rows.append(

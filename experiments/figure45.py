@@ -35,7 +35,7 @@ from absl import app, flags, logging
 
 from experiments import config_flags, tables
 from vae_jax.figures import images, plots
-from vae_jax.figures.run_figures import RunFigures
+from vae_jax.figures.run_figures import train_and_draw
 from vae_jax.models import vae as vae_models
 from vae_jax.training import metrics
 from vae_jax.training import run as run_lib
@@ -138,17 +138,7 @@ def main(argv):
       workdir = os.path.join(root, f"{config_flags.preset_name(preset)}_latent{latent_dim}")
       run = dataclasses.replace(config.run, workdir=workdir)
       logging.info("Figs. 4, 5: %s with J = %d in %s", name, latent_dim, workdir)
-      figures = RunFigures(
-        model,
-        dataset.test,
-        dataset.image_shape,
-        workdir,
-        jax.random.key(run.seed + 2),
-        log=logging.info,
-      )
-      state = run_lib.train_and_evaluate(
-        model, config.train, run, dataset.train, dataset.test, hooks=[figures], log=logging.info
-      )
+      state = train_and_draw(model, config.train, run, dataset, log=logging.info)
       params = run_lib.host_params(state)
       if 4 in uses:
         manifolds[name] = images.manifold_images(model, params, dataset.image_shape)

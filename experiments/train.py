@@ -22,7 +22,7 @@ import jax
 from absl import app, flags, logging
 
 from experiments import config_flags
-from vae_jax.figures.run_figures import RunFigures
+from vae_jax.figures.run_figures import train_and_draw
 from vae_jax.training import run as run_lib
 
 _COORDINATOR_ADDRESS = flags.DEFINE_string(
@@ -108,17 +108,7 @@ def main(argv):
       run.num_epochs,
       run.workdir,
     )
-  figures = RunFigures(
-    model,
-    dataset.test,
-    dataset.image_shape,
-    run.workdir,
-    jax.random.key(run.seed + 2),
-    log=logging.info,
-  )
-  run_lib.train_and_evaluate(
-    model, config.train, run, dataset.train, dataset.test, hooks=[figures], log=logging.info
-  )
+  train_and_draw(model, config.train, run, dataset, log=logging.info)
 
 
 if __name__ == "__main__":

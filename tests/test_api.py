@@ -276,3 +276,25 @@ def test_log_likelihood_estimate_at_k_5000_matches_quadrature_within_its_standar
 def test_bad_log_likelihood_estimate_arguments(bernoulli_setup, kwargs, message):
   with pytest.raises(ValueError, match=message):
     vae_jax.make_log_likelihood_estimate(bernoulli_setup[0], **kwargs)
+
+
+def test_moved_modules_answer_at_their_old_names():
+  """Code written against the flat layout of 0.1 keeps working."""
+  from vae_jax import api, estimators, marginal_likelihood, mcem, posteriors
+  from vae_jax.inference import marginal_likelihood as new_marginal_likelihood
+  from vae_jax.math import estimators as new_estimators
+  from vae_jax.math import posteriors as new_posteriors
+  from vae_jax.training import mcem as new_mcem
+
+  assert api.make_elbo is vae_jax.make_elbo
+  assert (estimators, posteriors, marginal_likelihood, mcem) == (
+    new_estimators,
+    new_posteriors,
+    new_marginal_likelihood,
+    new_mcem,
+  )
+  assert vae_jax.make_marginal_likelihood_estimate is (
+    new_marginal_likelihood.make_marginal_likelihood_estimate
+  )
+  with pytest.raises(AttributeError, match="no attribute 'experiment'"):
+    vae_jax.experiment  # noqa: B018

@@ -53,6 +53,8 @@ _LAZY = {
     "vae_jax.inference.marginal_likelihood",
     "make_marginal_likelihood_estimate",
   ),
+  # The old vae_jax.api held exactly the public functions above.
+  "api": ("vae_jax", None),
   "distributions": ("vae_jax.math.distributions", None),
   "estimators": ("vae_jax.math.estimators", None),
   "posteriors": ("vae_jax.math.posteriors", None),
@@ -61,6 +63,7 @@ _LAZY = {
   "marginal_likelihood": ("vae_jax.inference.marginal_likelihood", None),
   "variance": ("vae_jax.inference.variance", None),
   "mcem": ("vae_jax.training.mcem", None),
+  "semi_supervised_training": ("vae_jax.training.semi_supervised", None),
   "checkpoints": ("vae_jax.training.checkpoints", None),
   "metrics": ("vae_jax.training.metrics", None),
 }

@@ -9,10 +9,12 @@ from typing import Any
 import jax
 import numpy as np
 
+from vae_jax.data import Dataset
 from vae_jax.figures import images, plots
 from vae_jax.models.vae import VAE
 from vae_jax.training.loop import Hook
-from vae_jax.training.run import host_params
+from vae_jax.training.run import RunConfig, host_params, train_and_evaluate
+from vae_jax.training.state import TrainConfig, TrainState
 
 NUM_FIGURE_EXAMPLES = 50
 NUM_RECONSTRUCTIONS = 20
@@ -89,3 +91,20 @@ def write_figures(
       )
     )
   return paths
+
+
+def train_and_draw(
+  model: VAE,
+  config: TrainConfig,
+  run: RunConfig,
+  dataset: Dataset,
+  log: Callable[[str], None] = print,
+) -> TrainState:
+  """`train_and_evaluate` on the data set, with its figures (`RunFigures`,
+  drawn with the key seed + 2) in the run directory: a runner's VAE run."""
+  figures = RunFigures(
+    model, dataset.test, dataset.image_shape, run.workdir, jax.random.key(run.seed + 2), log=log
+  )
+  return train_and_evaluate(
+    model, config, run, dataset.train, dataset.test, hooks=[figures], log=log
+  )
