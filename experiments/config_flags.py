@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import errno
 import math
 import os
+import sys
 from collections.abc import Callable
 
 import jax
@@ -28,8 +30,11 @@ from vae_jax.math import estimators, posteriors
 from vae_jax.models import vae as vae_models
 from vae_jax.training import run as run_lib
 from vae_jax.training import state as state_lib
+from vae_jax.training.checkpoints import UnreadableCheckpointError
+from vae_jax.training.interrupt import TrainingInterrupted, exit_status
 from vae_jax.training.loop import TrainingDivergedError
 from vae_jax.training.run_dir import RunFormatError, RunSettingsMismatchError
+from vae_jax.training.workdir_lock import RunDirectoryError
 
 flags.DEFINE_enum("dataset", "digits", data.DATASETS, "Data set.")
 flags.DEFINE_string(
@@ -464,19 +469,61 @@ def exit_if_ignored(run: run_lib.RunConfig, runner: str, uses_devices: bool) -> 
 
 
 def run_main(main: Callable[[list[str]], None]) -> None:
-  """`app.run(main)` for a runner that trains: a divergence, a work directory
-  holding a run with other settings or in an old layout, or a bad setting
-  ends the process with one FATAL line and exit status 1, not a traceback,
-  since the error's message already says what happened and what to do."""
+  """`app.run(main)` for a runner that trains: every stop a user can cause or
+  meet ends the process with one line and a non-zero exit status, not a
+  traceback, since the error's message already says what happened and what
+  to do: a divergence, a stop by Ctrl-C or SIGTERM (after saving; the exit
+  status is the shell's 128 + the signal), a work directory that is unusable,
+  busy, holds a run with other settings or in an old layout, a bad setting,
+  and a failed read or write (a full disk, say)."""
 
-  def main_without_run_error_traceback(argv: list[str]) -> None:
+  def main_without_traceback(argv: list[str]) -> None:
     try:
       main(argv)
     except TrainingDivergedError as error:
       raise SystemExit(f"FATAL: training diverged. {error}") from None
-    except (RunSettingsMismatchError, RunFormatError) as error:
+    except TrainingInterrupted as error:
+      print(str(error), file=sys.stderr)
+      raise SystemExit(error.exit_status) from None
+    except KeyboardInterrupt:
+      # Outside the loop (loading, compiling, drawing): what was saved before is kept.
+      print(
+        "Interrupted outside training; the run directory keeps what it had saved.", file=sys.stderr
+      )
+      raise SystemExit(exit_status("SIGINT")) from None
+    except (
+      RunSettingsMismatchError,
+      RunFormatError,
+      RunDirectoryError,
+      UnreadableCheckpointError,
+    ) as error:
       raise SystemExit(f"FATAL: {error}") from None
     except ConfigError as error:
       raise fatal_config_error(error) from None
+    except OSError as error:
+      raise SystemExit(f"FATAL: {_describe_os_error(error)}") from None
+    except jax.errors.JaxRuntimeError as error:
+      if "RESOURCE_EXHAUSTED" not in str(error):
+        raise
+      # What the start-up check (vae_jax.training.memory) could not foresee.
+      raise SystemExit(
+        "FATAL: out of memory while training or evaluating; the last checkpoint is kept: "
+        "lower --batch_size or --num_samples (or free memory), then rerun to resume."
+      ) from None
 
-  app.run(main_without_run_error_traceback)
+  app.run(main_without_traceback)
+
+
+def _describe_os_error(error: OSError) -> str:
+  """One line for a failed read or write: what, where, and the next step."""
+  code = errno.errorcode.get(error.errno, "") if error.errno else ""
+  where = f" ({error.filename})" if error.filename else ""
+  advice = {
+    "ENOSPC": "free disk space, then rerun the same command to resume",
+    "EDQUOT": "free space within your quota, then rerun the same command to resume",
+  }
+  return (
+    f"{error.strerror or error}{where}{f' [{code}]' if code else ''}: "
+    + advice.get(code, "fix the cause, then rerun the same command to resume")
+    + "."
+  )

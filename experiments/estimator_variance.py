@@ -34,6 +34,7 @@ from vae_jax.math import estimators
 from vae_jax.training import evaluation
 from vae_jax.training import run as run_lib
 from vae_jax.training.checkpoints import Checkpointer
+from vae_jax.training.workdir_lock import prepare_workdir
 
 _STAGES = flags.DEFINE_list(
   "stages",
@@ -168,7 +169,7 @@ def main(argv):
   dataset = config_flags.load_data(experiment.data)
   model = config_flags.make_model(experiment, dataset)
   outdir = _OUTDIR.value or os.path.join(run.workdir, "variance")
-  os.makedirs(outdir, exist_ok=True)
+  prepare_workdir(outdir)
   if _NUM_EXAMPLES.value > dataset.train.shape[0]:
     raise SystemExit(
       f"FATAL: --num_examples={_NUM_EXAMPLES.value} exceeds the "

@@ -34,6 +34,7 @@ from vae_jax.training import evaluation
 from vae_jax.training import semi_supervised as m2_training
 from vae_jax.training.loop import LoopPlan
 from vae_jax.training.run_dir import describe_parts, train_in_directory
+from vae_jax.training.workdir_lock import prepare_workdir
 
 # Kingma et al. 2014, Table 1, M2 on MNIST: test error (%) and its standard
 # deviation over runs, by number of labels.
@@ -180,7 +181,7 @@ def main(argv):
     init=config.model.init,
   )
   run, root = config.run, config.run.workdir
-  os.makedirs(root, exist_ok=True)
+  prepare_workdir(root)
   style_x = dataset.test[: _STYLE_EXAMPLES.value]
   rows, panels = [], {}
   for num_labels in map(int, _NUM_LABELS.value):

@@ -23,7 +23,7 @@ from absl import app, flags, logging
 
 from experiments import config_flags
 from vae_jax.figures.run_figures import train_and_draw
-from vae_jax.training import run as run_lib
+from vae_jax.training.loop import Hook
 
 _COORDINATOR_ADDRESS = flags.DEFINE_string(
   "coordinator_address",
@@ -93,22 +93,31 @@ def main(argv):
   dataset = config_flags.load_data(config.data)
   model = config_flags.make_model(config, dataset)
   run = config.run
-  # Before flags.txt is written: another run's directory keeps its own.
-  run_lib.check_settings(model, config.train, run)
-  if jax.process_index() == 0:
-    os.makedirs(run.workdir, exist_ok=True)
-    with open(os.path.join(run.workdir, "flags.txt"), "w", encoding="utf-8") as f:
-      f.write(flags.FLAGS.flags_into_string())
-    logging.info(
-      "Training %s on %s (%d train / %d test) for %d epochs in %s",
-      model.likelihood,
-      dataset.name,
-      dataset.train.shape[0],
-      dataset.test.shape[0],
-      run.num_epochs,
-      run.workdir,
-    )
-  train_and_draw(model, config.train, run, dataset, log=logging.info)
+  logging.info(
+    "Training %s on %s (%d train / %d test) for %d epochs in %s",
+    model.likelihood,
+    dataset.name,
+    dataset.train.shape[0],
+    dataset.test.shape[0],
+    run.num_epochs,
+    run.workdir,
+  )
+  train_and_draw(
+    model, config.train, run, dataset, log=logging.info, hooks=[FlagsFile(run.workdir)]
+  )
+
+
+class FlagsFile(Hook):
+  """Writes the command's flags to <workdir>/flags.txt once the run directory
+  is this process's (locked, its settings checked): another run's keeps its own."""
+
+  def __init__(self, workdir: str):
+    self._path = os.path.join(workdir, "flags.txt")
+
+  def on_start(self) -> None:
+    if jax.process_index() == 0:
+      with open(self._path, "w", encoding="utf-8") as f:
+        f.write(flags.FLAGS.flags_into_string())
 
 
 if __name__ == "__main__":

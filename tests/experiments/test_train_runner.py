@@ -94,6 +94,51 @@ def test_learning_rate_sweep_through_the_runner_and_a_mismatched_rerun(tmp_path)
   assert read_metrics(workdir / "metrics.jsonl")[-1] == last
 
 
+def _wait_for_records(process, metrics, count, seconds=240):
+  deadline = time.monotonic() + seconds
+  while time.monotonic() < deadline and process.poll() is None:
+    if metrics.exists() and len(read_metrics(metrics)) >= count:
+      return
+    time.sleep(0.05)
+  raise AssertionError("the run ended or stalled before it could be signalled")
+
+
+# SIGINT takes the same path (tests/training/test_interrupt.py sends both to real processes).
+@pytest.mark.parametrize("signal_name", ["SIGTERM", pytest.param("SIGINT", marks=pytest.mark.slow)])
+def test_a_second_run_is_refused_and_a_signal_saves_and_stops_with_one_line(tmp_path, signal_name):
+  """One writer per directory; Ctrl-C (SIGINT) and SIGTERM finish the epoch in
+  flight, save it and say how to resume, with the shell's exit status."""
+  # Epochs of digits take milliseconds: a budget the test never reaches.
+  flags = [*DIGITS_FLAGS, "--num_epochs=1000000", "--eval_every=100", f"--workdir={tmp_path}"]
+  first = subprocess.Popen(
+    [sys.executable, "-m", "experiments.train", *flags],
+    cwd=REPO,
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
+  try:
+    _wait_for_records(first, tmp_path / "metrics.jsonl", 1)  # epoch 0: it is training
+    second = _train(*flags, check=False)
+    assert second.returncode == 1
+    (line,) = [line for line in second.stderr.splitlines() if line.startswith("FATAL")]
+    assert f"{tmp_path} is in use by another run, pid {first.pid}" in line
+    assert "Traceback" not in second.stderr
+    first.send_signal(getattr(signal, signal_name))
+    _, stderr = first.communicate(timeout=120)
+  finally:
+    first.kill()
+  assert first.returncode == 128 + getattr(signal, signal_name)
+  assert "Traceback" not in stderr, stderr[-2000:]
+  last_line = stderr.strip().splitlines()[-1]
+  assert last_line.startswith(f"Stopped by {signal_name} after epoch "), last_line
+  assert "rerun the same command to resume" in last_line
+  last = read_metrics(tmp_path / "metrics.jsonl")[-1]
+  assert f"after epoch {last['epoch']} " in last_line and last["epoch"] > 0
+  with Checkpointer(tmp_path / "checkpoints") as checkpointer:
+    assert checkpointer.latest_step() == last["step"]
+
+
 def test_sigkilled_run_resumes_to_the_same_parameters_as_an_uninterrupted_one(tmp_path):
   flags = [*DIGITS_FLAGS, "--num_epochs=6", "--eval_every=1"]
   _train(*flags, f"--workdir={tmp_path / 'straight'}")
@@ -148,6 +193,8 @@ def test_sigkilled_run_resumes_to_the_same_parameters_as_an_uninterrupted_one(tm
       ["--num_devices=2"],
       "FATAL: --num_devices: num_devices=2 exceeds the 1 devices (1 processes)",
     ),
+    # Settings that cannot fit are refused before the run directory is written.
+    (["--num_samples=100000"], "needs about"),
     # A DataError as one FATAL line (the TFDS errors themselves: tests/data).
     (
       ["--dataset=mnist", "--arrays_dir=/nonexistent/arrays"],
@@ -162,7 +209,7 @@ def test_bad_flags_fail_at_start_naming_the_flag(tmp_path, flags, message):
   assert not (tmp_path / "checkpoints").exists()
 
 
-def test_a_diverging_run_ends_with_one_fatal_line_and_keeps_its_checkpoint(tmp_path):
+def test_a_diverging_run_ends_with_one_fatal_line_and_resumes_with_a_lower_rate(tmp_path):
   result = _train(
     *DIGITS_FLAGS,
     "--optimizer=sgd",
@@ -177,6 +224,17 @@ def test_a_diverging_run_ends_with_one_fatal_line_and_keeps_its_checkpoint(tmp_p
   assert last_line.startswith("FATAL: training diverged. The training value"), last_line
   assert f"checkpoint (step 0) is kept in {tmp_path}" in last_line
   assert (tmp_path / "checkpoints" / "0").is_dir()
+  # The advice can be followed: the same command with a lower rate resumes the run.
+  resumed = _train(
+    *DIGITS_FLAGS,
+    "--optimizer=sgd",
+    "--learning_rate=0.01",
+    "--num_epochs=1",
+    f"--workdir={tmp_path}",
+  )
+  assert "Resumed from the checkpoint at step 0" in resumed.stderr
+  assert "train.learning_rate 1e+30 -> 0.01" in resumed.stderr
+  assert [r["epoch"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [0, 1]
 
 
 def test_estimator_variance_runner_at_toy_size(tmp_path):
@@ -267,3 +325,39 @@ def test_categorical_preset_runs_on_digits(tmp_path):
   settings = json.loads((workdir / "run_config.json").read_text())
   assert settings["likelihood"] == "categorical"
   assert settings["decoder"]["num_categories"] == 17
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+  """A 1 MiB tmpfs: a file system that fills up during a run."""
+  mount_point = tmp_path / "disk"
+  mount_point.mkdir()
+  mounted = subprocess.run(
+    ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)], capture_output=True
+  )
+  if mounted.returncode:
+    pytest.skip(f"cannot mount a tmpfs here (needs root and mount rights): {mounted.stderr!r}")
+  yield mount_point
+  subprocess.run(["umount", "-l", str(mount_point)], check=True)
+
+
+def test_a_full_disk_ends_with_one_line_and_keeps_the_history_consistent(small_disk):
+  """The run fills the disk with checkpoints (none deleted): one FATAL line that
+  names the cause, and metrics.jsonl still holds exactly the checkpointed steps."""
+  workdir = small_disk / "run"
+  result = _train(
+    *DIGITS_FLAGS,
+    "--num_epochs=100000",
+    "--eval_every=1",
+    "--keep_checkpoints=100000",
+    f"--workdir={workdir}",
+    check=False,
+  )
+  assert result.returncode == 1, result.stderr[-2000:]
+  assert "Traceback" not in result.stderr, result.stderr[-3000:]
+  last_line = result.stderr.strip().splitlines()[-1]
+  assert last_line.startswith("FATAL: ") and "No space left on device" in last_line, last_line
+  assert "free disk space" in last_line
+  with Checkpointer(workdir / "checkpoints") as checkpointer:
+    steps = checkpointer.all_steps()
+  assert [r["step"] for r in read_metrics(workdir / "metrics.jsonl")] == steps

@@ -99,12 +99,14 @@ def train_and_draw(
   run: RunConfig,
   dataset: Dataset,
   log: Callable[[str], None] = print,
+  hooks: Sequence[Hook] = (),
 ) -> TrainState:
   """`train_and_evaluate` on the data set, with its figures (`RunFigures`,
-  drawn with the key seed + 2) in the run directory: a runner's VAE run."""
+  drawn with the key seed + 2) in the run directory and `hooks`: a runner's
+  VAE run."""
   figures = RunFigures(
     model, dataset.test, dataset.image_shape, run.workdir, jax.random.key(run.seed + 2), log=log
   )
   return train_and_evaluate(
-    model, config, run, dataset.train, dataset.test, hooks=[figures], log=log
+    model, config, run, dataset.train, dataset.test, hooks=[*hooks, figures], log=log
   )

@@ -8,6 +8,8 @@
   semi_supervised   M2's state, step and evaluation
   evaluation   scoring whole data sets in one compiled program
   checkpoints, metrics, progress   orbax checkpoints, metrics writers, progress lines
+  workdir_lock, interrupt, memory   one writer per directory; stops on Ctrl-C / SIGTERM;
+               whether a program fits in memory
   loop         the one training loop and its hook interface
   hooks        its checkpoint, metrics and progress hooks
   run_dir      a run's work directory: settings, resume, `train_in_directory`

@@ -1,4 +1,4 @@
-"""The loop's standard hooks: checkpoints, metrics records, progress lines.
+"""The loop's standard hooks: checkpoints with their metrics records, progress lines.
 
 Figures are drawn by a hook of the figures layer
 (`vae_jax.figures.run_figures.RunFigures`), so that training never imports
@@ -7,34 +7,67 @@ matplotlib.
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from vae_jax.training.checkpoints import Checkpointer
 from vae_jax.training.loop import Evaluation, Hook, LoopPlan
 from vae_jax.training.metrics import MetricWriter
 from vae_jax.training.progress import ProgressLogger
 
+# The records up to a checkpoint, kept in its directory.
+HISTORY_FILENAME = "history.jsonl"
 
-class CheckpointHook(Hook):
-  """Saves the evaluated state, named by its step (every process takes part)."""
 
-  def __init__(self, checkpointer: Checkpointer):
+class CheckpointAndRecordHook(Hook):
+  """Saves the evaluated state (every process takes part), then writes its
+  record through every writer (the main process's; none elsewhere).
+
+  The record is staged in `pending_path` before the save, so that a process
+  killed after the checkpoint and before the record leaves the record for the
+  next run to write (`RunDirectory.resume`); a record is never written for a
+  state that is not on disk. After the record, the whole history up to it is
+  written into the checkpoint's directory (`HISTORY_FILENAME`), from which
+  `RunDirectory.resume` restores a metrics.jsonl that lost records.
+  """
+
+  def __init__(
+    self,
+    checkpointer: Checkpointer,
+    writers: Sequence[MetricWriter],
+    pending_path: str,
+    history: list[dict[str, Any]],
+  ):
     self._checkpointer = checkpointer
-
-  def on_evaluation(self, evaluation: Evaluation) -> None:
-    self._checkpointer.save(evaluation.step, evaluation.state)
-
-
-class MetricsHook(Hook):
-  """Writes each evaluation's record, at its step, through every writer."""
-
-  def __init__(self, writers: Sequence[MetricWriter]):
     self._writers = writers
+    self._pending_path = pending_path
+    self._history = history
 
   def on_evaluation(self, evaluation: Evaluation) -> None:
+    if self._writers:
+      _write_atomically(
+        self._pending_path, json.dumps({"step": evaluation.step, "record": evaluation.record})
+      )
+    self._checkpointer.save(evaluation.step, evaluation.state)
+    if not self._writers:
+      return
     for writer in self._writers:
       writer.write(evaluation.step, evaluation.record)
+    self._history.append({"step": evaluation.step, **evaluation.record})
+    _write_atomically(
+      os.path.join(self._checkpointer.directory, str(evaluation.step), HISTORY_FILENAME),
+      "".join(json.dumps(record) + "\n" for record in self._history),
+    )
+    os.remove(self._pending_path)
+
+
+def _write_atomically(path: str, text: str) -> None:
+  with open(path + ".tmp", "w", encoding="utf-8") as f:
+    f.write(text)
+  os.replace(path + ".tmp", path)
 
 
 class ProgressHook(Hook):

@@ -27,6 +27,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from vae_jax.training.interrupt import StopRequests, TrainingInterrupted
+
 
 class TrainingDivergedError(RuntimeError):
   """A bound or score became NaN or infinite; the last checkpoint is kept."""
@@ -80,6 +82,10 @@ class Evaluation:
 class Hook:
   """Something the loop calls at its events; override what is needed."""
 
+  def on_start(self) -> None:
+    """Before the first evaluation or epoch (in a run directory: once it is
+    locked and resumed)."""
+
   def on_evaluation(self, evaluation: Evaluation) -> None:
     """After each evaluation, in the order the hooks were given."""
 
@@ -98,8 +104,9 @@ def check_finite(
       raise TrainingDivergedError(
         f"The {kind} value {jax.tree_util.keystr(path) or '(bound)'} became "
         f"{value[~np.isfinite(value)].flat[0]} in epoch {epoch}; stopping. The last good "
-        f"checkpoint (step {last_step}) is kept in {run_name}; lower the learning "
-        "rate or set a variance floor, then rerun to resume."
+        f"checkpoint (step {last_step}) is kept in {run_name}: rerun with a lower learning "
+        "rate to resume from it (the learning rate may change on resume), or start a new "
+        "run with a variance floor (min_variance)."
       )
 
 
@@ -148,58 +155,95 @@ def train_loop(
     TrainingDivergedError: an epoch's outputs or the scores became NaN or
       infinite; nothing is written for that evaluation.
   """
-  history = list(history)
+  run = _Run(evaluate, plan, list(hooks), list(history), run_name)
+  for hook in run.hooks:
+    hook.on_start()
+  # Ctrl-C and SIGTERM are recorded, not raised: the epoch or evaluation in
+  # flight finishes, its state is evaluated (and so saved), then the loop stops.
+  with StopRequests() as stop:
+    if not resumed and plan.evaluate_at(0):
+      run.evaluate_state(state, 0, _Round())
+    if stop.requested:
+      raise run.interrupted(stop.requested, start_step // plan.steps_per_epoch)
+    state = _train_epochs(state, train_epoch, epoch_args, run, start_step, resumed, stop, log)
+  for hook in run.hooks:
+    hook.on_end(state, run.history)
+  return state, run.history
+
+
+def _train_epochs(state, train_epoch, epoch_args, run, start_step, resumed, stop, log):
+  """The epochs from `start_step` on; returns the final state."""
+  plan = run.plan
   start_epoch = start_step // plan.steps_per_epoch
-  seconds = history[-1]["seconds"] if history else 0.0
-  if not resumed and plan.evaluate_at(0):
-    _evaluate(state, 0, 0, _Round(), seconds, evaluate, plan, hooks, history, run_name)
   if start_epoch >= plan.num_epochs:
     if resumed:
-      log(f"{run_name} is already trained for {start_epoch} epochs; nothing to do.")
-  else:
-    started = time.perf_counter()
-    train_epoch = train_epoch.lower(state, *epoch_args).compile()
-    log(f"Compiled the training epoch in {time.perf_counter() - started:.1f} s.")
+      log(f"{run.name} is already trained for {start_epoch} epochs; nothing to do.")
+    return state
+  started = time.perf_counter()
+  train_epoch = train_epoch.lower(state, *epoch_args).compile()
+  log(f"Compiled the training epoch in {time.perf_counter() - started:.1f} s.")
   current = _Round()
   for epoch in range(start_epoch + 1, plan.num_epochs + 1):
     started = time.perf_counter()
     state, outputs = jax.block_until_ready(train_epoch(state, *epoch_args))
     current.seconds += time.perf_counter() - started
     current.outputs.append(outputs)
-    check_finite(outputs, epoch, history[-1]["step"] if history else None, run_name)
-    if plan.evaluate_at(epoch) or epoch == plan.num_epochs:
-      seconds += current.seconds
-      _evaluate(
-        state,
-        epoch,
-        epoch * plan.steps_per_epoch,
-        current,
-        seconds,
-        evaluate,
-        plan,
-        hooks,
-        history,
-        run_name,
-      )
+    check_finite(outputs, epoch, run.last_step, run.name)
+    if plan.evaluate_at(epoch) or epoch == plan.num_epochs or stop.requested:
+      run.evaluate_state(state, epoch, current)
       current = _Round()
-  for hook in hooks:
-    hook.on_end(state, history)
-  return state, history
+    if stop.requested:
+      raise run.interrupted(stop.requested, epoch)
+  return state
 
 
-def _evaluate(state, epoch, step, current, seconds, evaluate, plan, hooks, history, run_name):
-  """Scores the state, hands the record to the hooks and appends it to `history`."""
-  scores = evaluate(state, epoch, current.outputs)
-  check_finite(scores, epoch, history[-1]["step"] if history else None, run_name, "evaluated")
-  examples = len(current.outputs) * plan.steps_per_epoch * plan.batch_size * plan.num_runs
-  record = {
-    "epoch": epoch,
-    "samples_seen": step * plan.batch_size,
-    **scores,
-    "seconds": seconds,
-    "examples_per_second": examples / current.seconds if current.outputs else None,
-  }
-  evaluation = Evaluation(epoch, step, state, record)
-  for hook in hooks:
-    hook.on_evaluation(evaluation)
-  history.append({"step": step, **record})
+class _Run:
+  """What the loop's evaluations share: the scoring, the plan, the hooks,
+  the records so far and the training time they count."""
+
+  def __init__(self, evaluate, plan: LoopPlan, hooks: list[Hook], history: list, name: str):
+    self.evaluate, self.plan, self.hooks, self.history, self.name = (
+      evaluate,
+      plan,
+      hooks,
+      history,
+      name,
+    )
+    self.seconds = history[-1]["seconds"] if history else 0.0
+
+  @property
+  def last_step(self) -> int | None:
+    """The step of the last evaluated (and saved) state."""
+    return self.history[-1]["step"] if self.history else None
+
+  def evaluate_state(self, state: Any, epoch: int, current: _Round) -> None:
+    """Scores the state, hands the record to the hooks and appends it to the history."""
+    step = epoch * self.plan.steps_per_epoch
+    scores = self.evaluate(state, epoch, current.outputs)
+    check_finite(scores, epoch, self.last_step, self.name, "evaluated")
+    self.seconds += current.seconds
+    plan = self.plan
+    examples = len(current.outputs) * plan.steps_per_epoch * plan.batch_size * plan.num_runs
+    record = {
+      "epoch": epoch,
+      "samples_seen": step * plan.batch_size,
+      **scores,
+      "seconds": self.seconds,
+      "examples_per_second": examples / current.seconds if current.outputs else None,
+    }
+    evaluation = Evaluation(epoch, step, state, record)
+    for hook in self.hooks:
+      hook.on_evaluation(evaluation)
+    self.history.append({"step": step, **record})
+
+  def interrupted(self, signal_name: str, epoch: int) -> TrainingInterrupted:
+    saved = (
+      f"the state of epoch {epoch} (step {self.last_step}) is saved"
+      if self.last_step is not None
+      else "nothing was saved"
+    )
+    return TrainingInterrupted(
+      signal_name,
+      f"Stopped by {signal_name} after epoch {epoch} of {self.name}: {saved}; rerun the same "
+      "command to resume.",
+    )

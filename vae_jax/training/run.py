@@ -20,7 +20,7 @@ import numpy as np
 from vae_jax.errors import ConfigError
 from vae_jax.models.functions import check_data
 from vae_jax.models.vae import VAE
-from vae_jax.training import evaluation, parallel
+from vae_jax.training import evaluation, memory, parallel
 from vae_jax.training.epoch import make_train_epoch
 from vae_jax.training.loop import Hook, LoopPlan
 from vae_jax.training.run_dir import check_run_settings, describe_parts, train_in_directory
@@ -152,14 +152,9 @@ def _initial_state(
   return init_train_states(model, config, keys, num_train)
 
 
-def _make_evaluate(
-  model: VAE, config: TrainConfig, run: RunConfig, eval_sets: dict[str, jax.Array]
-) -> Callable[..., dict[str, float]]:
-  """The loop's `evaluate`: the bound of `config.estimator` on every
-  evaluation set (means over the runs, and with several runs each run's as
-  "<name>_run<i>"), the mean per-step bound of the epochs trained since the
-  last evaluation, and after the last epoch the k-sample test
-  log-likelihood if `run.log_likelihood_samples`."""
+def _evaluations(model: VAE, config: TrainConfig, run: RunConfig) -> tuple[Any, Any]:
+  """The jitted evaluations of a run: the bound of `config.estimator`, and
+  the k-sample log-likelihood if `run.log_likelihood_samples` (else None)."""
   bound = evaluation.make_evaluate(
     model,
     config.estimator,
@@ -180,6 +175,39 @@ def _make_evaluate(
     if run.log_likelihood_samples
     else None
   )
+  return bound, log_likelihood
+
+
+def _check_memory(config, run, state, train_epoch, train_data, bound, log_likelihood, eval_sets):
+  """Refuses, before the run directory is written, settings whose epoch or
+  evaluations cannot fit in memory (`memory.check_fits`), naming the setting
+  to lower. The compiled programs are the ones the first calls use."""
+  key = jax.random.key(run.seed + 1)
+  programs = {
+    f"The training epoch (batch_size={config.batch_size}, num_samples={config.num_samples})": (
+      memory.Program(
+        train_epoch, (state, train_data), "num_samples" if config.num_samples > 1 else "batch_size"
+      )
+    ),
+    f"The evaluation of the bound (num_samples={config.num_samples}, eval_batch_size="
+    f"{run.eval_batch_size})": memory.Program(
+      bound, (state.params, eval_sets["train"], key), "num_samples"
+    ),
+  }
+  if log_likelihood is not None:
+    programs[f"The log-likelihood estimate (eval_batch_size={run.eval_batch_size})"] = (
+      memory.Program(log_likelihood, (state.params, eval_sets["test"], key), "eval_batch_size")
+    )
+  memory.check_fits(programs)
+
+
+def _make_evaluate(
+  bound: Any, log_likelihood: Any, run: RunConfig, eval_sets: dict[str, jax.Array]
+) -> Callable[..., dict[str, float]]:
+  """The loop's `evaluate`: `bound` on every evaluation set (means over the
+  runs, and with several runs each run's as "<name>_run<i>"), the mean
+  per-step bound of the epochs trained since the last evaluation, and after
+  the last epoch the k-sample test log-likelihood if configured."""
   eval_key = jax.random.key(run.seed + 1)
 
   def evaluate(state, epoch, outputs):
@@ -259,6 +287,8 @@ def train_and_evaluate(
   # Placed before a restore, the state is its template, so that every process
   # restores straight into the devices of the mesh.
   state = parallel.shard_runs(state, mesh) if mesh is not None and run.multi_run else place(state)
+  bound, log_likelihood = _evaluations(model, config, run)
+  _check_memory(config, run, state, train_epoch, train_data, bound, log_likelihood, eval_sets)
   plan = LoopPlan(
     num_epochs=run.num_epochs,
     steps_per_epoch=num_train // config.batch_size,
@@ -272,7 +302,7 @@ def train_and_evaluate(
     state,
     train_epoch,
     (train_data,),
-    _make_evaluate(model, config, run, eval_sets),
+    _make_evaluate(bound, log_likelihood, run, eval_sets),
     plan,
     hooks=hooks,
     keep_checkpoints=run.keep_checkpoints,
