@@ -34,7 +34,7 @@ from experiments import config_flags, tables
 from vae_jax.errors import ConfigError
 from vae_jax.figures import plots
 from vae_jax.inference.marginal_likelihood import make_marginal_likelihood_estimate
-from vae_jax.training import evaluation, mcem
+from vae_jax.training import evaluation, mcem, memory
 from vae_jax.training import run as run_lib
 from vae_jax.training import state as state_lib
 from vae_jax.training.epoch import make_train_epoch
@@ -160,6 +160,18 @@ def train_and_score(
     score,
     plan,
     keep_checkpoints=1,
+    memory_checks={
+      "The App. D estimate (ml_examples)": memory.Program(
+        estimate,
+        (
+          params_of(state),
+          eval_sets["train"],
+          estimate_key,
+          jnp.zeros((eval_sets["train"].shape[0], model.latent_dim)),
+        ),
+        "ml_examples",
+      )
+    },
     log=logging.info,
   )
   return records

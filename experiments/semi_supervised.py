@@ -30,7 +30,7 @@ from experiments import config_flags, tables
 from vae_jax.figures import plots
 from vae_jax.inference import semi_supervised
 from vae_jax.models import m2
-from vae_jax.training import evaluation
+from vae_jax.training import evaluation, memory
 from vae_jax.training import semi_supervised as m2_training
 from vae_jax.training.loop import LoopPlan
 from vae_jax.training.run_dir import describe_parts, train_in_directory
@@ -139,6 +139,12 @@ def train_with_labels(model, config, ss_config, run, dataset, num_labels, workdi
     score,
     plan,
     keep_checkpoints=run.keep_checkpoints,
+    epoch_parameter="num_samples" if config.num_samples > 1 else "batch_size",
+    memory_checks={
+      f"The evaluation (num_samples={config.num_samples})": memory.Program(
+        evaluate, (state.params, eval_x["train"], eval_y["train"], eval_key), "num_samples"
+      )
+    },
     log=logging.info,
     setting_defaults=describe_parts(semi_supervised=m2_training.SemiSupervisedConfig()),
   )

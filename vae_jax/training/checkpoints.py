@@ -105,8 +105,8 @@ class _DropFailedReadEchoes(logging.Filter):
   """
 
   def filter(self, record: logging.LogRecord) -> bool:
-    unretrieved = ("Task exception was never retrieved", "Future exception was never retrieved")
-    if not record.getMessage().startswith(unretrieved):
+    # "Task ...", "Future ...", "_GatheringFuture exception was never retrieved".
+    if "exception was never retrieved" not in record.getMessage():
       return True
     return not _is_echo_of_failed_read(record.exc_info[1] if record.exc_info else None)
 
@@ -140,7 +140,8 @@ class _DropFailedReadUnraisables:
 
 @contextlib.contextmanager
 def _quiet_orbax() -> Iterator[None]:
-  # Scoped to an open Checkpointer so that no logging configuration outlives it.
+  # Scoped to an open Checkpointer, so that no logging configuration outlives it,
+  # except after a failed read or write (see `_abandoned_operations`).
   logger = logging.getLogger("absl")
   log_filter = _DropOrbaxInfo()
   logger.addFilter(log_filter)
@@ -153,12 +154,24 @@ def _quiet_orbax() -> Iterator[None]:
     yield
   finally:
     logger.removeFilter(log_filter)
-    asyncio_logger.removeFilter(echo_filter)
-    # A hook installed after ours (e.g. by another Checkpointer) keeps
-    # calling ours, which then passes everything on.
-    unraisable_hook.active = False
-    if sys.unraisablehook is unraisable_hook:
-      sys.unraisablehook = unraisable_hook.previous
+    if not _abandoned_operations:
+      asyncio_logger.removeFilter(echo_filter)
+      # A hook installed after ours (e.g. by another Checkpointer) keeps
+      # calling ours, which then passes everything on.
+      unraisable_hook.active = False
+      if sys.unraisablehook is unraisable_hook:
+        sys.unraisablehook = unraisable_hook.previous
+
+
+# Whether a read or write failed in this process: orbax then leaves operations
+# running that may complete at any later time, even while the interpreter exits,
+# each reporting "Event loop is closed"; their reports stay dropped from then on.
+_abandoned_operations = False
+
+
+def _keep_dropping_abandoned_reports() -> None:
+  global _abandoned_operations
+  _abandoned_operations = True
 
 
 def _reject_typed_keys(tree: PyTree, what: str) -> None:
@@ -351,6 +364,7 @@ class Checkpointer:
       saved = self._manager.save(step, args=ocp.args.StandardSave(state), force=force)
       self._manager.wait_until_finished()
     except Exception as error:  # tensorstore reports OS errors as ValueError
+      _keep_dropping_abandoned_reports()
       if "No space left on device" in str(error) or "os_error_code='28'" in str(error):
         # The unfinished step directory is removed by the next Checkpointer.
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), self.directory) from None
@@ -436,6 +450,7 @@ class Checkpointer:
         # Checkpointer's filters drop those reports, rather than at some later
         # garbage collection.
         gc.collect()
+        _keep_dropping_abandoned_reports()
         set_aside = self._set_aside(step)
         steps = self.all_steps()
         fallback = f"falling back to step {steps[-1]}" if steps else "no older checkpoint is left"
@@ -526,9 +541,16 @@ class Checkpointer:
       )
 
   def close(self) -> None:
-    """Waits for pending deletions and releases orbax resources."""
+    """Waits for pending deletions and releases orbax resources.
+
+    After a failed read or write, orbax raises that failure again here; it
+    was raised (and reported) where it happened, so it is not raised twice.
+    """
     try:
       self._manager.close()
+    except Exception:
+      if not _abandoned_operations:
+        raise
     finally:
       self._quiet.__exit__(None, None, None)
 

@@ -178,27 +178,20 @@ def _evaluations(model: VAE, config: TrainConfig, run: RunConfig) -> tuple[Any, 
   return bound, log_likelihood
 
 
-def _check_memory(config, run, state, train_epoch, train_data, bound, log_likelihood, eval_sets):
-  """Refuses, before the run directory is written, settings whose epoch or
-  evaluations cannot fit in memory (`memory.check_fits`), naming the setting
-  to lower. The compiled programs are the ones the first calls use."""
+def _memory_checks(run, state, bound, log_likelihood, eval_sets) -> dict[str, memory.Program]:
+  """The evaluations, as the epoch, checked to fit before training
+  (`memory.check_fits`, through `train_in_directory`)."""
   key = jax.random.key(run.seed + 1)
-  programs = {
-    f"The training epoch (batch_size={config.batch_size}, num_samples={config.num_samples})": (
-      memory.Program(
-        train_epoch, (state, train_data), "num_samples" if config.num_samples > 1 else "batch_size"
-      )
-    ),
-    f"The evaluation of the bound (num_samples={config.num_samples}, eval_batch_size="
-    f"{run.eval_batch_size})": memory.Program(
+  checks = {
+    f"The evaluation of the bound (eval_batch_size={run.eval_batch_size})": memory.Program(
       bound, (state.params, eval_sets["train"], key), "num_samples"
-    ),
+    )
   }
   if log_likelihood is not None:
-    programs[f"The log-likelihood estimate (eval_batch_size={run.eval_batch_size})"] = (
-      memory.Program(log_likelihood, (state.params, eval_sets["test"], key), "eval_batch_size")
+    checks[f"The log-likelihood estimate (eval_batch_size={run.eval_batch_size})"] = memory.Program(
+      log_likelihood, (state.params, eval_sets["test"], key), "eval_batch_size"
     )
-  memory.check_fits(programs)
+  return checks
 
 
 def _make_evaluate(
@@ -288,7 +281,6 @@ def train_and_evaluate(
   # restores straight into the devices of the mesh.
   state = parallel.shard_runs(state, mesh) if mesh is not None and run.multi_run else place(state)
   bound, log_likelihood = _evaluations(model, config, run)
-  _check_memory(config, run, state, train_epoch, train_data, bound, log_likelihood, eval_sets)
   plan = LoopPlan(
     num_epochs=run.num_epochs,
     steps_per_epoch=num_train // config.batch_size,
@@ -306,6 +298,9 @@ def train_and_evaluate(
     plan,
     hooks=hooks,
     keep_checkpoints=run.keep_checkpoints,
+    memory_checks=_memory_checks(run, state, bound, log_likelihood, eval_sets),
+    # The epoch holds [L, M, data_dim] decoder outputs: L is the one to lower first.
+    epoch_parameter="num_samples" if config.num_samples > 1 else "batch_size",
     log=log,
   )
   return state

@@ -18,13 +18,14 @@ import dataclasses
 import json
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax
 
 from vae_jax.training import hooks as loop_hooks
+from vae_jax.training import memory
 from vae_jax.training.checkpoints import Checkpointer
 from vae_jax.training.loop import Hook, LoopPlan, train_loop
 from vae_jax.training.metrics import (
@@ -344,11 +345,16 @@ def train_in_directory(
   hooks: Sequence[Hook] = (),
   keep_checkpoints: int = 3,
   setting_defaults: dict[str, Any] | None = None,
+  memory_checks: Mapping[str, memory.Program] | None = None,
+  epoch_parameter: str = "batch_size",
   log: Callable[[str], None] = print,
 ) -> tuple[Any, list[dict[str, Any]]]:
   """The resumable training loop in `workdir`: what every runner calls.
 
-  Checks `settings` against the run in `workdir` (see `check_run_settings`),
+  First refuses settings that cannot fit (`memory.check_fits`: the epoch,
+  whose size `epoch_parameter` sets, and the runner's `memory_checks`, e.g.
+  its evaluations), before anything is written. Checks `settings` against
+  the run in `workdir` (see `check_run_settings`),
   resumes from its newest checkpoint (`state` is the template), then runs
   `train_loop` with the directory's checkpoint and metrics hooks, a progress
   line per evaluation, and `hooks`. With several processes, process 0 alone
@@ -357,6 +363,10 @@ def train_in_directory(
   Returns:
     (the final state, every metrics record of the run).
   """
+  epoch_program = memory.Program(train_epoch, (state, *epoch_args), epoch_parameter)
+  memory.check_fits(
+    {f"The training epoch ({epoch_parameter})": epoch_program, **(memory_checks or {})}
+  )
   is_main = jax.process_index() == 0
   log = log if is_main else (lambda line: None)
   with RunDirectory(
