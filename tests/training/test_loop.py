@@ -42,6 +42,7 @@ def _train(
   hooks=(),
   evaluate_at=lambda epoch: epoch % 2 == 0,
   setting_defaults=None,
+  log=lambda _: None,
 ):
   score = score or (lambda state, epoch, outputs: {"x": float(state["x"])})
   return run_dir.train_in_directory(
@@ -54,7 +55,7 @@ def _train(
     _plan(num_epochs, evaluate_at),
     hooks=hooks,
     setting_defaults=setting_defaults,
-    log=lambda _: None,
+    log=log,
   )
 
 
@@ -212,16 +213,7 @@ def test_a_rerun_after_the_checkpoints_were_removed_sets_the_old_records_aside(t
   old_records = (tmp_path / "metrics.jsonl").read_text()
   shutil.rmtree(tmp_path / "checkpoints")
   warnings = []
-  run_dir.train_in_directory(
-    str(tmp_path),
-    {"rate": 1.5, "sizes": (8, 4)},
-    {"x": jnp.zeros(())},
-    _grow,
-    (),
-    lambda state, epoch, outputs: {"x": float(state["x"])},
-    _plan(3),
-    log=warnings.append,
-  )
+  _train(str(tmp_path), num_epochs=3, log=warnings.append)
   records = read_metrics(tmp_path / "metrics.jsonl")
   assert [r["epoch"] for r in records] == [0, 2, 3]  # one history, no duplicate epoch 0
   [aside] = tmp_path.glob("orphaned-*")
@@ -255,16 +247,7 @@ def test_a_corrupt_newest_checkpoint_is_set_aside_and_the_run_resumes_before_it(
   newest = tmp_path / "damaged" / "checkpoints" / "15"
   (newest / "default" / "_METADATA").write_text("{not json")
   warnings = []
-  state, records = run_dir.train_in_directory(
-    str(tmp_path / "damaged"),
-    {"rate": 1.5, "sizes": (8, 4)},
-    {"x": jnp.zeros(())},
-    _grow,
-    (),
-    lambda state, epoch, outputs: {"x": float(state["x"])},
-    _plan(5),
-    log=warnings.append,
-  )
+  state, records = _train(str(tmp_path / "damaged"), num_epochs=5, log=warnings.append)
   (aside,) = (tmp_path / "damaged" / "checkpoints").glob("15.unreadable-*")
   assert (aside / "default" / "_METADATA").read_text() == "{not json"
   assert any(str(aside) in line and "falling back to step 12" in line for line in warnings)
@@ -284,16 +267,7 @@ def test_a_metrics_file_that_lost_records_is_written_again_from_the_checkpoint(t
   else:
     metrics_path.write_text(metrics_path.read_text().splitlines()[0] + "\n")
   warnings = []
-  _, records = run_dir.train_in_directory(
-    str(tmp_path / "run"),
-    {"rate": 1.5, "sizes": (8, 4)},
-    {"x": jnp.zeros(())},
-    _grow,
-    (),
-    lambda state, epoch, outputs: {"x": float(state["x"])},
-    _plan(5),
-    log=warnings.append,
-  )
+  _, records = _train(str(tmp_path / "run"), num_epochs=5, log=warnings.append)
   strip = lambda records: [  # noqa: E731
     {k: v for k, v in r.items() if k not in ("seconds", "examples_per_second")} for r in records
   ]
