@@ -23,7 +23,7 @@ from vae_jax.models.vae import VAE
 from vae_jax.training import evaluation, memory, parallel
 from vae_jax.training.epoch import make_train_epoch
 from vae_jax.training.loop import Hook, LoopPlan
-from vae_jax.training.run_dir import check_run_settings, describe_parts, train_in_directory
+from vae_jax.training.run_dir import describe_parts, train_in_directory
 from vae_jax.training.state import TrainConfig, TrainState, init_train_state, init_train_states
 
 
@@ -115,15 +115,6 @@ def describe(
   if learning_rates:  # absent otherwise, as in the runs saved before sweeps existed
     settings["learning_rates"] = list(learning_rates)
   return settings
-
-
-def check_settings(model: VAE, config: TrainConfig, run: RunConfig) -> None:
-  """Raises RunSettingsMismatchError if `run.workdir` holds a run with other
-  settings; writes nothing (a runner calls it before writing into the
-  directory)."""
-  check_run_settings(
-    run.workdir, describe(model, config, run.seed, run.num_runs, run.learning_rates), False
-  )
 
 
 def host_params(state: TrainState) -> Any:
