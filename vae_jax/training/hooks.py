@@ -11,9 +11,9 @@ import json
 import math
 import os
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from vae_jax.training.checkpoints import Checkpointer
+from vae_jax.training.files import write_atomically
 from vae_jax.training.loop import Evaluation, Hook, LoopPlan
 from vae_jax.training.metrics import MetricWriter
 from vae_jax.training.progress import ProgressLogger
@@ -35,20 +35,15 @@ class CheckpointAndRecordHook(Hook):
   """
 
   def __init__(
-    self,
-    checkpointer: Checkpointer,
-    writers: Sequence[MetricWriter],
-    pending_path: str,
-    history: list[dict[str, Any]],
+    self, checkpointer: Checkpointer, writers: Sequence[MetricWriter], pending_path: str
   ):
     self._checkpointer = checkpointer
     self._writers = writers
     self._pending_path = pending_path
-    self._history = history
 
   def on_evaluation(self, evaluation: Evaluation) -> None:
     if self._writers:
-      _write_atomically(
+      write_atomically(
         self._pending_path, json.dumps({"step": evaluation.step, "record": evaluation.record})
       )
     self._checkpointer.save(evaluation.step, evaluation.state)
@@ -56,18 +51,11 @@ class CheckpointAndRecordHook(Hook):
       return
     for writer in self._writers:
       writer.write(evaluation.step, evaluation.record)
-    self._history.append({"step": evaluation.step, **evaluation.record})
-    _write_atomically(
+    write_atomically(
       os.path.join(self._checkpointer.directory, str(evaluation.step), HISTORY_FILENAME),
-      "".join(json.dumps(record) + "\n" for record in self._history),
+      "".join(json.dumps(record) + "\n" for record in evaluation.history),
     )
     os.remove(self._pending_path)
-
-
-def _write_atomically(path: str, text: str) -> None:
-  with open(path + ".tmp", "w", encoding="utf-8") as f:
-    f.write(text)
-  os.replace(path + ".tmp", path)
 
 
 class ProgressHook(Hook):

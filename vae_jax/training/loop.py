@@ -71,12 +71,15 @@ class Evaluation:
     record: the metrics record: "epoch", "samples_seen", the scores,
       "seconds" (training time so far, evaluations and compilation excluded)
       and "examples_per_second" (since the last evaluation; None at epoch 0).
+    history: every record of the run up to this one, this one included, each
+      with its "step".
   """
 
   epoch: int
   step: int
   state: Any
   record: dict[str, Any]
+  history: tuple[dict[str, Any], ...]
 
 
 class Hook:
@@ -202,13 +205,11 @@ class _Run:
   the records so far and the training time they count."""
 
   def __init__(self, evaluate, plan: LoopPlan, hooks: list[Hook], history: list, name: str):
-    self.evaluate, self.plan, self.hooks, self.history, self.name = (
-      evaluate,
-      plan,
-      hooks,
-      history,
-      name,
-    )
+    self.evaluate = evaluate
+    self.plan = plan
+    self.hooks = hooks
+    self.history = history
+    self.name = name
     self.seconds = history[-1]["seconds"] if history else 0.0
 
   @property
@@ -231,10 +232,12 @@ class _Run:
       "seconds": self.seconds,
       "examples_per_second": examples / current.seconds if current.outputs else None,
     }
-    evaluation = Evaluation(epoch, step, state, record)
+    # Appended first, so that the hooks see it; a hook that fails ends the run,
+    # and this history with it.
+    self.history.append({"step": step, **record})
+    evaluation = Evaluation(epoch, step, state, record, tuple(self.history))
     for hook in self.hooks:
       hook.on_evaluation(evaluation)
-    self.history.append({"step": step, **record})
 
   def interrupted(self, signal_name: str, epoch: int) -> TrainingInterrupted:
     saved = (

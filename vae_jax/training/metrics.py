@@ -31,6 +31,8 @@ from typing import Any, TextIO, TypeVar
 
 import numpy as np
 
+from vae_jax.training.files import write_atomically
+
 METRICS_FILENAME = "metrics.jsonl"
 
 Scalar = int | float | bool | str | None
@@ -124,11 +126,7 @@ class JsonlWriter(MetricWriter):
     lines = _read_complete_lines(self.path)
     if resume_step is not None:
       lines = [line for line in lines if json.loads(line).get("step", resume_step) <= resume_step]
-    # Write-then-rename, so a kill during the rewrite keeps the old file.
-    tmp_path = self.path + ".tmp"
-    with open(tmp_path, "w", encoding="utf-8") as f:
-      f.writelines(line + "\n" for line in lines)
-    os.replace(tmp_path, self.path)
+    write_atomically(self.path, "".join(line + "\n" for line in lines))
 
   def write(self, step: int, record: Mapping[str, Any]) -> None:
     """Appends `{"step": step, **record}` as one line and flushes it.

@@ -27,6 +27,7 @@ import jax
 from vae_jax.training import hooks as loop_hooks
 from vae_jax.training import memory
 from vae_jax.training.checkpoints import Checkpointer
+from vae_jax.training.files import write_atomically
 from vae_jax.training.loop import Hook, LoopPlan, train_loop
 from vae_jax.training.metrics import (
   METRICS_FILENAME,
@@ -152,10 +153,7 @@ def check_run_settings(
 
 
 def _write_json(path: str, value: Any) -> None:
-  """Writes `value` as JSON to `path` atomically (a kill leaves the old file)."""
-  with open(path + ".tmp", "w", encoding="utf-8") as f:
-    json.dump(_as_json(value), f, indent=2, sort_keys=True)
-  os.replace(path + ".tmp", path)
+  write_atomically(path, json.dumps(_as_json(value), indent=2, sort_keys=True))
 
 
 class RunDirectory:
@@ -193,7 +191,6 @@ class RunDirectory:
     self._is_main = is_main
     self._warn = warn
     self._changed: dict[str, tuple[Any, Any]] = {}
-    self._history: list[dict[str, Any]] = []
     self._checkpointer: Checkpointer | None = None
     self._writers: list[Any] = []
 
@@ -229,7 +226,6 @@ class RunDirectory:
     # the run resumes from the newest readable one.
     state, step = self._checkpointer.restore_newest_readable(template, self._warn)
     history = self._reconcile_records(step) if self._is_main else []
-    self._history = list(history)
     if step is not None and self._changed and self._is_main:
       self._record_setting_changes(step)
     return state, step, history
@@ -245,8 +241,8 @@ class RunDirectory:
     history = read_metrics(jsonl.path) if step is not None else []
     _check_counted_in_steps(self.workdir, history)
     pending = self._read_pending()
-    missing = not history or history[-1]["step"] < (step or 0)
-    if step is not None and pending is not None and pending["step"] == step and missing:
+    recorded = history and history[-1]["step"] == step
+    if step is not None and pending is not None and pending["step"] == step and not recorded:
       # Killed after the checkpoint, before its record: write it now.
       jsonl.write(step, pending["record"])
       history.append({"step": step, **pending["record"]})
@@ -265,9 +261,7 @@ class RunDirectory:
     steps = [record["step"] for record in present if record["step"] <= step]
     if steps == [record["step"] for record in kept]:
       return
-    with open(metrics_path + ".tmp", "w", encoding="utf-8") as f:
-      f.writelines(json.dumps(record) + "\n" for record in kept)
-    os.replace(metrics_path + ".tmp", metrics_path)
+    write_atomically(metrics_path, "".join(json.dumps(record) + "\n" for record in kept))
     self._warn(
       f"{metrics_path} lacked records of the checkpointed history ({len(steps)} of "
       f"{len(kept)}); wrote it again from {path}."
@@ -317,7 +311,7 @@ class RunDirectory:
     """Checkpoint, then record, every evaluation (see the class docstring)."""
     return [
       loop_hooks.CheckpointAndRecordHook(
-        self._checkpointer, self._writers, self._path(PENDING_RECORD_FILENAME), self._history
+        self._checkpointer, self._writers, self._path(PENDING_RECORD_FILENAME)
       )
     ]
 
