@@ -139,8 +139,9 @@ def train_loop(
 
   Args:
     state: the state to train (restored at `start_step` if `resumed`).
-    train_epoch: a jitted `(state, *epoch_args) -> (state, outputs)`; it is
-      compiled ahead, so that compilation is not counted as training time.
+    train_epoch: a jitted `(state, *epoch_args) -> (state, outputs)`, or its
+      compiled executable; a jitted one is compiled ahead, so that
+      compilation is not counted as training time.
     epoch_args: its other arguments (the data, on device).
     evaluate: `(state, epoch, outputs of the epochs since the last
       evaluation) -> {name: scalar}`.
@@ -182,9 +183,10 @@ def _train_epochs(state, train_epoch, epoch_args, run, start_step, resumed, stop
     if resumed:
       log(f"{run.name} is already trained for {start_epoch} epochs; nothing to do.")
     return state
-  started = time.perf_counter()
-  train_epoch = train_epoch.lower(state, *epoch_args).compile()
-  log(f"Compiled the training epoch in {time.perf_counter() - started:.1f} s.")
+  if hasattr(train_epoch, "lower"):  # not compiled by the caller (train_in_directory does)
+    started = time.perf_counter()
+    train_epoch = train_epoch.lower(state, *epoch_args).compile()
+    log(f"Compiled the training epoch in {time.perf_counter() - started:.1f} s.")
   current = _Round()
   for epoch in range(start_epoch + 1, plan.num_epochs + 1):
     started = time.perf_counter()

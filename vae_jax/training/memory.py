@@ -46,7 +46,7 @@ DEFAULT_HEADROOM = 0.1
 class Program(NamedTuple):
   """One compiled program of a run, as `check_fits` checks it."""
 
-  fn: Callable[..., Any]  # a `jax.jit`-wrapped function
+  fn: Callable[..., Any]  # a `jax.jit`-wrapped function, or one compiled already
   args: Sequence[Any]  # its positional arguments: arrays or `jax.ShapeDtypeStruct`s
   parameter: str  # the setting to lower if it does not fit, as the library spells it
 
@@ -61,14 +61,15 @@ class Footprint(NamedTuple):
 def footprint(fn: Callable[..., Any], *args: Any) -> Footprint | None:
   """The memory a call `fn(*args)` would allocate, from its compiled program.
 
-  Compiles `fn` (a jitted function) for the arguments' shapes without running
-  it. per_device is XLA's temporaries + outputs - outputs that reuse donated
-  inputs + the arguments not yet on a device (`jax.ShapeDtypeStruct`s, host
-  values): the arguments that already are `jax.Array`s are left out, since the
-  memory they take is no longer available. None where the backend gives no
+  Compiles `fn` (a jitted function; one compiled already is taken as it is)
+  for the arguments' shapes without running it. per_device is XLA's
+  temporaries + outputs - outputs that reuse donated inputs + the arguments
+  not yet on a device (`jax.ShapeDtypeStruct`s, host values): the arguments
+  that already are `jax.Array`s are left out, since the memory they take is
+  no longer available. None where the backend gives no
   memory analysis.
   """
-  compiled = fn.lower(*args).compile()
+  compiled = fn.lower(*args).compile() if hasattr(fn, "lower") else fn
   stats = compiled.memory_analysis()
   if stats is None:
     return None

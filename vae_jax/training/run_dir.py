@@ -357,12 +357,16 @@ def train_in_directory(
   Returns:
     (the final state, every metrics record of the run).
   """
+  is_main = jax.process_index() == 0
+  log = log if is_main else (lambda line: None)
+  # Compiled once, here: the memory check reads the program the loop then runs.
+  started = time.perf_counter()
+  train_epoch = train_epoch.lower(state, *epoch_args).compile()
+  log(f"Compiled the training epoch in {time.perf_counter() - started:.1f} s.")
   epoch_program = memory.Program(train_epoch, (state, *epoch_args), epoch_parameter)
   memory.check_fits(
     {f"The training epoch ({epoch_parameter})": epoch_program, **(memory_checks or {})}
   )
-  is_main = jax.process_index() == 0
-  log = log if is_main else (lambda line: None)
   with RunDirectory(
     workdir,
     settings,
