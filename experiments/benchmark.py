@@ -1,27 +1,43 @@
-r"""Training and evaluation speed: `python -m experiments.benchmark [flags]`.
+r"""Speed and memory against minimal plain JAX: `python -m experiments.benchmark`.
 
-Times, on the default JAX device, the jitted train step and the scanned epoch
-(`vae_jax.training.epoch.make_train_epoch`) of an MLP VAE across batch sizes,
-estimators and L, plus whole-set evaluation, and compares the matmul FLOP rate
-they reach with the device's own float32 matmul rate measured here. Prints a
-markdown table and writes JSON (--output).
+Every figure is printed beside the same work done by `experiments.plain_jax`
+(what a competent JAX user writes in an afternoon) on the same machine in the
+same run, and the ratio of the two. Each measurement runs in a fresh process
+(so that its peak resident memory is its own), and the processes alternate
+between the library and the reference, `--processes` rounds of them, so that
+both see the same drift of a shared machine; the tables give medians.
 
-Data are random binary vectors: speed does not depend on their values, and no
-data set has to be prepared. The defaults are the paper's MNIST model
-(784-500-20, tanh, Bernoulli, N = 60000).
+The kinds of work:
+  --train  an epoch (one compiled `lax.scan` over N // M minibatches; estimator
+           B, L = 1) of a model at a minibatch size M with an optimiser;
+  --eval   the importance-sampled log-likelihood estimate at k samples;
+  --preset the runner (`experiments.train`) on a preset for a few epochs
+           (evaluation excluded from its rate), against the library's bare
+           epoch of the same model and M.
+Beside each training and evaluation figure: the fraction of the machine's
+float32 matmul rate (a --matmul_size^3 product, measured after every timed
+repetition) that the work's matmul FLOPs reach. Data are random binary
+vectors: speed does not depend on their values.
 
 Example:
-  python -m experiments.benchmark --batch_sizes=100,1000 --estimators=A,B --sample_counts=1,10
+  python -m experiments.benchmark --processes=3
+  python -m experiments.benchmark --train=784-500-20/100/adagrad --eval= --preset= \
+      --profile_dir=/tmp/trace
 """
 
 from __future__ import annotations
 
 import collections
 import glob
+import itertools
 import json
 import os
 import re
+import resource
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
 
@@ -30,35 +46,60 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from experiments import tables
+from experiments import plain_jax, tables
 from vae_jax import training
-from vae_jax.math import estimators
 from vae_jax.models import vae as models
 
-_DATA_DIM = flags.DEFINE_integer("data_dim", 784, "D.", lower_bound=1)
-_HIDDEN = flags.DEFINE_integer("hidden_size", 500, "Hidden width H (one layer).", lower_bound=1)
-_LATENT_DIM = flags.DEFINE_integer("latent_dim", 20, "J.", lower_bound=1)
+_TRAIN = flags.DEFINE_list(
+  "train",
+  ["784-500-20/100/adagrad", "784-500-20/1000/adagrad", "784-200-200-50/20/adam"],
+  "Training epochs to time, each D-H...-J/M/optimiser: the model's layer sizes (data, "
+  "hidden..., latent), the minibatch size and the optimiser (adagrad, adam, sgd).",
+)
+_EVAL = flags.DEFINE_list(
+  "eval",
+  ["784-500-20/5000"],
+  "Importance-sampled log-likelihood estimates to time, each D-H...-J/k.",
+)
+_PRESET = flags.DEFINE_string(
+  "preset",
+  "experiments/configs/iwae_table1_vae.flags",
+  "A runner flagfile to time through `experiments.train` against the library's bare "
+  "epoch of the same model, M and optimiser (--preset_bare); empty: none.",
+)
+_PRESET_BARE = flags.DEFINE_string(
+  "preset_bare",
+  "784-200-200-50/20/adam",
+  "The --train work of the preset's model, M and optimiser (added to --train if absent).",
+)
+_PRESET_FLAGS = flags.DEFINE_list(
+  "preset_flags",
+  ["--tfds_manual_dir=../shared/data"],
+  "Further flags of the preset's runs (where its data set is).",
+)
+_PRESET_EPOCHS = flags.DEFINE_integer(
+  "preset_epochs", 3, "Epochs of each preset run.", lower_bound=1
+)
 _NUM_TRAIN = flags.DEFINE_integer("num_train", 60000, "Examples per epoch N.", lower_bound=1)
-_NUM_EVAL = flags.DEFINE_integer("num_eval", 10000, "Examples evaluated.", lower_bound=1)
-_BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["100"], "Minibatch sizes M.")
-_ESTIMATORS = flags.DEFINE_list("estimators", ["B"], "Estimators to time.")
-_SAMPLE_COUNTS = flags.DEFINE_list("sample_counts", ["1"], "Values of L.")
-_EVAL_SAMPLE_COUNTS = flags.DEFINE_list(
-  "eval_sample_counts",
-  ["1", "100"],
-  "k of the evaluation: B at k = 1, else the importance-sampled log-likelihood "
-  "estimate (k = 5000 is the standard metric).",
+_NUM_EVAL = flags.DEFINE_integer(
+  "num_eval", 100, "Examples of each log-likelihood estimate.", lower_bound=1
+)
+_EXAMPLES_AT_ONCE = flags.DEFINE_integer(
+  "reference_examples_at_once",
+  1,
+  "Examples whose k samples the reference's estimate draws at once (a divisor of "
+  "--num_eval; 1 was its fastest on the 2-core CPU).",
+  lower_bound=1,
 )
 _SAMPLES_PER_PASS = flags.DEFINE_integer(
-  "samples_per_pass", 100, "Importance samples drawn at once per evaluated example.", lower_bound=1
+  "samples_per_pass", 100, "The library's samples per pass of its estimate.", lower_bound=1
 )
-_NUM_RUNS = flags.DEFINE_list(
-  "num_runs",
-  ["1"],
-  "Numbers of independent runs trained as one vmapped program "
-  "(first batch size and estimator, L = 1); runs/s is compared with one run.",
+_PROCESSES = flags.DEFINE_integer(
+  "processes", 3, "Rounds: processes per work and implementation.", lower_bound=1
 )
-_REPEATS = flags.DEFINE_integer("repeats", 5, "Timed repetitions (median reported).", lower_bound=1)
+_REPEATS = flags.DEFINE_integer(
+  "repeats", 2, "Timed repetitions in each process (after a warm-up).", lower_bound=1
+)
 _MATMUL_SIZE = flags.DEFINE_integer(
   "matmul_size",
   0,
@@ -70,42 +111,51 @@ _OUTPUT = flags.DEFINE_string("output", "benchmark.json", "Where to write the JS
 _PROFILE_DIR = flags.DEFINE_string(
   "profile_dir",
   None,
-  "If set, trace one epoch of the first configuration (first batch "
-  "size, estimator and L) into this directory (open it with Perfetto or TensorBoard) and "
-  "print where the epoch's time goes.",
+  "If set, trace one library epoch of the first --train into this directory (open it "
+  "with Perfetto or TensorBoard) and print where the epoch's time goes.",
+)
+_WORKER = flags.DEFINE_string(
+  "worker", None, "Internal: measure this one work (JSON) in this process and print it."
 )
 
-flags.register_validator(
-  "estimators",
-  lambda names: bool(names) and set(names) <= set(estimators.ESTIMATORS),
-  message=f"--estimators must be names from {sorted(estimators.ESTIMATORS)}.",
-)
-for _name in ("batch_sizes", "sample_counts", "eval_sample_counts", "num_runs"):
-  flags.register_validator(
-    _name,
-    lambda values: bool(values) and all(v.isdigit() and int(v) > 0 for v in values),
-    message=f"--{_name} must be comma-separated positive integers.",
-  )
+IMPLEMENTATIONS = ("vae-jax", "minimal JAX")
+_SPEC = re.compile(r"^(\d+(?:-\d+)+)/(\d+)(?:/(adagrad|adam|sgd))?$")
 
 
-def matmul_flops_per_example(data_dim: int, hidden: int, latent: int, num_samples: int) -> float:
-  """Forward + backward matmul FLOPs of one example (backward = 2 x forward).
+def parse_work(kind: str, spec: str) -> dict:
+  """'784-500-20/100/adagrad' (train) or '784-500-20/5000' (eval) -> a dict."""
+  match = _SPEC.match(spec)
+  if not match or (kind == "train") != bool(match.group(3)) or "-" not in match.group(1):
+    form = "D-H...-J/M/optimiser" if kind == "train" else "D-H...-J/k"
+    raise app.UsageError(f"--{kind} entry {spec!r} is not of the form {form}.")
+  sizes = [int(size) for size in match.group(1).split("-")]
+  work = {"kind": kind, "spec": spec, "data_dim": sizes[0], "hidden": sizes[1:-1]}
+  work["latent_dim"], number = sizes[-1], int(match.group(2))
+  if kind == "train":
+    work.update(batch_size=number, optimizer=match.group(3))
+  else:
+    work["num_samples"] = number
+  if min(sizes) < 1 or number < 1:
+    raise app.UsageError(f"--{kind} entry {spec!r} has a size below 1.")
+  return work
 
-  Encoder D->H->2J once, decoder J->H->D once per sample. For the paper's
-  MNIST model at L = 1 this is 4.88 MFLOP.
-  """
-  encoder = data_dim * hidden + hidden * 2 * latent
-  decoder = latent * hidden + hidden * data_dim
-  return 3 * 2 * (encoder + num_samples * decoder)
+
+def matmul_flops_per_example(
+  data_dim: int, hidden: tuple[int, ...], latent: int, num_samples: int, backward: bool = True
+) -> float:
+  """Matmul FLOPs of one example: the encoder D->H...->2J once, the decoder
+  J->...->D once per sample; with the backward pass, 3 x the forward. For
+  the paper's MNIST model (784-500-20) at L = 1 this is 4.88 MFLOP."""
+  encoder_sizes, decoder_sizes = [data_dim, *hidden, 2 * latent], [latent, *hidden[::-1], data_dim]
+  encoder = sum(m * n for m, n in itertools.pairwise(encoder_sizes))
+  decoder = sum(m * n for m, n in itertools.pairwise(decoder_sizes))
+  return (3 if backward else 1) * 2 * (encoder + num_samples * decoder)
 
 
-def _median_seconds(fn, repeats: int) -> float:
-  times = []
-  for _ in range(repeats):
-    started = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - started)
-  return statistics.median(times)
+def _seconds(fn: Callable[[], object]) -> float:
+  started = time.perf_counter()
+  jax.block_until_ready(fn())
+  return time.perf_counter() - started
 
 
 def make_matmul_rate(size: int, repeats: int = 3) -> Callable[[], float]:
@@ -117,75 +167,131 @@ def make_matmul_rate(size: int, repeats: int = 3) -> Callable[[], float]:
   )
   product = jax.jit(jnp.matmul).lower(a, b).compile()
   jax.block_until_ready(product(a, b))
-  return lambda: 2 * size**3 / _median_seconds(lambda: product(a, b), repeats)
+  return lambda: (
+    2 * size**3 / statistics.median(_seconds(lambda: product(a, b)) for _ in range(repeats))
+  )
 
 
-def _peak_memory_bytes() -> int | None:
-  stats = jax.devices()[0].memory_stats()  # None on CPU
-  return stats.get("peak_bytes_in_use") if stats else None
+def _random_binary(num_examples: int, data_dim: int) -> jax.Array:
+  rng = np.random.default_rng(0)
+  return jnp.asarray(rng.integers(0, 2, (num_examples, data_dim)), jnp.float32)
 
 
-def _epoch_runner(epoch, state, data) -> Callable[[], jax.Array]:
-  """`run()` trains one epoch from the state the last call left (the epoch
+def _model(work: dict) -> models.VAE:
+  return models.make_vae(work["data_dim"], work["latent_dim"], hidden_sizes=tuple(work["hidden"]))
+
+
+def _library_epoch(work: dict, data: jax.Array) -> Callable[[], jax.Array]:
+  """`run()` trains one epoch from where the last call left off (the epoch
   donates its input state) and returns the epoch's bounds."""
-  current = [state]
+  model = _model(work)
+  config = training.TrainConfig(batch_size=work["batch_size"], optimizer=work["optimizer"])
+  state = [training.init_train_state(model, config, jax.random.key(0))]
+  epoch = training.make_train_epoch(model, config, data.shape[0]).lower(state[0], data).compile()
 
   def run():
-    current[0], bounds = epoch(current[0], data)
+    state[0], bounds = epoch(state[0], data)
     return bounds
 
   return run
 
 
-def time_training(model, data, batch_size, estimator, num_samples, repeats, matmul_rate):
-  """Epoch and step speed. The matmul rate is measured after every timed
-  epoch, so that each epoch is compared with the machine as it was then (a
-  shared machine's speed drifts between minutes); the fraction reported is
-  the median over the repeats."""
-  config = training.TrainConfig(batch_size=batch_size, estimator=estimator, num_samples=num_samples)
-  state = training.init_train_state(model, config, jax.random.key(0))
-  started = time.perf_counter()
-  epoch = training.make_train_epoch(model, config, data.shape[0]).lower(state, data).compile()
-  compile_seconds = time.perf_counter() - started
-  step = jax.jit(training.make_train_step(model, config, data.shape[0]))
-  batch, key = data[:batch_size], jax.random.key(1)
-  jax.block_until_ready(step(state, batch, key))
-  # Timed before the epochs, which donate (delete) this state's buffers.
-  step_seconds = _median_seconds(lambda: step(state, batch, key), repeats)
+def _reference_epoch(work: dict, data: jax.Array) -> Callable[[], jax.Array]:
+  config = training.TrainConfig(optimizer=work["optimizer"])  # the same optax optimiser
+  optimizer = training.make_optimizer(config, data.shape[0])
+  params = plain_jax.init(jax.random.key(0), work["data_dim"], work["hidden"], work["latent_dim"])
+  carry = [params, optimizer.init(params), jax.random.key(1)]
+  epoch = plain_jax.make_epoch(optimizer, work["batch_size"])
 
-  run_epoch = _epoch_runner(epoch, state, data)
-  run_epoch()  # warm-up
-  examples = (data.shape[0] // batch_size) * batch_size
-  flops = examples * matmul_flops_per_example(
-    model.data_dim, _HIDDEN.value, model.latent_dim, num_samples
+  def run():
+    carry[2], key = jax.random.split(carry[2])
+    carry[0], carry[1], bounds = epoch(carry[0], carry[1], data, key)
+    return bounds
+
+  return run
+
+
+def _library_estimate(work: dict, data: jax.Array) -> Callable[[], jax.Array]:
+  model = _model(work)
+  params = training.init_train_state(model, training.TrainConfig(), jax.random.key(0)).params
+  estimate = training.make_evaluate(
+    model,
+    "iwae",
+    work["num_samples"],
+    batch_size=data.shape[0],
+    samples_per_pass=_SAMPLES_PER_PASS.value,
   )
-  epoch_seconds, fractions = [], []
-  for _ in range(repeats):
-    epoch_seconds.append(_median_seconds(run_epoch, 1))
-    fractions.append(flops / epoch_seconds[-1] / matmul_rate())
-  median_seconds = statistics.median(epoch_seconds)
+  return lambda: estimate(params, data, jax.random.key(2))
+
+
+def _reference_estimate(work: dict, data: jax.Array) -> Callable[[], jax.Array]:
+  params = plain_jax.init(jax.random.key(0), work["data_dim"], work["hidden"], work["latent_dim"])
+  if data.shape[0] % _EXAMPLES_AT_ONCE.value:
+    raise app.UsageError("--reference_examples_at_once must divide --num_eval.")
+  estimate = plain_jax.make_log_likelihood(work["num_samples"], _EXAMPLES_AT_ONCE.value)
+  return lambda: estimate(params, data, jax.random.key(2))
+
+
+def measure(work: dict, implementation: str) -> dict:
+  """Times one work in this process: examples/s and the fraction of the
+  matmul rate (medians over --repeats, after a warm-up), and the process's
+  peak resident memory."""
+  matmul_rate = make_matmul_rate(_MATMUL_SIZE.value or default_matmul_size())
+  library = implementation == IMPLEMENTATIONS[0]
+  if work["kind"] == "train":
+    data = _random_binary(_NUM_TRAIN.value, work["data_dim"])
+    run = (_library_epoch if library else _reference_epoch)(work, data)
+    examples = (data.shape[0] // work["batch_size"]) * work["batch_size"]
+    flops_per_example = matmul_flops_per_example(
+      work["data_dim"], tuple(work["hidden"]), work["latent_dim"], 1
+    )
+  else:
+    data = _random_binary(_NUM_EVAL.value, work["data_dim"])
+    run = (_library_estimate if library else _reference_estimate)(work, data)
+    examples = data.shape[0]
+    flops_per_example = matmul_flops_per_example(
+      work["data_dim"], tuple(work["hidden"]), work["latent_dim"], work["num_samples"], False
+    )
+  jax.block_until_ready(run())  # compiles and warms up
+  rates, fractions = [], []
+  for _ in range(_REPEATS.value):
+    rates.append(examples / _seconds(run))
+    fractions.append(rates[-1] * flops_per_example / matmul_rate())
   return {
-    "batch_size": batch_size,
-    "estimator": estimator,
-    "num_samples": num_samples,
-    "compile_seconds": compile_seconds,
-    "epoch_ms": 1e3 * median_seconds,
-    "epoch_examples_per_second": examples / median_seconds,
-    "step_examples_per_second": batch_size / step_seconds,
+    "examples_per_second": statistics.median(rates),
     "fraction_of_matmul_rate": statistics.median(fractions),
+    # Linux reports kilobytes.
+    "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
   }
 
 
-def time_runs(model, data, batch_size, estimator, num_runs, repeats):
-  """Seconds per epoch of `num_runs` vmapped runs."""
-  config = training.TrainConfig(batch_size=batch_size, estimator=estimator)
-  keys = jax.random.split(jax.random.key(0), num_runs)
-  state = training.init_train_states(model, config, keys)
-  epoch = training.make_train_epoch(model, config, data.shape[0], multi_run=True)
+def measure_preset(flagfile: str) -> dict:
+  """The runner on `flagfile` for --preset_epochs epochs in a fresh work
+  directory: the training examples/s it records (evaluation excluded)."""
+  with tempfile.TemporaryDirectory() as workdir:
+    subprocess.run(
+      [
+        sys.executable,
+        "-m",
+        "experiments.train",
+        f"--flagfile={flagfile}",
+        f"--num_epochs={_PRESET_EPOCHS.value}",
+        f"--eval_every={_PRESET_EPOCHS.value}",
+        "--log_likelihood_samples=0",
+        f"--workdir={workdir}",
+        *_PRESET_FLAGS.value,
+      ],
+      check=True,
+      capture_output=True,
+      text=True,
+    )
+    with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
+      records = [json.loads(line) for line in f]
+  return {"examples_per_second": records[-1]["examples_per_second"]}
 
-  run_epoch = _epoch_runner(epoch, state, data)
-  run_epoch()  # compiles and warms up
-  return {"num_runs": num_runs, "epoch_ms": 1e3 * _median_seconds(run_epoch, repeats)}
+
+def default_matmul_size() -> int:
+  return 2048 if jax.devices()[0].platform == "cpu" else 8192
 
 
 # Ops are put in these groups by their compiled HLO line: matmuls first (a dot,
@@ -274,9 +380,12 @@ def device_op_times(profile) -> tuple[dict[str, int], dict[str, int]]:
   return totals, counts
 
 
-def profile_epoch(model, data, batch_size, estimator, num_samples, trace_dir):
-  """Traces one epoch and sorts its op time into `op_category` groups."""
-  config = training.TrainConfig(batch_size=batch_size, estimator=estimator, num_samples=num_samples)
+def profile_epoch(work: dict, trace_dir: str) -> dict:
+  """Traces one library epoch of a --train work and sorts its op time into
+  `op_category` groups."""
+  model = _model(work)
+  config = training.TrainConfig(batch_size=work["batch_size"], optimizer=work["optimizer"])
+  data = _random_binary(_NUM_TRAIN.value, work["data_dim"])
   state = training.init_train_state(model, config, jax.random.key(0))
   compiled = training.make_train_epoch(model, config, data.shape[0]).lower(state, data).compile()
   hlo = {
@@ -308,7 +417,7 @@ def profile_epoch(model, data, batch_size, estimator, num_samples, trace_dir):
     for name, ns in times.most_common()
     if name in hlo
   ][:12]
-  num_steps = data.shape[0] // batch_size
+  num_steps = data.shape[0] // config.batch_size
   return {
     "wall_ms": wall_ns / 1e6,
     "op_ms": sum(by_category.values()) / 1e6,
@@ -318,160 +427,185 @@ def profile_epoch(model, data, batch_size, estimator, num_samples, trace_dir):
   }
 
 
-def time_evaluation(model, params, data, num_samples, repeats):
-  estimator = "B" if num_samples == 1 else "iwae"
-  evaluate = training.make_evaluate(
-    model,
-    estimator,
-    num_samples,
-    batch_size=min(1000, data.shape[0]),
-    samples_per_pass=_SAMPLES_PER_PASS.value,
+def run_worker(work: dict, implementation: str) -> dict:
+  """`measure` (or `measure_preset`) in a fresh process of this module."""
+  result = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "experiments.benchmark",
+      f"--worker={json.dumps({'work': work, 'implementation': implementation})}",
+      *(flags.FLAGS[name].serialize() for name in _PASSED_ON),
+    ],
+    check=False,
+    capture_output=True,
+    text=True,
   )
-  key = jax.random.key(2)
-  jax.block_until_ready(evaluate(params, data, key))
-  seconds = _median_seconds(lambda: evaluate(params, data, key), repeats)
-  return {
-    "estimator": estimator,
-    "num_samples": num_samples,
-    "seconds": seconds,
-    "examples_per_second": data.shape[0] / seconds,
-  }
+  if result.returncode:
+    raise RuntimeError(
+      f"The {implementation} process for {work['spec']} failed:\n{result.stderr[-3000:]}"
+    )
+  return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+# The flags a worker needs to measure as the parent was asked to.
+_PASSED_ON = (
+  "num_train",
+  "num_eval",
+  "reference_examples_at_once",
+  "samples_per_pass",
+  "repeats",
+  "matmul_size",
+  "preset_flags",
+  "preset_epochs",
+)
+
+
+def run_rounds(works: list[dict], preset: dict | None, log: Callable[[str], None]) -> list[dict]:
+  """Every work in both implementations, --processes rounds, interleaved (the
+  order of the two alternates between rounds); returns one row per work."""
+  measured = collections.defaultdict(list)
+  jobs = [(work, implementation) for work in works for implementation in IMPLEMENTATIONS]
+  if preset:
+    jobs.append((preset, "runner"))
+  for round_index in range(_PROCESSES.value):
+    for work, implementation in jobs if round_index % 2 == 0 else jobs[::-1]:
+      result = run_worker(work, implementation)
+      log(f"round {round_index + 1}: {work['spec']} {implementation}: {result}")
+      measured[work["spec"], implementation].append(result)
+  rows = []
+  for work, _ in jobs[::2] + ([(preset, None)] if preset else []):
+    row = {"work": work}
+    for implementation in ("runner",) if work is preset else IMPLEMENTATIONS:
+      results = measured[work["spec"], implementation]
+      row[implementation] = {
+        name: statistics.median(r[name] for r in results) for name in results[0]
+      } | {"processes": results}
+    rows.append(row)
+  return rows
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  model = models.make_vae(_DATA_DIM.value, _LATENT_DIM.value, hidden_sizes=(_HIDDEN.value,))
-  rng = np.random.default_rng(0)
-  data = jnp.asarray(rng.integers(0, 2, (_NUM_TRAIN.value, _DATA_DIM.value)), jnp.float32)
-  eval_data = data[: _NUM_EVAL.value]
-  matmul_size = _MATMUL_SIZE.value or (2048 if jax.devices()[0].platform == "cpu" else 8192)
-  matmul_rate = make_matmul_rate(matmul_size)
-  train_rows = [
-    time_training(model, data, int(m), e, int(L), _REPEATS.value, matmul_rate)
-    for m in _BATCH_SIZES.value
-    for e in _ESTIMATORS.value
-    for L in _SAMPLE_COUNTS.value
-  ]
-  run_rows = [
-    time_runs(model, data, int(_BATCH_SIZES.value[0]), _ESTIMATORS.value[0], int(r), _REPEATS.value)
-    for r in _NUM_RUNS.value
-  ]
-  params = training.init_train_state(model, training.TrainConfig(), jax.random.key(0)).params
-  eval_rows = [
-    time_evaluation(model, params, eval_data, int(k), _REPEATS.value)
-    for k in _EVAL_SAMPLE_COUNTS.value
-  ]
-  profile = None
-  if _PROFILE_DIR.value:
-    profile = profile_epoch(
-      model,
-      data,
-      int(_BATCH_SIZES.value[0]),
-      _ESTIMATORS.value[0],
-      int(_SAMPLE_COUNTS.value[0]),
-      _PROFILE_DIR.value,
+  if _WORKER.value:
+    job = json.loads(_WORKER.value)
+    work, implementation = job["work"], job["implementation"]
+    result = (
+      measure_preset(work["flagfile"])
+      if work["kind"] == "preset"
+      else measure(work, implementation)
     )
+    print(json.dumps(result))
+    return
+  works = [parse_work("train", spec) for spec in _TRAIN.value]
+  works += [parse_work("eval", spec) for spec in _EVAL.value]
+  preset = None
+  if _PRESET.value:
+    bare = parse_work("train", _PRESET_BARE.value)
+    if bare["spec"] not in _TRAIN.value:
+      works.insert(0, bare)
+    preset = {"kind": "preset", "spec": _PRESET.value, "flagfile": _PRESET.value, "bare": bare}
+  rows = run_rounds(works, preset, lambda line: print(line, file=sys.stderr, flush=True))
   device = jax.devices()[0]
+  matmul_size = _MATMUL_SIZE.value or default_matmul_size()
   results = {
-    "device": f"{device.platform}: {device.device_kind}",
-    "model": f"{_DATA_DIM.value}-{_HIDDEN.value}-{_LATENT_DIM.value}",
+    "device": f"{device.platform}: {device.device_kind}, {os.cpu_count()} CPUs",
     "matmul_size": matmul_size,
-    "matmul_flops_per_second": matmul_rate(),
-    "peak_memory_bytes": _peak_memory_bytes(),
-    "train": train_rows,
-    "eval": eval_rows,
-    "runs": run_rows,
-    "profile": profile,
+    "matmul_flops_per_second": make_matmul_rate(matmul_size)(),
+    "rows": rows,
+    "profile": None,
   }
+  if _PROFILE_DIR.value and _TRAIN.value:
+    results["profile"] = profile_epoch(parse_work("train", _TRAIN.value[0]), _PROFILE_DIR.value)
   with open(_OUTPUT.value, "w", encoding="utf-8") as f:
     json.dump(results, f, indent=2)
   print_results(results)
-  if profile:
-    print_profile(profile)
+  if results["profile"]:
+    print_profile(results["profile"])
+
+
+def _work_name(work: dict) -> str:
+  if work["kind"] == "train":
+    return (
+      f"epoch {work['data_dim']}-{'-'.join(map(str, work['hidden']))}-{work['latent_dim']}, "
+      f"M={work['batch_size']}, {work['optimizer']}"
+    )
+  return (
+    f"log p(x) {work['data_dim']}-{'-'.join(map(str, work['hidden']))}-"
+    f"{work['latent_dim']}, k={work['num_samples']}"
+  )
 
 
 def print_results(results: dict) -> None:
-  """The device line and the tables of training, vmapped runs and evaluation."""
-  train_rows, run_rows, eval_rows = results["train"], results["runs"], results["eval"]
+  """The device line, the table of works against the reference, and the
+  preset's row against the bare epoch."""
   print(
-    f"Device {results['device']}; model {results['model']}; float32 matmul rate "
+    f"\nDevice {results['device']}; float32 matmul rate "
     f"{results['matmul_flops_per_second'] / 1e9:.1f} GFLOP/s at the end "
-    f"({results['matmul_size']}^3 "
-    f"product, matmul precision {jax.config.jax_default_matmul_precision or 'default'}); "
-    "peak device memory "
-    f"{results['peak_memory_bytes'] or 'n/a (not reported on CPU)'}\n"
+    f"({results['matmul_size']}^3 product, matmul precision "
+    f"{jax.config.jax_default_matmul_precision or 'default'}); medians of "
+    f"{_PROCESSES.value} processes each, interleaved\n"
   )
+  library, reference = IMPLEMENTATIONS
+  table = []
+  for row in results["rows"]:
+    if row["work"]["kind"] == "preset":
+      continue
+    ours, theirs = row[library], row[reference]
+    table.append(
+      [
+        _work_name(row["work"]),
+        f"{ours['examples_per_second']:,.1f}",
+        f"{theirs['examples_per_second']:,.1f}",
+        f"{ours['examples_per_second'] / theirs['examples_per_second']:.2f}x",
+        f"{100 * ours['fraction_of_matmul_rate']:.0f}%",
+        f"{100 * theirs['fraction_of_matmul_rate']:.0f}%",
+        f"{ours['peak_rss_mib']:,.0f}",
+        f"{theirs['peak_rss_mib']:,.0f}",
+        f"{ours['peak_rss_mib'] / theirs['peak_rss_mib']:.2f}x",
+      ]
+    )
   print(
     tables.markdown_table(
       [
-        "M",
-        "estimator",
-        "L",
-        "compile s",
-        "ms/epoch",
-        "examples/s (epoch)",
-        "examples/s (step)",
-        "of matmul rate",
+        "work",
+        "vae-jax ex/s",
+        "minimal JAX ex/s",
+        "ratio",
+        "vae-jax of matmul rate",
+        "minimal JAX of matmul rate",
+        "vae-jax peak RSS MiB",
+        "minimal JAX peak RSS MiB",
+        "RSS ratio",
       ],
-      [
-        [
-          r["batch_size"],
-          r["estimator"],
-          r["num_samples"],
-          f"{r['compile_seconds']:.1f}",
-          f"{r['epoch_ms']:.1f}",
-          f"{r['epoch_examples_per_second']:,.0f}",
-          f"{r['step_examples_per_second']:,.0f}",
-          f"{100 * r['fraction_of_matmul_rate']:.0f}%",
-        ]
-        for r in train_rows
-      ],
-      [True, False] + [True] * 6,
+      table,
+      [False] + [True] * 8,
     )
   )
-  one_run_ms = next((r["epoch_ms"] for r in run_rows if r["num_runs"] == 1), None)
-  print(
-    tables.markdown_table(
-      [
-        f"runs (M={_BATCH_SIZES.value[0]}, {_ESTIMATORS.value[0]})",
-        "ms/epoch",
-        "runs/s",
-        "vs one run",
-      ],
-      [
+  for row in results["rows"]:
+    if row["work"]["kind"] != "preset":
+      continue
+    bare = next(r for r in results["rows"] if r["work"]["spec"] == row["work"]["bare"]["spec"])
+    runner, epoch = row["runner"]["examples_per_second"], bare[library]["examples_per_second"]
+    print(
+      tables.markdown_table(
         [
-          r["num_runs"],
-          f"{r['epoch_ms']:.1f}",
-          f"{1e3 * r['num_runs'] / r['epoch_ms']:.3f}",
-          f"{r['num_runs'] * one_run_ms / r['epoch_ms']:.2f}x" if one_run_ms else "n/a",
-        ]
-        for r in run_rows
-      ],
-      [True] * 4,
+          "runner (evaluation excluded)",
+          "ex/s",
+          f"bare vae-jax {_work_name(bare['work'])}",
+          "ratio",
+        ],
+        [[row["work"]["spec"], f"{runner:,.0f}", f"{epoch:,.0f}", f"{runner / epoch:.2f}x"]],
+        [False, True, True, True],
+      )
     )
-  )
-  print(
-    tables.markdown_table(
-      [f"evaluation of {_NUM_EVAL.value} examples", "k", "s", "examples/s"],
-      [
-        [
-          r["estimator"],
-          r["num_samples"],
-          f"{r['seconds']:.2f}",
-          f"{r['examples_per_second']:,.0f}",
-        ]
-        for r in eval_rows
-      ],
-      [False, True, True, True],
-    )
-  )
 
 
 def print_profile(profile: dict) -> None:
   print(
-    f"\nProfile of one epoch (M={_BATCH_SIZES.value[0]}, {_ESTIMATORS.value[0]}, "
-    f"L={_SAMPLE_COUNTS.value[0]}): {profile['wall_ms']:.0f} ms wall, "
+    f"\nProfile of one vae-jax {_work_name(parse_work('train', _TRAIN.value[0]))}: "
+    f"{profile['wall_ms']:.0f} ms wall, "
     f"{profile['op_ms']:.0f} ms in XLA ops, {profile['ops_per_step']:.1f} ops run per step "
     f"(profiling adds overhead; the trace is in {_PROFILE_DIR.value})\n"
   )

@@ -5,41 +5,70 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
+from absl import app
 
-from experiments.benchmark import hlo_name, matmul_flops_per_example, op_category
+import vae_jax
+from experiments import plain_jax
+from experiments.benchmark import hlo_name, matmul_flops_per_example, op_category, parse_work
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def test_flop_count_of_the_papers_mnist_model():
   # Issue 5 quotes about 4.9 MFLOP per example for 784-500-20 at L = 1.
-  assert matmul_flops_per_example(784, 500, 20, 1) == 3 * 2 * (
+  assert matmul_flops_per_example(784, (500,), 20, 1) == 3 * 2 * (
     784 * 500 + 500 * 40 + 20 * 500 + 500 * 784
   )
-  assert abs(matmul_flops_per_example(784, 500, 20, 1) - 4.88e6) < 0.01e6
+  assert abs(matmul_flops_per_example(784, (500,), 20, 1) - 4.88e6) < 0.01e6
+  # Forward only, k = 5000 decoder passes: 2 * (412,000 + 5000 * 402,000).
+  assert matmul_flops_per_example(784, (500,), 20, 5000, backward=False) == 2 * (
+    412_000 + 5000 * 402_000
+  )
+  assert matmul_flops_per_example(784, (200, 200), 50, 1) == 3 * 2 * (
+    784 * 200 + 200 * 200 + 200 * 100 + 50 * 200 + 200 * 200 + 200 * 784
+  )
 
 
-def test_benchmark_runs_and_reports_every_configuration(tmp_path):
+def test_work_specifications_are_parsed_and_bad_ones_named():
+  assert parse_work("train", "784-200-200-50/20/adam") == {
+    "kind": "train",
+    "spec": "784-200-200-50/20/adam",
+    "data_dim": 784,
+    "hidden": [200, 200],
+    "latent_dim": 50,
+    "batch_size": 20,
+    "optimizer": "adam",
+  }
+  assert parse_work("eval", "784-500-20/5000")["num_samples"] == 5000
+  for kind, spec in [
+    ("train", "784-500-20/100"),
+    ("eval", "784-500-20/5000/adam"),
+    ("train", "784/1/sgd"),
+  ]:
+    with pytest.raises(app.UsageError, match=f"--{kind} entry"):
+      parse_work(kind, spec)
+
+
+def test_benchmark_compares_every_work_with_the_plain_jax_reference(tmp_path):
   output = tmp_path / "bench.json"
   result = subprocess.run(
     [
       sys.executable,
       "-m",
       "experiments.benchmark",
-      "--data_dim=16",
-      "--hidden_size=8",
-      "--latent_dim=2",
+      "--train=16-8-2/50/adam",
+      "--eval=16-8-2/6",
+      "--preset=",
       "--num_train=400",
-      "--num_eval=100",
-      "--batch_sizes=100",
-      "--estimators=B",
-      "--sample_counts=3",
-      "--eval_sample_counts=1,5",
+      "--num_eval=10",
+      "--reference_examples_at_once=5",
+      "--samples_per_pass=3",
+      "--processes=2",
       "--repeats=1",
-      "--num_runs=1,2",
-      "--samples_per_pass=2",
       "--matmul_size=256",
       f"--profile_dir={tmp_path / 'trace'}",
       f"--output={output}",
@@ -52,22 +81,65 @@ def test_benchmark_runs_and_reports_every_configuration(tmp_path):
   )
   results = json.loads(output.read_text())
   assert results["matmul_flops_per_second"] > 0
-  assert [(r["batch_size"], r["estimator"], r["num_samples"]) for r in results["train"]] == [
-    (100, "B", 3)
-  ]
-  for row in results["train"]:
-    assert row["epoch_examples_per_second"] > 0 and row["fraction_of_matmul_rate"] > 0
-  assert [r["estimator"] for r in results["eval"]] == ["B", "iwae"]
-  assert "| 100 | B | 3 |" in result.stdout
-  assert [r["num_runs"] for r in results["runs"]] == [1, 2]
-  assert all(r["epoch_ms"] > 0 for r in results["runs"])
-  assert "vs one run" in result.stdout
+  assert [row["work"]["spec"] for row in results["rows"]] == ["16-8-2/50/adam", "16-8-2/6"]
+  for row in results["rows"]:
+    for implementation in ("vae-jax", "minimal JAX"):
+      figures = row[implementation]
+      assert len(figures["processes"]) == 2
+      assert figures["examples_per_second"] > 0 and figures["fraction_of_matmul_rate"] > 0
+      assert figures["peak_rss_mib"] > 0
+  assert "| epoch 16-8-2, M=50, adam |" in result.stdout
+  assert "| log p(x) 16-8-2, k=6 |" in result.stdout
   # Which ops a toy model's trace holds is XLA's choice: check the accounting.
   profile = results["profile"]
   assert profile["categories"] and 0 < profile["op_ms"] <= profile["wall_ms"]
   assert profile["ops_per_step"] >= 1
   assert np.isclose(sum(profile["categories"].values()), profile["op_ms"])
   assert "| where | ms | share of op time |" in result.stdout
+
+
+def _library_params(reference):
+  """The reference's parameters as the Flax model's pytree."""
+  (encoder_hidden, encoder_out), (decoder_hidden, decoder_out) = (
+    reference["encoder"],
+    reference["decoder"],
+  )
+  dense = lambda layer: {"kernel": layer[0], "bias": layer[1]}
+  latent = encoder_out[1].shape[0] // 2
+  return {
+    "params": {
+      "encoder": {
+        "mlp": {"hidden_0": dense(encoder_hidden)},
+        "mean": dense((encoder_out[0][:, :latent], encoder_out[1][:latent])),
+        "logvar": dense((encoder_out[0][:, latent:], encoder_out[1][latent:])),
+      },
+      "decoder": {"mlp": {"hidden_0": dense(decoder_hidden)}, "logits": dense(decoder_out)},
+    }
+  }
+
+
+def test_the_reference_computes_the_librarys_bound():
+  """The speed ratios compare equal work: on the same parameters, data and
+  key the reference's ELBO is the library's estimator B, and its k-sample
+  estimate agrees with the library's within the Monte-Carlo error."""
+  model = vae_jax.make_vae(6, 2, hidden_sizes=(5,))
+  reference = plain_jax.init(jax.random.key(0), 6, [5], 2)
+  params = _library_params(reference)
+  x = jnp.asarray(np.random.default_rng(0).integers(0, 2, (4, 6)), jnp.float32)
+  key = jax.random.key(1)
+  np.testing.assert_allclose(
+    plain_jax.elbo(reference, x, key),
+    vae_jax.make_elbo(model, "B")(params, x, key).mean(),
+    rtol=1e-6,
+  )
+  keys = jax.random.split(jax.random.key(2), 16)
+  theirs = jax.vmap(lambda k: plain_jax.make_log_likelihood(200, 2)(reference, x, k))(keys)
+  ours = jax.vmap(lambda k: vae_jax.make_log_likelihood_estimate(model, 200, 50)(params, x, k))(
+    keys
+  )
+  standard_error = np.sqrt((np.var(theirs, 0, ddof=1) + np.var(ours, 0, ddof=1)) / len(keys))
+  # Four standard errors for each of 4 examples (Bonferroni at about 1e-4).
+  assert np.all(np.abs(np.mean(theirs, 0) - np.mean(ours, 0)) < 4 * standard_error)
 
 
 @pytest.mark.parametrize(
