@@ -13,7 +13,15 @@ import vae_jax
 from vae_jax.data import binarize
 from vae_jax.inference import wake_sleep
 from vae_jax.math import estimators
-from vae_jax.training.epoch import epoch_batches, make_epoch, make_train_epoch, make_train_step
+from vae_jax.training import epoch as epoch_module
+from vae_jax.training.epoch import (
+  gather_minibatches,
+  make_epoch,
+  make_train_epoch,
+  make_train_step,
+  plan_epoch,
+  steps_per_chunk,
+)
 from vae_jax.training.evaluation import make_evaluate, mean_nats
 from vae_jax.training.state import (
   TrainConfig,
@@ -35,20 +43,27 @@ def _setup(**config_kwargs):
 
 
 @pytest.mark.parametrize("dynamic_binarization", [False, True])
-def test_scanned_epoch_equals_a_python_loop_of_train_steps(dynamic_binarization):
+@pytest.mark.parametrize("examples_per_chunk", [1000, 16])
+def test_scanned_epoch_equals_a_python_loop_of_train_steps(
+  dynamic_binarization, examples_per_chunk, monkeypatch
+):
+  # 1000: the 5 steps in one chunk; 16: five chunks of one step.
+  monkeypatch.setattr(epoch_module, "EXAMPLES_PER_CHUNK", examples_per_chunk)
+  num_chunks = 1 if examples_per_chunk == 1000 else 5
   model, config, state, data = _setup(
     optimizer="adam", learning_rate=1e-2, dynamic_binarization=dynamic_binarization
   )
-  # The documented recipe: split the state's key, shuffle, binarise, then one
-  # step per whole minibatch (43 // 8 = 5; the last 3 examples sit out).
+  # The documented recipe: split the state's key, shuffle, then one step per
+  # whole minibatch (43 // 8 = 5; the last 3 examples sit out), each chunk of
+  # steps binarised with its own key.
   key, shuffle_key, binarize_key, step_key = jax.random.split(state.key, 4)
-  batches = data[jax.random.permutation(shuffle_key, 43)[:40]]
+  batches = data[jax.random.permutation(shuffle_key, 43)[:40]].reshape(num_chunks, -1, 8, DATA_DIM)
   if dynamic_binarization:
-    batches = binarize(binarize_key, batches)
+    batches = jax.vmap(binarize)(jax.random.split(binarize_key, num_chunks), batches)
+  batches = batches.reshape(5, 8, DATA_DIM)
   step = jax.jit(make_train_step(model, config, 43))
   loop_state, loop_bounds = state, []
-  steps = zip(batches.reshape(5, 8, DATA_DIM), jax.random.split(step_key, 5), strict=True)
-  for batch, batch_key in steps:
+  for batch, batch_key in zip(batches, jax.random.split(step_key, 5), strict=True):
     loop_state, bound = step(loop_state, batch, batch_key)
     loop_bounds.append(bound)
   # The epoch donates its input state, so it runs last.
@@ -62,12 +77,47 @@ def test_scanned_epoch_equals_a_python_loop_of_train_steps(dynamic_binarization)
 
 def test_make_epoch_scans_any_step_over_the_minibatches_with_its_arguments():
   _, config, state, data = _setup(dynamic_binarization=True)
-  next_key, _, (_, batches) = epoch_batches(state.key, data, config)
+  next_key, plan = plan_epoch(state.key, data.shape[0], config)
+  assert plan.indices.shape == (1, 5, 8) and plan.step_keys.shape == (1, 5)
+  batches = gather_minibatches(data, plan.indices[0], plan.binarize_keys[0], config)
+  assert set(np.unique(batches)) <= {0.0, 1.0}
   # A step that only reports its minibatch, shifted by an argument of the epoch.
-  epoch = make_epoch(lambda state, minibatch, shift: (state, minibatch.x + shift), config)
-  new_state, shifted = epoch(state, data, 2.0)  # donates state: it runs last
+  epoch = make_epoch(
+    lambda state, minibatch, shift: (state, (minibatch.indices, minibatch.x + shift)), config
+  )
+  new_state, (indices, shifted) = epoch(state, data, 2.0)  # donates state: it runs last
+  np.testing.assert_array_equal(indices, plan.indices[0])
   np.testing.assert_array_equal(shifted, batches + 2.0)
   np.testing.assert_array_equal(new_state.key_data, jax.random.key_data(next_key))
+
+
+def test_steps_per_chunk_is_the_largest_divisor_within_the_chunk_size():
+  assert steps_per_chunk(3000, 20) == 50  # 1000 examples
+  assert steps_per_chunk(600, 100) == 10
+  assert steps_per_chunk(60, 1000) == 1
+  assert steps_per_chunk(7, 100) == 7  # 700 examples
+  assert steps_per_chunk(13, 100) == 1  # 13 is prime and 1300 > 1000
+  assert steps_per_chunk(1, 5000) == 1
+
+
+def test_chunked_binarisation_draws_each_pixel_from_its_bernoulli():
+  """The epoch binarises a chunk of steps per key (since 0.3): each pixel is
+  still an independent Bernoulli(x) draw, so the training objective's
+  expectation is unchanged. Over 5 epochs of 1000 x 20 grey levels, the
+  sum of (bit - x) is within 4 standard deviations of 0, and so is its
+  correlation between the deviations of two epochs (two chunk keys)."""
+  config = TrainConfig(batch_size=50, dynamic_binarization=True)
+  grey = jnp.asarray(np.random.default_rng(0).uniform(size=(1000, 20)), jnp.float32)
+  deviations = []
+  for epoch_key in jax.random.split(jax.random.key(0), 5):
+    _, plan = plan_epoch(epoch_key, 1000, config)  # 20 steps in chunks of 20: one chunk
+    bits = gather_minibatches(grey, plan.indices[0], plan.binarize_keys[0], config)
+    deviations.append(bits - grey[plan.indices[0]])
+  deviations = jnp.stack(deviations).reshape(5, -1)
+  variance = np.sum(np.asarray(grey) * (1 - np.asarray(grey)))
+  assert abs(float(deviations.sum(axis=1).mean())) < 4 * np.sqrt(variance / 5)
+  between_epochs = np.corrcoef(deviations[0], deviations[1])[0, 1]
+  assert abs(between_epochs) < 4 / np.sqrt(deviations.shape[1])
 
 
 def test_sgd_step_with_weight_prior_follows_the_map_objective_gradient():

@@ -68,8 +68,23 @@ def _posterior_samples(
   """
   mean, logvar = encode_fn(params, x)
   z = distributions.reparameterize(mean, logvar, eps)
-  log_px_given_z = jax.vmap(log_likelihood_fn, in_axes=(None, None, 0))(params, x, z)
-  return mean, logvar, z, log_px_given_z
+  return mean, logvar, z, log_likelihood_over_samples(log_likelihood_fn, params, x, z)
+
+
+def log_likelihood_over_samples(
+  log_likelihood_fn: LogLikelihoodFn, params: Params, x: Array, z: Array
+) -> Array:
+  """log p(x | z_l) [L] for one example x and its samples z [L, latent].
+
+  At L = 1 the decoder is called on the one sample rather than vmapped over
+  a sample axis of size 1: vmapped again over the batch, a vmap over samples
+  leaves [batch, 1, ...] arrays whose weight gradients XLA computes with a
+  transposed copy of the decoder's output gradient (BUILD.md), the same
+  values for more time.
+  """
+  if z.shape[0] == 1:
+    return log_likelihood_fn(params, x, z[0])[None]
+  return jax.vmap(log_likelihood_fn, in_axes=(None, None, 0))(params, x, z)
 
 
 def _log_weight(

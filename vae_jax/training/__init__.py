@@ -19,7 +19,7 @@ Training knows nothing of flags; `experiments/` turns flags into these
 configs. The names below are the ones most callers need.
 """
 
-from vae_jax.training.epoch import epoch_batches, make_train_epoch, make_train_step
+from vae_jax.training.epoch import gather_minibatches, make_train_epoch, make_train_step, plan_epoch
 from vae_jax.training.evaluation import (
   binarize_for_evaluation,
   make_evaluate,
@@ -66,7 +66,7 @@ __all__ = [
   "binarize_for_evaluation",
   "describe",
   "describe_parts",
-  "epoch_batches",
+  "gather_minibatches",
   "host_params",
   "init_train_state",
   "init_train_states",
@@ -78,6 +78,7 @@ __all__ = [
   "make_train_step",
   "map_in_batches",
   "mean_nats",
+  "plan_epoch",
   "replicate",
   "shard_runs",
   "train_and_evaluate",

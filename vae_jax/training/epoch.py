@@ -72,34 +72,63 @@ def make_train_step(
   return train_step
 
 
-def epoch_batches(
-  key: Array, train_data: Array, config: TrainConfig
-) -> tuple[Array, Array, tuple[Array, Array]]:
-  """One epoch's minibatches in a fresh random order, binarised anew if
-  `config.dynamic_binarization`.
-
-  train_data: [N, data_dim]. Returns (the run's next key, the key for the
-  epoch's steps, (indices [N // M, M] into train_data, batches [N // M, M,
-  data_dim])); the last N % M examples of the order sit the epoch out.
-  """
-  next_key, shuffle_key, binarize_key, step_key = jax.random.split(key, 4)
-  num_batches = train_data.shape[0] // config.batch_size
-  with jax.named_scope("shuffle_and_binarize"):
-    order = jax.random.permutation(shuffle_key, train_data.shape[0])
-    order = order[: num_batches * config.batch_size]
-    batches = train_data[order]
-    if config.dynamic_binarization:
-      batches = binarize(binarize_key, batches)
-  shape = (num_batches, config.batch_size)
-  return next_key, step_key, (order.reshape(shape), batches.reshape(*shape, -1))
-
-
 class Minibatch(NamedTuple):
   """One step's share of an epoch, as `make_epoch` hands it to the step."""
 
   indices: Array  # [M] int: the rows of the epoch's data set in this minibatch
   x: Array  # [M, data_dim]: those rows, binarised anew if `config.dynamic_binarization`
   key: Array  # the step's own PRNG key
+
+
+# How many examples an epoch gathers and binarises at once: PRNG draws of
+# 1,000 rows cost about a third per number of 20-row draws on a 2-core CPU
+# (BUILD.md), while a chunk's [rows, data_dim] stays small.
+EXAMPLES_PER_CHUNK = 1000
+
+
+class EpochPlan(NamedTuple):
+  """What an epoch draws before its first step: its N // M steps in C
+  chunks of K consecutive steps (K, `steps_per_chunk`, divides N // M)."""
+
+  indices: Array  # [C, K, M] int: the minibatches' rows, a fresh random order
+  binarize_keys: Array  # [C] keys: each chunk's binarisation (if dynamic)
+  step_keys: Array  # [C, K] keys: each step's own noise
+
+
+def steps_per_chunk(num_batches: int, batch_size: int) -> int:
+  """K: the most consecutive steps, a divisor of num_batches, whose
+  minibatches hold at most EXAMPLES_PER_CHUNK examples (at least one step)."""
+  limit = max(1, EXAMPLES_PER_CHUNK // batch_size)
+  return max(k for k in range(1, min(limit, num_batches) + 1) if num_batches % k == 0)
+
+
+def plan_epoch(key: Array, num_examples: int, config: TrainConfig) -> tuple[Array, EpochPlan]:
+  """Draws one epoch's order and keys from the run key: returns (the run's
+  next key, the plan). The last N % M examples of the order sit the epoch out."""
+  next_key, shuffle_key, binarize_key, step_key = jax.random.split(key, 4)
+  num_batches = num_examples // config.batch_size
+  chunk = steps_per_chunk(num_batches, config.batch_size)
+  with jax.named_scope("shuffle_and_binarize"):
+    order = jax.random.permutation(shuffle_key, num_examples)
+    indices = order[: num_batches * config.batch_size]
+  return next_key, EpochPlan(
+    indices.reshape(num_batches // chunk, chunk, config.batch_size),
+    jax.random.split(binarize_key, num_batches // chunk),
+    jax.random.split(step_key, num_batches).reshape(num_batches // chunk, chunk),
+  )
+
+
+def gather_minibatches(
+  data: Array, indices: Array, binarize_key: Array, config: TrainConfig
+) -> Array:
+  """data[indices] [K, M, data_dim] for one chunk's indices [K, M],
+  binarised with binarize_key if `config.dynamic_binarization`. Gathered a
+  chunk at a time inside the epoch's loop, so that no shuffled copy of the
+  whole data set is made (it would double the data set's memory, and its
+  gather costs more time than the chunks', which stay in cache)."""
+  with jax.named_scope("shuffle_and_binarize"):
+    x = data[indices]
+    return binarize(binarize_key, x) if config.dynamic_binarization else x
 
 
 def make_epoch(
@@ -113,11 +142,13 @@ def make_epoch(
 
   The glue that every algorithm's epoch shares. data: [N, data_dim] on
   device. The epoch
-    1. draws from the state's run key (`state.key`) the data's order and
-       binarisation (`epoch_batches`) and one key per step;
+    1. draws from the state's run key (`state.key`) the data's order, a
+       binarisation key per chunk of steps and a noise key per step
+       (`plan_epoch`);
     2. scans `step(state, minibatch, *step_args) -> (state, aux)` over the
        N // M minibatches (`Minibatch`; the last N % M examples of the order
-       sit out), stacking aux on a leading [N // M] axis;
+       sit out), gathering and binarising them a chunk at a time
+       (`gather_minibatches`), and stacks aux on a leading [N // M] axis;
     3. stores the run's next key in the state (`state.with_key`).
   step_args are arguments of the compiled epoch, not constants baked into it
   (M2's labelled set, a sweep's per-run learning rate). The input state's
@@ -126,8 +157,8 @@ def make_epoch(
   Args:
     step: one update on one minibatch; it owns all the algorithm's arithmetic.
     config: the minibatch size M and whether to binarise dynamically.
-    batch_sharding: where to place the minibatches [N // M, M, data_dim];
-      data-parallel training splits each along the mesh's batch axis.
+    batch_sharding: where to place each minibatch [M, data_dim];
+      data-parallel training splits it along the mesh's batch axis.
     over_runs: turns the one-run epoch into the function that is compiled,
       e.g. `jax.vmap` over a leading axis of runs.
     **jit_options: further `jax.jit` options, such as the shardings of the
@@ -135,13 +166,22 @@ def make_epoch(
   """
 
   def epoch(state: State, data: Array, *step_args: Any) -> tuple[State, Any]:
-    next_key, step_key, (indices, batches) = epoch_batches(state.key, data, config)
-    if batch_sharding is not None:
-      batches = jax.lax.with_sharding_constraint(batches, batch_sharding)
-    minibatches = Minibatch(indices, batches, jax.random.split(step_key, indices.shape[0]))
-    state, aux = jax.lax.scan(
-      lambda carry, minibatch: step(carry, minibatch, *step_args), state, minibatches
-    )
+    next_key, plan = plan_epoch(state.key, data.shape[0], config)
+
+    def scanned_step(carry: State, minibatch: Minibatch) -> tuple[State, Any]:
+      if batch_sharding is not None:
+        minibatch = minibatch._replace(
+          x=jax.lax.with_sharding_constraint(minibatch.x, batch_sharding)
+        )
+      return step(carry, minibatch, *step_args)
+
+    def scanned_chunk(carry: State, chunk: EpochPlan) -> tuple[State, Any]:
+      x = gather_minibatches(data, chunk.indices, chunk.binarize_keys, config)
+      return jax.lax.scan(scanned_step, carry, Minibatch(chunk.indices, x, chunk.step_keys))
+
+    state, aux = jax.lax.scan(scanned_chunk, state, plan)
+    # [C, K, ...] -> [N // M, ...], one entry per step.
+    aux = jax.tree.map(lambda a: a.reshape(-1, *a.shape[2:]), aux)
     return state.with_key(next_key), aux
 
   if over_runs is not None:
@@ -217,7 +257,7 @@ def make_train_epoch(
     return make_epoch(
       step,
       config,
-      batch_sharding=NamedSharding(mesh, PartitionSpec(None, BATCH_AXIS)),
+      batch_sharding=NamedSharding(mesh, PartitionSpec(BATCH_AXIS)),
       out_shardings=replicated,
     )
   by_run = NamedSharding(mesh, PartitionSpec(BATCH_AXIS))
