@@ -474,7 +474,7 @@ def run_rounds(works: list[dict], preset: dict | None, log: Callable[[str], None
       log(f"round {round_index + 1}: {work['spec']} {implementation}: {result}")
       measured[work["spec"], implementation].append(result)
   rows = []
-  for work, _ in jobs[::2] + ([(preset, None)] if preset else []):
+  for work in works + ([preset] if preset else []):
     row = {"work": work}
     for implementation in ("runner",) if work is preset else IMPLEMENTATIONS:
       results = measured[work["spec"], implementation]

@@ -55,14 +55,19 @@ def test_work_specifications_are_parsed_and_bad_ones_named():
 
 def test_benchmark_compares_every_work_with_the_plain_jax_reference(tmp_path):
   output = tmp_path / "bench.json"
+  preset = tmp_path / "preset.flags"
+  preset.write_text("--dataset=digits\n--hidden_sizes=8\n--latent_dim=2\n--batch_size=50\n")
   result = subprocess.run(
     [
       sys.executable,
       "-m",
       "experiments.benchmark",
-      "--train=16-8-2/50/adam",
+      "--train=64-8-2/50/adagrad",
       "--eval=16-8-2/6",
-      "--preset=",
+      f"--preset={preset}",
+      "--preset_bare=64-8-2/50/adagrad",
+      "--preset_epochs=1",
+      "--preset_flags=",
       "--num_train=400",
       "--num_eval=10",
       "--reference_examples_at_once=5",
@@ -81,15 +86,18 @@ def test_benchmark_compares_every_work_with_the_plain_jax_reference(tmp_path):
   )
   results = json.loads(output.read_text())
   assert results["matmul_flops_per_second"] > 0
-  assert [row["work"]["spec"] for row in results["rows"]] == ["16-8-2/50/adam", "16-8-2/6"]
-  for row in results["rows"]:
+  rows = results["rows"]
+  assert [row["work"]["spec"] for row in rows] == ["64-8-2/50/adagrad", "16-8-2/6", str(preset)]
+  for row in rows[:2]:
     for implementation in ("vae-jax", "minimal JAX"):
       figures = row[implementation]
       assert len(figures["processes"]) == 2
       assert figures["examples_per_second"] > 0 and figures["fraction_of_matmul_rate"] > 0
       assert figures["peak_rss_mib"] > 0
-  assert "| epoch 16-8-2, M=50, adam |" in result.stdout
+  assert len(rows[2]["runner"]["processes"]) == 2 and rows[2]["runner"]["examples_per_second"] > 0
+  assert "| epoch 64-8-2, M=50, adagrad |" in result.stdout
   assert "| log p(x) 16-8-2, k=6 |" in result.stdout
+  assert result.stdout.count(f"| {preset} |") == 1
   # Which ops a toy model's trace holds is XLA's choice: check the accounting.
   profile = results["profile"]
   assert profile["categories"] and 0 < profile["op_ms"] <= profile["wall_ms"]

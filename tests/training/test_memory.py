@@ -110,9 +110,10 @@ def test_paper_settings_fit(paper_model):
   )
   sizes = {name: footprint.per_device for name, footprint in footprints.items()}
   # The epoch holds at least the training set it is given; the log-likelihood
-  # one pass's [samples_per_pass, batch, data_dim] logits, whatever k is.
+  # one pass's [samples_per_pass, batch, data_dim] logits, whatever k is (on
+  # a CPU the batch is cut to 10 examples, CPU_ROWS_PER_PASS rows).
   assert sizes["The training epoch"] >= 60_000 * 784 * 4
-  assert sizes["The test log-likelihood"] >= 100 * 1000 * 784 * 4
+  assert sizes["The test log-likelihood"] >= 100 * 10 * 784 * 4
   assert all(size < 2 * GB for size in sizes.values()), sizes
 
 

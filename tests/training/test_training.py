@@ -22,7 +22,12 @@ from vae_jax.training.epoch import (
   plan_epoch,
   steps_per_chunk,
 )
-from vae_jax.training.evaluation import make_evaluate, mean_nats
+from vae_jax.training.evaluation import (
+  CPU_ROWS_PER_PASS,
+  make_evaluate,
+  map_in_batches,
+  mean_nats,
+)
 from vae_jax.training.state import (
   TrainConfig,
   init_train_state,
@@ -224,6 +229,27 @@ def test_evaluate_scores_every_example_once_whatever_the_batch_size():
   np.testing.assert_allclose(small, full, rtol=1e-6)
   assert mean_nats(small).dtype == np.float64
   assert np.isclose(mean_nats(small), np.mean(np.asarray(small, np.float64)))
+
+
+@pytest.mark.parametrize("rows_per_pass, examples_per_batch", [(100, 5), (1, 1), (None, 20)])
+def test_the_log_likelihood_estimate_holds_at_most_rows_per_pass_per_pass(
+  rows_per_pass, examples_per_batch
+):
+  """k = 40 drawn 20 at a time: rows_per_pass 100 cuts each batch to 5
+  examples, 1 to one; None leaves the CPU default (CPU_ROWS_PER_PASS)
+  or, elsewhere, the batch asked for, 20."""
+  model, _, state, data = _setup()
+  key = jax.random.key(5)
+  estimate = vae_jax.make_log_likelihood_estimate(model, 40, 20)
+  if rows_per_pass is None and jax.default_backend() == "cpu":
+    examples_per_batch = min(20, CPU_ROWS_PER_PASS // 20)
+  evaluate = make_evaluate(
+    model, "iwae", 40, batch_size=20, samples_per_pass=20, rows_per_pass=rows_per_pass
+  )
+  by_hand = map_in_batches(
+    lambda x, k: estimate(state.params, x, k), (data,), key, examples_per_batch
+  )
+  np.testing.assert_allclose(evaluate(state.params, data, key), by_hand, rtol=1e-6)
 
 
 @pytest.mark.parametrize(
