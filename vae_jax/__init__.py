@@ -44,7 +44,7 @@ __all__ = [
   "make_vae",
   "sample",
 ]
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 # Loaded on first use: they import blackjax, or are modules that moved into the
 # layers above and keep answering at their old names (`vae_jax.estimators`).
