@@ -34,7 +34,7 @@ import jax.numpy as jnp
 
 from vae_jax.inference.bounds import ElboFn, check_num_samples, posterior_noise
 from vae_jax.math import distributions
-from vae_jax.math.estimators import EncodeFn, LogLikelihoodFn
+from vae_jax.math.estimators import EncodeFn, LogLikelihoodFn, log_likelihood_over_samples
 from vae_jax.models.functions import check_data, model_functions
 from vae_jax.models.vae import VAE
 
@@ -70,7 +70,7 @@ def wake_sleep_surrogate(
   num_samples, latent_dim = eps.shape
   mean, logvar = encode_fn(params, x)
   z = jax.lax.stop_gradient(distributions.reparameterize(mean, logvar, eps))
-  wake = jax.vmap(log_likelihood_fn, in_axes=(None, None, 0))(params, x, z)
+  wake = log_likelihood_over_samples(log_likelihood_fn, params, x, z)
 
   z_key, x_key = jax.random.split(dream_key)
   dream_z = jax.random.normal(z_key, (num_samples, latent_dim))

@@ -227,7 +227,7 @@ def _score_function(
   """
   mean, logvar = encode_fn(params, x)
   z = jax.lax.stop_gradient(distributions.reparameterize(mean, logvar, eps))
-  log_px_given_z = jax.vmap(log_likelihood_fn, in_axes=(None, None, 0))(params, x, z)
+  log_px_given_z = log_likelihood_over_samples(log_likelihood_fn, params, x, z)
   log_qz = log_q(mean, logvar, z)
   log_w = _log_weight(log_px_given_z, z, mean, logvar, log_q=log_q)
   signal = log_w
