@@ -183,19 +183,28 @@ def _model(work: dict) -> models.VAE:
   return models.make_vae(work["data_dim"], work["latent_dim"], hidden_sizes=tuple(work["hidden"]))
 
 
-def _library_epoch(work: dict, data: jax.Array) -> Callable[[], jax.Array]:
-  """`run()` trains one epoch from where the last call left off (the epoch
-  donates its input state) and returns the epoch's bounds."""
-  model = _model(work)
-  config = training.TrainConfig(batch_size=work["batch_size"], optimizer=work["optimizer"])
-  state = [training.init_train_state(model, config, jax.random.key(0))]
+def compiled_epoch(
+  model: models.VAE, config: training.TrainConfig, data: jax.Array
+) -> tuple[jax.stages.Compiled, Callable[[], jax.Array]]:
+  """The library's compiled epoch and `run()`, which trains one epoch from
+  where the last call left off (the epoch donates its input state) and
+  returns the epoch's bounds."""
+  state = [training.init_train_state(model, config, jax.random.key(0), data.shape[0])]
   epoch = training.make_train_epoch(model, config, data.shape[0]).lower(state[0], data).compile()
 
   def run():
     state[0], bounds = epoch(state[0], data)
     return bounds
 
-  return run
+  return epoch, run
+
+
+def _train_config(work: dict) -> training.TrainConfig:
+  return training.TrainConfig(batch_size=work["batch_size"], optimizer=work["optimizer"])
+
+
+def _library_epoch(work: dict, data: jax.Array) -> Callable[[], jax.Array]:
+  return compiled_epoch(_model(work), _train_config(work), data)[1]
 
 
 def _reference_epoch(work: dict, data: jax.Array) -> Callable[[], jax.Array]:
@@ -300,16 +309,9 @@ def measure_preset_epoch(flagfile: str) -> dict:
   dataset = config_flags.load_data(config.data)
   model = config_flags.make_model(config, dataset)
   data = jnp.asarray(dataset.train)
-  num_train = data.shape[0]
-  state = [training.init_train_state(model, config.train, jax.random.key(0), num_train)]
-  epoch = training.make_train_epoch(model, config.train, num_train).lower(state[0], data).compile()
-
-  def run():
-    state[0], bounds = epoch(state[0], data)
-    return bounds
-
+  _, run = compiled_epoch(model, config.train, data)
   jax.block_until_ready(run())
-  examples = (num_train // config.train.batch_size) * config.train.batch_size
+  examples = (data.shape[0] // config.train.batch_size) * config.train.batch_size
   return {
     "examples_per_second": statistics.median(
       examples / _seconds(run) for _ in range(_REPEATS.value)
@@ -410,23 +412,17 @@ def device_op_times(profile) -> tuple[dict[str, int], dict[str, int]]:
 def profile_epoch(work: dict, trace_dir: str) -> dict:
   """Traces one library epoch of a --train work and sorts its op time into
   `op_category` groups."""
-  model = _model(work)
-  config = training.TrainConfig(batch_size=work["batch_size"], optimizer=work["optimizer"])
+  config = _train_config(work)
   data = _random_binary(_NUM_TRAIN.value, work["data_dim"])
-  state = training.init_train_state(model, config, jax.random.key(0))
-  compiled = training.make_train_epoch(model, config, data.shape[0]).lower(state, data).compile()
+  compiled, run = compiled_epoch(_model(work), config, data)
   hlo = {
     hlo_name(m.group(1)): line
     for line in compiled.as_text().splitlines()
     if (m := re.match(r"\s*(?:ROOT )?%?([\w.\-]+) = ", line))
   }
-  state, _ = compiled(state, data)
-  jax.block_until_ready(state)
+  jax.block_until_ready(run())
   with jax.profiler.trace(trace_dir):
-    started = time.perf_counter()
-    state, bounds = compiled(state, data)
-    jax.block_until_ready(bounds)
-    wall_ns = 1e9 * (time.perf_counter() - started)
+    wall_ns = 1e9 * _seconds(run)
   paths = sorted(
     glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True), key=os.path.getmtime
   )

@@ -128,8 +128,10 @@ def posterior_noise(
   return posterior.sample_noise(key, (num_samples, batch, model.latent_dim), jnp.result_type(float))
 
 
-def _largest_divisor_at_most(n: int, limit: int) -> int:
-  return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
+def samples_in_each_pass(num_samples: int, samples_per_pass: int) -> int:
+  """How many of k = num_samples draws `make_log_likelihood_estimate` takes
+  per pass: the largest divisor of k not above samples_per_pass."""
+  return max(d for d in range(1, min(num_samples, samples_per_pass) + 1) if num_samples % d == 0)
 
 
 def make_log_likelihood_estimate(
@@ -155,7 +157,7 @@ def make_log_likelihood_estimate(
   check_estimator("iwae", num_samples)
   if samples_per_pass < 1:
     raise ConfigError("samples_per_pass", f"samples_per_pass must be >= 1, got {samples_per_pass}.")
-  per_pass = _largest_divisor_at_most(num_samples, samples_per_pass)
+  per_pass = samples_in_each_pass(num_samples, samples_per_pass)
   num_passes = num_samples // per_pass
   pass_bound = make_elbo(model, "iwae", per_pass, posterior=posterior)
 

@@ -157,8 +157,8 @@ def make_epoch(
   Args:
     step: one update on one minibatch; it owns all the algorithm's arithmetic.
     config: the minibatch size M and whether to binarise dynamically.
-    batch_sharding: where to place each minibatch [M, data_dim];
-      data-parallel training splits it along the mesh's batch axis.
+    batch_sharding: where to place each chunk of minibatches [K, M,
+      data_dim]; data-parallel training splits each along the mesh's batch axis.
     over_runs: turns the one-run epoch into the function that is compiled,
       e.g. `jax.vmap` over a leading axis of runs.
     **jit_options: further `jax.jit` options, such as the shardings of the
@@ -168,16 +168,15 @@ def make_epoch(
   def epoch(state: State, data: Array, *step_args: Any) -> tuple[State, Any]:
     next_key, plan = plan_epoch(state.key, data.shape[0], config)
 
-    def scanned_step(carry: State, minibatch: Minibatch) -> tuple[State, Any]:
-      if batch_sharding is not None:
-        minibatch = minibatch._replace(
-          x=jax.lax.with_sharding_constraint(minibatch.x, batch_sharding)
-        )
-      return step(carry, minibatch, *step_args)
-
     def scanned_chunk(carry: State, chunk: EpochPlan) -> tuple[State, Any]:
       x = gather_minibatches(data, chunk.indices, chunk.binarize_keys, config)
-      return jax.lax.scan(scanned_step, carry, Minibatch(chunk.indices, x, chunk.step_keys))
+      if batch_sharding is not None:
+        x = jax.lax.with_sharding_constraint(x, batch_sharding)
+      return jax.lax.scan(
+        lambda state, minibatch: step(state, minibatch, *step_args),
+        carry,
+        Minibatch(chunk.indices, x, chunk.step_keys),
+      )
 
     state, aux = jax.lax.scan(scanned_chunk, state, plan)
     # [C, K, ...] -> [N // M, ...], one entry per step.
@@ -257,7 +256,7 @@ def make_train_epoch(
     return make_epoch(
       step,
       config,
-      batch_sharding=NamedSharding(mesh, PartitionSpec(BATCH_AXIS)),
+      batch_sharding=NamedSharding(mesh, PartitionSpec(None, BATCH_AXIS)),
       out_shardings=replicated,
     )
   by_run = NamedSharding(mesh, PartitionSpec(BATCH_AXIS))

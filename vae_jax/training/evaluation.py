@@ -49,7 +49,7 @@ def make_evaluate(
   k = `num_samples` (`api.make_log_likelihood_estimate`), drawn
   `samples_per_pass` at a time so that k = 5000 fits in memory, for at
   most `rows_per_pass` (example, sample) pairs per pass: the batch shrinks
-  to rows_per_pass // samples_per_pass examples (at least 1). Its default
+  to rows_per_pass // (samples per pass) examples (at least 1). Its default
   is CPU_ROWS_PER_PASS on a CPU and no limit on an accelerator. The batch,
   and so the key each example's samples are drawn from, depends on it:
   with a fixed key the estimate is deterministic for given settings. With
@@ -61,7 +61,8 @@ def make_evaluate(
     if rows_per_pass is None and jax.default_backend() == "cpu":
       rows_per_pass = CPU_ROWS_PER_PASS
     if rows_per_pass is not None:
-      batch_size = min(batch_size, max(1, rows_per_pass // min(samples_per_pass, num_samples)))
+      per_pass = bounds.samples_in_each_pass(num_samples, samples_per_pass)
+      batch_size = min(batch_size, max(1, rows_per_pass // per_pass))
   else:
     bound = bounds.make_elbo(model, estimator, num_samples, posterior=posterior)
 
