@@ -153,8 +153,8 @@ def _quiet_orbax() -> Iterator[None]:
   try:
     yield
   finally:
-    logger.removeFilter(log_filter)
     if not _abandoned_operations:
+      logger.removeFilter(log_filter)
       asyncio_logger.removeFilter(echo_filter)
       # A hook installed after ours (e.g. by another Checkpointer) keeps
       # calling ours, which then passes everything on.
@@ -165,7 +165,9 @@ def _quiet_orbax() -> Iterator[None]:
 
 # Whether a read or write failed in this process: orbax then leaves operations
 # running that may complete at any later time, even while the interpreter exits,
-# each reporting "Event loop is closed"; their reports stay dropped from then on.
+# each reporting "Event loop is closed" or, for a background write, logging
+# "_SignalingThread.run() raised an exception" with a traceback after the
+# Checkpointer has closed; their reports stay dropped from then on.
 _abandoned_operations = False
 
 
