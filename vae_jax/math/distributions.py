@@ -25,6 +25,8 @@ def bernoulli_log_prob(logits: Array, x: Array) -> Array:
   Written as x * logits - softplus(logits), which stays finite and exact for
   logits of +-1000 in float32 (the naive x * log(sigmoid(l)) gives -inf * 0).
   Targets in [0, 1] that are not 0/1 (grey levels) give the cross-entropy.
+  softplus(l) is max(l, 0) + log1p(exp(-|l|)), bit for bit
+  `jax.nn.softplus` on every input, NaN and infinities included.
 
   Args:
     logits: [..., data_dim] real.
@@ -33,7 +35,14 @@ def bernoulli_log_prob(logits: Array, x: Array) -> Array:
   Returns:
     [...] log-probabilities in nats.
   """
-  return jnp.sum(x * logits - jax.nn.softplus(logits), axis=-1)
+  return jnp.sum(x * logits - _softplus(logits), axis=-1)
+
+
+def _softplus(logits: Array) -> Array:
+  # jax.nn.softplus is logaddexp(l, 0), which adds a NaN test and a select
+  # per element to these operations: on a CPU the k = 5000 estimate's pass
+  # over the decoder's logits costs about 13% more with it (BUILD.md).
+  return jnp.maximum(logits, 0.0) + jnp.log1p(jnp.exp(-jnp.abs(logits)))
 
 
 @bernoulli_log_prob.defjvp
