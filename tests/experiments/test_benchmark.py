@@ -66,7 +66,7 @@ def test_benchmark_compares_every_work_with_the_plain_jax_reference(tmp_path):
       "--eval=16-8-2/6",
       f"--preset={preset}",
       "--preset_bare=64-8-2/50/adagrad",
-      "--preset_epochs=1",
+      "--preset_epochs=2",
       "--preset_flags=",
       "--num_train=400",
       "--num_eval=10",
@@ -97,6 +97,8 @@ def test_benchmark_compares_every_work_with_the_plain_jax_reference(tmp_path):
   for measurement in ("runner", "its epoch"):
     assert len(rows[2][measurement]["processes"]) == 1
     assert rows[2][measurement]["examples_per_second"] > 0
+  assert rows[2]["its epoch"]["bare_examples_per_second"] > 0
+  assert rows[2]["its epoch"]["ratio_to_bare"] > 0
   assert "| epoch 64-8-2, M=50, adagrad |" in result.stdout
   assert "| log p(x) 16-8-2, k=6 |" in result.stdout
   assert result.stdout.count(f"| {preset} |") == 1
