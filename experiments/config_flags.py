@@ -86,6 +86,21 @@ flags.DEFINE_enum(
 )
 flags.DEFINE_float("min_variance", 0.0, "Gaussian decoder variance floor.")
 flags.DEFINE_enum(
+  "encoder_variance",
+  "logvar",
+  list(vae_models.VARIANCE_HEADS),
+  "What q's second head outputs: logvar (log sigma^2) or log_std (log sigma, as the IWAE "
+  "code's sigma = exp(linear(h))): the same q, moved twice as far in log sigma^2 per "
+  "Adam step with log_std.",
+)
+flags.DEFINE_enum(
+  "decoder_bias",
+  "init",
+  list(vae_models.DECODER_BIASES),
+  "Bernoulli decoder's initial output bias: as --init says, or data_mean: the logit of "
+  "the training set's mean pixel (clipped to [0.001, 0.999]; the IWAE code's).",
+)
+flags.DEFINE_enum(
   "binarization",
   None,
   ["dynamic", "none"],
@@ -187,6 +202,13 @@ flags.DEFINE_integer(
   "k of the importance-sampled test log-likelihood estimate (5000 is the standard "
   "metric) logged after the last epoch; 0 skips it.",
 )
+flags.DEFINE_list(
+  "log_likelihood_epochs",
+  [],
+  "More epochs after which the run is evaluated and checkpointed, with that estimate too "
+  "unless --log_likelihood_samples=0: e.g. the ends of the iwae schedule's stages. Those past "
+  "the budget never come.",
+)
 flags.DEFINE_string(
   "workdir",
   None,
@@ -274,6 +296,8 @@ def _model_config(fv: flags.FlagValues, spec: data.DatasetSpec) -> vae_models.Mo
     likelihood=likelihood,
     num_categories=fv.num_categories,
     min_variance=fv.min_variance,
+    encoder_variance=fv.encoder_variance,
+    decoder_bias=fv.decoder_bias,
   )
 
 
@@ -359,6 +383,7 @@ def _build(fv: flags.FlagValues, default_workdir: str) -> ExperimentConfig:
     num_runs=fv.num_seeds,
     learning_rates=_parse_list("learning_rates", fv.learning_rates, float),
     log_likelihood_samples=fv.log_likelihood_samples,
+    log_likelihood_epochs=_parse_list("log_likelihood_epochs", fv.log_likelihood_epochs, int),
   )
   _check_devices(run, train.batch_size)
   data_config = DataConfig(
@@ -444,8 +469,9 @@ def load_data(config: DataConfig) -> data.Dataset:
 
 
 def make_model(config: ExperimentConfig, dataset: data.Dataset) -> vae_models.VAE:
-  """The VAE of `config.model` for the data set's examples."""
-  return vae_models.vae_from_config(dataset.data_dim, config.model)
+  """The VAE of `config.model` for the data set's examples (whose training
+  set sets the decoder's initial bias with --decoder_bias=data_mean)."""
+  return vae_models.vae_from_config(dataset.data_dim, config.model, dataset.train)
 
 
 def exit_if_ignored(run: run_lib.RunConfig, runner: str, uses_devices: bool) -> None:

@@ -65,7 +65,7 @@ def main(argv):
     panel = panels.setdefault(f"J = {latent_dim}", {})
     for algorithm in _ALGORITHMS.value:
       model = vae_models.vae_from_config(
-        dataset.data_dim, dataclasses.replace(config.model, latent_dim=latent_dim)
+        dataset.data_dim, dataclasses.replace(config.model, latent_dim=latent_dim), dataset.train
       )
       train_config = dataclasses.replace(config.train, algorithm=algorithm)
       run = dataclasses.replace(

@@ -160,6 +160,7 @@ def train_and_score(
     score,
     plan,
     keep_checkpoints=1,
+    setting_defaults=run_lib.SETTING_DEFAULTS,
     memory_checks={
       "The App. D estimate (ml_examples)": memory.Program(
         estimate,

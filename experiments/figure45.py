@@ -133,7 +133,7 @@ def main(argv):
     name = titles[preset] = _title(config.data.dataset, preset)
     for latent_dim, uses in latent_dims.items():
       model = vae_models.vae_from_config(
-        dataset.data_dim, dataclasses.replace(config.model, latent_dim=latent_dim)
+        dataset.data_dim, dataclasses.replace(config.model, latent_dim=latent_dim), dataset.train
       )
       workdir = os.path.join(root, f"{config_flags.preset_name(preset)}_latent{latent_dim}")
       run = dataclasses.replace(config.run, workdir=workdir)

@@ -2,7 +2,8 @@
 
 `markdown_table` lays out any table (the benchmark's, the variance
 benchmark's); `summary_table` is the runners' table of final values, one line
-per run, and `write_summary` saves it with its rows as JSON.
+per run, and `write_summary` saves it with its rows as JSON;
+`iwae_stage_rows` summarises a run on the IWAE schedule stage by stage.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import json
 import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
+
+from vae_jax.training.state import iwae_learning_rate, iwae_stage_ends
 
 
 def markdown_table(
@@ -99,3 +102,36 @@ def write_summary(
     f.write(table)
   with open(os.path.join(directory, f"{name}.json"), "w", encoding="utf-8") as f:
     json.dump(list(rows), f, indent=2)
+
+
+def iwae_stage_rows(records: Sequence[Mapping[str, Any]], learning_rate: float) -> list[list]:
+  """A run on the IWAE schedule (`vae_jax.training.iwae_learning_rate`)
+  stage by stage: one row per stage whose last epoch has a record, then one
+  for an unfinished stage's latest record. Each row: the stage, its epochs,
+  its rate, its training seconds (evaluation excluded) and the train and
+  test bounds and test log-likelihood after it."""
+  rate_at_epoch = iwae_learning_rate(learning_rate, steps_per_epoch=1)
+  by_epoch = {r["epoch"]: r for r in records}
+  rows, first_epoch, seconds_before = [], 1, 0.0
+  for stage, last_epoch in enumerate(iwae_stage_ends()):
+    record, note = by_epoch.get(last_epoch), ""
+    if record is None:
+      record, note = records[-1], " (so far)"
+      if record["epoch"] < first_epoch:
+        break
+    rows.append(
+      [
+        stage,
+        f"{first_epoch}-{record['epoch']}{note}",
+        f"{float(rate_at_epoch(first_epoch - 1)):.2e}",
+        f"{record['seconds'] - seconds_before:,.0f}",
+        *(
+          f"{record[key]:.2f}" if record.get(key) is not None else ""
+          for key in ("train_bound", "test_bound", "test_log_likelihood")
+        ),
+      ]
+    )
+    if note:
+      break
+    first_epoch, seconds_before = last_epoch + 1, record["seconds"]
+  return rows

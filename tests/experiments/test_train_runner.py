@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from vae_jax import training
+from vae_jax import data, training
 from vae_jax.models import vae as models
 from vae_jax.training.checkpoints import Checkpointer
 from vae_jax.training.metrics import read_metrics
@@ -38,6 +38,18 @@ def _final_params(workdir):
   template = training.init_train_state(model, training.TrainConfig(), jax.random.key(0))
   with Checkpointer(Path(workdir) / "checkpoints") as checkpointer:
     return checkpointer.restore(template)
+
+
+def test_runner_takes_the_iwae_codes_variance_head_and_output_bias(tmp_path):
+  workdir = tmp_path / "run"
+  flags = ["--encoder_variance=log_std", "--decoder_bias=data_mean", "--init=glorot"]
+  _train(*DIGITS_FLAGS, *flags, "--num_epochs=1", f"--workdir={workdir}")
+  settings = json.loads((workdir / "run_config.json").read_text())
+  assert settings["encoder"]["variance_head"] == "log_std"
+  train = data.load_dataset("digits").train
+  np.testing.assert_allclose(
+    settings["decoder"]["initial_logits_bias"], models.logits_bias_from_data(train)
+  )
 
 
 def test_runner_on_digits_writes_its_files_and_resumes_as_a_no_op(tmp_path):
@@ -277,8 +289,6 @@ def test_data_flags_every_runner_loads_through(tmp_path):
   """experiments.export_arrays writes <arrays_dir>/<name>.npz; --arrays_dir
   reads such a file, --num_categories quantises what was read and
   --resplit_seed splits it at random (one subprocess: flags are process-wide)."""
-  from vae_jax import data
-
   digits = data.load_dataset("digits")
   # A valid but different data set, so that reading the file is observable.
   clipped = dataclasses.replace(digits, train=np.minimum(digits.train, 0.5))

@@ -116,6 +116,46 @@ def test_categorical_decoder_logits_shape_and_mean_in_range():
   assert mean.shape == (3, 5) and np.all((mean >= 0) & (mean <= 6))
 
 
+def test_a_log_std_head_is_a_logvar_head_of_half_the_weights():
+  """The same q: doubling the log_std head's output is exactly the logvar
+  head with twice its parameters (scaling by 2 rounds nothing)."""
+  x = jnp.asarray(np.random.default_rng(0).uniform(size=(5, 10)), jnp.float32)
+  log_std = vae_jax.make_vae(10, 3, hidden_sizes=(8,), init="glorot", encoder_variance="log_std")
+  params = vae_jax.init_params(log_std, jax.random.key(0))
+  encoder = params["params"]["encoder"]
+  assert set(encoder) == {"mlp", "mean", "log_std"}
+  logvar = vae_jax.make_vae(10, 3, hidden_sizes=(8,), init="glorot")
+  head = {name: 2.0 * value for name, value in encoder["log_std"].items()}
+  logvar_encoder = {"mlp": encoder["mlp"], "mean": encoder["mean"], "logvar": head}
+  logvar_params = {"params": {**params["params"], "encoder": logvar_encoder}}
+  for got, expected in zip(
+    log_std.apply(params, x, method="encode"),
+    logvar.apply(logvar_params, x, method="encode"),
+    strict=True,
+  ):
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_data_mean_decoder_bias_is_the_clipped_logit_of_the_mean_pixel():
+  train = np.random.default_rng(0).uniform(size=(50, 6)).astype(np.float32)
+  train[:, 0], train[:, 1] = 0.0, 1.0  # clipped to 0.001 and 0.999
+  model = vae_jax.make_vae(
+    6, 2, hidden_sizes=(4,), init="glorot", decoder_bias="data_mean", train_data=train
+  )
+  bias = vae_jax.init_params(model, jax.random.key(0))["params"]["decoder"]["logits"]["bias"]
+  mean = np.clip(train.astype(np.float64).mean(0), 0.001, 0.999)
+  np.testing.assert_allclose(bias, np.log(mean / (1 - mean)), rtol=1e-6)
+  # Every other parameter starts as without it.
+  plain = vae_jax.init_params(
+    vae_jax.make_vae(6, 2, hidden_sizes=(4,), init="glorot"), jax.random.key(0)
+  )
+  others = jax.tree_util.tree_map(
+    lambda a, b: np.array_equal(a, b), plain, vae_jax.init_params(model, jax.random.key(0))
+  )
+  others["params"]["decoder"]["logits"]["bias"] = True
+  assert all(jax.tree_util.tree_leaves(others))
+
+
 def test_model_properties():
   model = vae_jax.make_vae(12, 3, likelihood="categorical", num_categories=4)
   assert (model.data_dim, model.latent_dim, model.likelihood) == (12, 3, "categorical")
@@ -132,6 +172,12 @@ def test_model_properties():
     ({"likelihood": "categorical"}, "num_categories is required"),
     ({"num_categories": 4}, "num_categories is required"),
     ({"min_variance": -1.0, "likelihood": "gaussian"}, "min_variance"),
+    ({"encoder_variance": "std"}, "Unknown encoder_variance 'std'"),
+    ({"decoder_bias": "data_mean"}, r'decoder_bias="data_mean" needs the training data \[N, 10\]'),
+    (
+      {"decoder_bias": "data_mean", "likelihood": "gaussian"},
+      "decoder_bias='data_mean' is for the Bernoulli likelihood only",
+    ),
   ],
 )
 def test_make_vae_rejects_bad_arguments(kwargs, message):

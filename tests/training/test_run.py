@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from vae_jax import training
+from vae_jax.errors import ConfigError
 from vae_jax.figures.run_figures import RunFigures
 from vae_jax.models import vae as models
 from vae_jax.training import run_dir
@@ -59,6 +60,41 @@ def test_run_writes_metrics_checkpoints_and_figures(tmp_path):
     assert (tmp_path / f"{figure}.png").stat().st_size > 1000, figure
   settings = json.loads((tmp_path / "run_config.json").read_text())
   assert settings["decoder"]["data_dim"] == DATA_DIM
+
+
+def test_a_run_saved_before_the_variance_head_and_output_bias_settings_resumes(tmp_path):
+  _run(tmp_path, num_epochs=1)
+  path = tmp_path / "run_config.json"
+  settings = json.loads(path.read_text())
+  del settings["encoder"]["variance_head"], settings["decoder"]["initial_logits_bias"]
+  path.write_text(json.dumps(settings))
+  _run(tmp_path, num_epochs=2)
+  assert [r["epoch"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [0, 1, 2]
+
+
+def test_log_likelihood_epochs_add_evaluations_with_the_estimate(tmp_path):
+  _run(
+    tmp_path / "estimated",
+    num_epochs=5,
+    eval_every=4,
+    log_likelihood_samples=20,
+    log_likelihood_epochs=(1, 3, 9),
+  )
+  records = read_metrics(tmp_path / "estimated" / "metrics.jsonl")
+  # Epoch 9 is past the budget; the last epoch always has the estimate.
+  assert [r["epoch"] for r in records] == [0, 1, 3, 4, 5]
+  assert [r["epoch"] for r in records if "test_log_likelihood" in r] == [1, 3, 5]
+  assert sorted(os.listdir(tmp_path / "estimated" / "checkpoints"), key=int) == ["18", "24", "30"]
+  # k = 0 skips every estimate; the extra evaluations stay.
+  _run(tmp_path / "bounds", num_epochs=3, eval_every=4, log_likelihood_epochs=(2,))
+  records = read_metrics(tmp_path / "bounds" / "metrics.jsonl")
+  assert [r["epoch"] for r in records] == [0, 2, 3]
+  assert not any("test_log_likelihood" in r for r in records)
+
+
+def test_log_likelihood_epochs_must_be_positive(tmp_path):
+  with pytest.raises(ConfigError, match=r"log_likelihood_epochs must be >= 1, got \[0, 5\]"):
+    training.RunConfig(str(tmp_path), num_epochs=5, log_likelihood_epochs=(0, 5))
 
 
 # Slow: test_train_runner's SIGKILL test checks the same equality through the runner.

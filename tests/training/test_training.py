@@ -33,6 +33,7 @@ from vae_jax.training.state import (
   init_train_state,
   init_train_states,
   iwae_learning_rate,
+  iwae_stage_ends,
   make_optimizer,
 )
 
@@ -175,6 +176,7 @@ def test_iwae_schedule_gives_the_published_rate_in_every_stage():
     steps += [first_epoch * steps_per_epoch, end_epoch * steps_per_epoch - 1]
     rates += [1e-3 * 10 ** (-i / 7)] * 2
     first_epoch = end_epoch
+    assert iwae_stage_ends()[i] == end_epoch
   assert first_epoch == 3280
   steps.append(10 * 3280 * steps_per_epoch)  # past the schedule: the last rate
   rates.append(1e-4)

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from vae_jax.errors import ConfigError
 from vae_jax.math import distributions
@@ -30,6 +31,11 @@ ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
 }
 INITIALIZATIONS = ("paper", "flax", "glorot")
 LIKELIHOODS = ("bernoulli", "gaussian", "categorical")
+VARIANCE_HEADS = ("logvar", "log_std")
+DECODER_BIASES = ("init", "data_mean")
+# The IWAE code clips the training set's mean pixel to this range before
+# taking its logit for the initial output bias (`logits_bias_from_data`).
+DATA_MEAN_CLIP = 0.001
 # The paper samples every parameter from N(0, 0.01^2) (Sec. 5).
 PAPER_INIT_STDDEV = 0.01
 
@@ -72,6 +78,12 @@ class ModelConfig:
     num_categories: K, required for and only for the categorical likelihood.
     min_variance: Gaussian decoder only: variance floor.
     sigmoid_mean: Gaussian decoder only: squash the mean into (0, 1).
+    encoder_variance: what q's second head outputs, "logvar" (log sigma^2)
+      or "log_std" (log sigma, the IWAE code's sigma = exp(linear(h))); see
+      `GaussianEncoder`.
+    decoder_bias: Bernoulli decoder only: the output bias starts as the init
+      scheme says ("init") or at the logit of the training set's mean pixel
+      ("data_mean", the IWAE code's; `vae_from_config` needs the data then).
   """
 
   latent_dim: int = 20
@@ -82,6 +94,8 @@ class ModelConfig:
   num_categories: int | None = None
   min_variance: float = 0.0
   sigmoid_mean: bool = True
+  encoder_variance: str = "logvar"
+  decoder_bias: str = "init"
 
   def __post_init__(self):
     check_positive_int("latent_dim", self.latent_dim)
@@ -90,6 +104,14 @@ class ModelConfig:
     check_choice("likelihood", self.likelihood, LIKELIHOODS)
     check_choice("activation", self.activation, tuple(ACTIVATIONS))
     check_choice("init", self.init, INITIALIZATIONS)
+    check_choice("encoder_variance", self.encoder_variance, VARIANCE_HEADS)
+    check_choice("decoder_bias", self.decoder_bias, DECODER_BIASES)
+    if self.decoder_bias != "init" and self.likelihood != "bernoulli":
+      raise ConfigError(
+        "decoder_bias",
+        f"decoder_bias={self.decoder_bias!r} is for the Bernoulli likelihood only, "
+        f"not {self.likelihood!r}.",
+      )
     if (self.likelihood == "categorical") != (self.num_categories is not None):
       raise ConfigError(
         "num_categories",
@@ -104,16 +126,22 @@ class ModelConfig:
       raise ConfigError("min_variance", f"min_variance must be >= 0, got {self.min_variance}.")
 
 
-def dense(features: int, init_scheme: str, name: str | None = None) -> nn.Dense:
-  """A dense layer with the paper's, Glorot & Bengio's or Flax's default initialisation."""
+def dense(
+  features: int, init_scheme: str, name: str | None = None, bias: Sequence[float] | None = None
+) -> nn.Dense:
+  """A dense layer with the paper's, Glorot & Bengio's or Flax's default
+  initialisation; `bias`, if given, is the initial bias instead."""
+  inits = {}
   if init_scheme == "paper":
     initializer = nn.initializers.normal(stddev=PAPER_INIT_STDDEV)
-    return nn.Dense(features, kernel_init=initializer, bias_init=initializer, name=name)
-  if init_scheme == "glorot":
+    inits = {"kernel_init": initializer, "bias_init": initializer}
+  elif init_scheme == "glorot":
     # The IWAE paper's heuristic (Glorot & Bengio 2010): U(-a, a) with
     # a = sqrt(6 / (fan_in + fan_out)); Flax's Dense biases start at zero.
-    return nn.Dense(features, kernel_init=nn.initializers.glorot_uniform(), name=name)
-  return nn.Dense(features, name=name)
+    inits = {"kernel_init": nn.initializers.glorot_uniform()}
+  if bias is not None:
+    inits["bias_init"] = lambda key, shape, dtype: jnp.asarray(bias, dtype).reshape(shape)
+  return nn.Dense(features, name=name, **inits)
 
 
 class MLP(nn.Module):
@@ -135,6 +163,13 @@ class MLP(nn.Module):
 class GaussianEncoder(nn.Module):
   """q_phi(z | x) = N(mean(x), diag exp(logvar(x))) from an MLP (App. C.2).
 
+  `variance_head` names what the second linear head outputs (and its
+  parameters): "logvar", log sigma^2, or "log_std", log sigma as in the IWAE
+  code, doubled here into logvar. Both give the same family of q; they
+  differ in optimisation: a step of Adam, whose size does not depend on the
+  gradient's scale, moves a log_std head's log sigma^2 twice as far, and
+  its initial log sigma^2 is twice as spread.
+
   __call__: x [..., data_dim] (float) -> (mean, logvar), each [..., latent_dim].
   """
 
@@ -142,24 +177,33 @@ class GaussianEncoder(nn.Module):
   hidden_sizes: Sequence[int] = (500,)
   activation: str = "tanh"
   init_scheme: str = "paper"
+  variance_head: str = "logvar"
 
   @nn.compact
   def __call__(self, x: Array) -> tuple[Array, Array]:
     h = MLP(self.hidden_sizes, self.activation, self.init_scheme, name="mlp")(x)
     mean_head = dense(self.latent_dim, self.init_scheme, name="mean")
-    logvar_head = dense(self.latent_dim, self.init_scheme, name="logvar")
+    variance_head = dense(self.latent_dim, self.init_scheme, name=self.variance_head)
     if self.is_initializing():
-      return mean_head(h), logvar_head(h)
-    # The two heads as one [hidden, 2 J] product: at small minibatches half the
-    # products cost less than the copy of their kernels (BUILD.md).
-    params = self.variables["params"]
-    kernel = jnp.concatenate([params["mean"]["kernel"], params["logvar"]["kernel"]], axis=1)
-    bias = jnp.concatenate([params["mean"]["bias"], params["logvar"]["bias"]])
-    return tuple(jnp.split(h @ kernel + bias, 2, axis=-1))
+      mean, variance_output = mean_head(h), variance_head(h)
+    else:
+      # The two heads as one [hidden, 2 J] product: at small minibatches half
+      # the products cost less than the copy of their kernels (BUILD.md).
+      params = self.variables["params"]
+      heads = (params["mean"], params[self.variance_head])
+      kernel = jnp.concatenate([head["kernel"] for head in heads], axis=1)
+      bias = jnp.concatenate([head["bias"] for head in heads])
+      mean, variance_output = jnp.split(h @ kernel + bias, 2, axis=-1)
+    if self.variance_head == "log_std":
+      return mean, 2.0 * variance_output
+    return mean, variance_output
 
 
 class BernoulliDecoder(nn.Module):
   """p_theta(x | z) = prod_d Bernoulli(x_d; sigmoid(logits_d(z))) (App. C.1).
+
+  `initial_logits_bias` [data_dim], if set, is where the output bias starts
+  (`logits_bias_from_data`), instead of the init scheme's.
 
   __call__: z [..., latent_dim] -> logits [..., data_dim].
   """
@@ -168,13 +212,14 @@ class BernoulliDecoder(nn.Module):
   hidden_sizes: Sequence[int] = (500,)
   activation: str = "tanh"
   init_scheme: str = "paper"
+  initial_logits_bias: tuple[float, ...] | None = None
 
   likelihood = "bernoulli"
 
   @nn.compact
   def __call__(self, z: Array) -> Array:
     h = MLP(self.hidden_sizes, self.activation, self.init_scheme, name="mlp")(z)
-    return dense(self.data_dim, self.init_scheme, name="logits")(h)
+    return dense(self.data_dim, self.init_scheme, "logits", self.initial_logits_bias)(h)
 
   def log_prob(self, z: Array, x: Array) -> Array:
     """log p(x | z): z [..., latent], x [..., data_dim] in [0, 1] -> [...]."""
@@ -326,27 +371,54 @@ class VAE(nn.Module):
     return self.decoder.sample(z, key)
 
 
-def make_vae(data_dim: int, latent_dim: int, **settings) -> VAE:
+def make_vae(
+  data_dim: int, latent_dim: int, train_data: np.ndarray | None = None, **settings
+) -> VAE:
   """Builds the paper's VAE: mirrored MLP encoder and decoder.
 
   Args:
     data_dim: D, the flattened size of one example (784 for MNIST).
     latent_dim: J, the number of latent dimensions.
+    train_data: [N, D], for decoder_bias="data_mean" only.
     **settings: the other fields of `ModelConfig` (likelihood, hidden_sizes,
-      activation, init, num_categories, min_variance, sigmoid_mean).
+      activation, init, num_categories, min_variance, sigmoid_mean,
+      encoder_variance, decoder_bias).
   """
-  return vae_from_config(data_dim, ModelConfig(latent_dim=latent_dim, **settings))
+  return vae_from_config(data_dim, ModelConfig(latent_dim=latent_dim, **settings), train_data)
 
 
-def vae_from_config(data_dim: int, config: ModelConfig) -> VAE:
-  """The VAE that `config` describes, for examples of `data_dim` values."""
+def logits_bias_from_data(train_data: np.ndarray) -> tuple[float, ...]:
+  """The logit of each pixel's mean over the training set, clipped to
+  [DATA_MEAN_CLIP, 1 - DATA_MEAN_CLIP]: the IWAE code's initial output bias,
+  with which the decoder starts at the data's average image."""
+  mean = np.clip(
+    np.mean(np.asarray(train_data, np.float64), axis=0), DATA_MEAN_CLIP, 1 - DATA_MEAN_CLIP
+  )
+  return tuple(float(b) for b in np.log(mean) - np.log1p(-mean))
+
+
+def vae_from_config(
+  data_dim: int, config: ModelConfig, train_data: np.ndarray | None = None
+) -> VAE:
+  """The VAE that `config` describes, for examples of `data_dim` values;
+  `train_data` [N, data_dim] is needed for `decoder_bias="data_mean"` only."""
   check_positive_int("data_dim", data_dim)
   mlp = dict(
     hidden_sizes=config.hidden_sizes, activation=config.activation, init_scheme=config.init
   )
-  encoder = GaussianEncoder(latent_dim=config.latent_dim, **mlp)
+  encoder = GaussianEncoder(
+    latent_dim=config.latent_dim, variance_head=config.encoder_variance, **mlp
+  )
   if config.likelihood == "bernoulli":
-    decoder = BernoulliDecoder(data_dim=data_dim, **mlp)
+    initial_bias = None
+    if config.decoder_bias == "data_mean":
+      if train_data is None or np.shape(train_data)[-1:] != (data_dim,):
+        raise ConfigError(
+          "decoder_bias",
+          f'decoder_bias="data_mean" needs the training data [N, {data_dim}] to take its mean.',
+        )
+      initial_bias = logits_bias_from_data(train_data)
+    decoder = BernoulliDecoder(data_dim=data_dim, initial_logits_bias=initial_bias, **mlp)
   elif config.likelihood == "gaussian":
     decoder = GaussianDecoder(
       data_dim=data_dim,

@@ -45,6 +45,7 @@ from vae_jax.training.state import (
   init_train_state,
   init_train_states,
   iwae_learning_rate,
+  iwae_stage_ends,
   make_optimizer,
   train_state_for,
 )
@@ -71,6 +72,7 @@ __all__ = [
   "init_train_state",
   "init_train_states",
   "iwae_learning_rate",
+  "iwae_stage_ends",
   "make_evaluate",
   "make_mesh",
   "make_optimizer",

@@ -53,6 +53,10 @@ class RunConfig:
     log_likelihood_samples: k of the importance-sampled test log-likelihood
       (`vae_jax.make_log_likelihood_estimate`) logged after the last epoch
       as "test_log_likelihood"; 0 skips it.
+    log_likelihood_epochs: more epochs after which the run is evaluated (and
+      checkpointed), with that log-likelihood too unless
+      log_likelihood_samples is 0: e.g. the ends of a learning-rate
+      schedule's stages. Those past num_epochs never come.
   """
 
   workdir: str
@@ -65,6 +69,7 @@ class RunConfig:
   num_runs: int = 1
   learning_rates: tuple[float, ...] = ()
   log_likelihood_samples: int = 0
+  log_likelihood_epochs: tuple[int, ...] = ()
 
   def __post_init__(self):
     for name in ("eval_every", "keep_checkpoints", "eval_batch_size", "num_devices", "num_runs"):
@@ -73,6 +78,11 @@ class RunConfig:
     for name in ("num_epochs", "log_likelihood_samples"):
       if getattr(self, name) < 0:
         raise ConfigError(name, f"{name} must be >= 0, got {getattr(self, name)}.")
+    if not all(epoch >= 1 for epoch in self.log_likelihood_epochs):
+      raise ConfigError(
+        "log_likelihood_epochs",
+        f"log_likelihood_epochs must be >= 1, got {list(self.log_likelihood_epochs)}.",
+      )
     if not all(rate > 0 for rate in self.learning_rates):
       raise ConfigError(
         "learning_rates", f"learning_rates must be positive, got {list(self.learning_rates)}."
@@ -89,6 +99,16 @@ class RunConfig:
       for rate in (self.learning_rates or (None,))
       for seed in seeds
     ]
+
+  def evaluates_at(self, epoch: int) -> bool:
+    """Whether the run is evaluated, logged and checkpointed after `epoch`."""
+    return epoch % self.eval_every == 0 or epoch in self.log_likelihood_epochs
+
+  def estimates_log_likelihood_at(self, epoch: int) -> bool:
+    """Whether that evaluation includes the k-sample log-likelihood."""
+    return bool(self.log_likelihood_samples) and (
+      epoch == self.num_epochs or epoch in self.log_likelihood_epochs
+    )
 
   @property
   def multi_run(self) -> bool:
@@ -115,6 +135,13 @@ def describe(
   if learning_rates:  # absent otherwise, as in the runs saved before sweeps existed
     settings["learning_rates"] = list(learning_rates)
   return settings
+
+
+# The model's settings added since runs were first saved, as those runs had them.
+SETTING_DEFAULTS = {
+  "encoder": {"variance_head": "logvar"},
+  "decoder": {"initial_logits_bias": None},
+}
 
 
 def host_params(state: TrainState) -> Any:
@@ -190,8 +217,8 @@ def _make_evaluate(
 ) -> Callable[..., dict[str, float]]:
   """The loop's `evaluate`: `bound` on every evaluation set (means over the
   runs, and with several runs each run's as "<name>_run<i>"), the mean
-  per-step bound of the epochs trained since the last evaluation, and after
-  the last epoch the k-sample test log-likelihood if configured."""
+  per-step bound of the epochs trained since the last evaluation, and the
+  k-sample test log-likelihood where `run.estimates_log_likelihood_at`."""
   eval_key = jax.random.key(run.seed + 1)
 
   def evaluate(state, epoch, outputs):
@@ -209,7 +236,7 @@ def _make_evaluate(
       scores["train_minibatch_bound"] = float(
         np.mean(np.concatenate([np.asarray(bounds).reshape(-1) for bounds in outputs]))
       )
-    if epoch == run.num_epochs and log_likelihood is not None:
+    if run.estimates_log_likelihood_at(epoch):
       record("test_log_likelihood", log_likelihood(state.params, eval_sets["test"], eval_key))
     return scores
 
@@ -276,7 +303,7 @@ def train_and_evaluate(
     num_epochs=run.num_epochs,
     steps_per_epoch=num_train // config.batch_size,
     batch_size=config.batch_size,
-    evaluate_at=lambda epoch: epoch % run.eval_every == 0,
+    evaluate_at=run.evaluates_at,
     num_runs=len(run.runs),
   )
   state, _ = train_in_directory(
@@ -289,6 +316,7 @@ def train_and_evaluate(
     plan,
     hooks=hooks,
     keep_checkpoints=run.keep_checkpoints,
+    setting_defaults=SETTING_DEFAULTS,
     memory_checks=_memory_checks(run, state, bound, log_likelihood, eval_sets),
     # The epoch holds [L, M, data_dim] decoder outputs: L is the one to lower first.
     epoch_parameter="num_samples" if config.num_samples > 1 else "batch_size",

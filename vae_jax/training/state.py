@@ -149,6 +149,12 @@ class TrainConfig:
     return posteriors.make_posterior(self.posterior, self.student_t_dof)
 
 
+def iwae_stage_ends() -> list[int]:
+  """The epochs after which the IWAE schedule's stages end: 1, 4, 13, 40,
+  121, 364, 1093 and 3280 (stage i ends after sum_{j<=i} 3^j epochs)."""
+  return [(3 ** (i + 1) - 1) // 2 for i in range(IWAE_SCHEDULE_STAGES)]
+
+
 def iwae_learning_rate(learning_rate: Any, steps_per_epoch: int) -> optax.Schedule:
   """The IWAE paper's schedule over minibatch updates.
 
@@ -158,9 +164,9 @@ def iwae_learning_rate(learning_rate: Any, steps_per_epoch: int) -> optax.Schedu
   """
   if steps_per_epoch < 1:
     raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}.")
-  # The first step of stages 1..7: cumulative 1, 4, 13, ..., 1093 epochs; a
-  # host constant, so that building the optimiser touches no device.
-  boundaries = np.array([steps_per_epoch * (3**i - 1) // 2 for i in range(1, IWAE_SCHEDULE_STAGES)])
+  # The first step of stages 1..7; a host constant, so that building the
+  # optimiser touches no device.
+  boundaries = steps_per_epoch * np.array(iwae_stage_ends()[:-1])
 
   def schedule(step):
     stage = jnp.sum(step >= boundaries)

@@ -1,0 +1,87 @@
+"""experiments.schedule_report: the stage table and figure of a run on the IWAE schedule."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from experiments import tables
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _records(epochs, log_likelihood_at=()):
+  return [
+    {
+      "step": 10 * epoch,
+      "epoch": epoch,
+      "seconds": 2.0 * epoch,
+      "train_bound": -100.0 + epoch,
+      "test_bound": -101.0 + epoch,
+      **({"test_log_likelihood": -95.0 + epoch} if epoch in log_likelihood_at else {}),
+    }
+    for epoch in epochs
+  ]
+
+
+def test_iwae_stage_rows_time_each_finished_stage_and_the_one_in_progress():
+  rows = tables.iwae_stage_rows(_records([0, 1, 4, 10, 13, 20], (1, 4, 13)), 1e-3)
+  assert [row[:4] for row in rows] == [
+    [0, "1-1", "1.00e-03", "2"],
+    [1, "2-4", "7.20e-04", "6"],
+    [2, "5-13", "5.18e-04", "18"],
+    [3, "14-20 (so far)", "3.73e-04", "14"],
+  ]
+  assert rows[2][4:] == ["-87.00", "-88.00", "-82.00"]
+  assert rows[3][6] == ""  # no estimate in the unfinished stage
+
+
+def _workdir(tmp_path, schedule, records):
+  (tmp_path / "run_config.json").write_text(
+    json.dumps({"train": {"learning_rate": 1e-3, "learning_rate_schedule": schedule}})
+  )
+  (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+  return tmp_path
+
+
+def _report(*flags):
+  return subprocess.run(
+    [sys.executable, "-m", "experiments.schedule_report", *flags],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    check=False,
+  )
+
+
+def test_the_report_prints_the_table_and_draws_the_published_line(tmp_path):
+  workdir = _workdir(tmp_path, "iwae", _records([0, 1, 4, 5], (1, 4)))
+  figure = tmp_path / "curve.png"
+  done = _report(f"--workdir={workdir}", "--published=-86.76", f"--figure={figure}")
+  assert done.returncode == 0, done.stderr
+  assert "| 1 | 2-4 | 7.20e-04 | 6 | -96.00 | -97.00 | -91.00 |" in done.stdout
+  assert "| 2 | 5-5 (so far) |" in done.stdout
+  assert figure.stat().st_size > 1000
+
+
+@pytest.mark.parametrize(
+  "schedule, records, line",
+  [
+    ("constant", _records([0, 1]), "was trained with --learning_rate_schedule=constant"),
+    ("iwae", _records([0]), "has no evaluation after training yet"),
+  ],
+)
+def test_a_run_without_stages_stops_with_one_line(tmp_path, schedule, records, line):
+  done = _report(f"--workdir={_workdir(tmp_path, schedule, records)}")
+  assert done.returncode == 1
+  assert done.stderr.strip().startswith("FATAL: ") and line in done.stderr
+
+
+def test_a_directory_that_is_no_run_stops_with_one_line(tmp_path):
+  done = _report(f"--workdir={tmp_path}")
+  assert done.returncode == 1
+  assert done.stderr.strip() == (
+    f"FATAL: No such file or directory: {tmp_path}/metrics.jsonl; is --workdir a run?"
+  )
