@@ -85,3 +85,17 @@ def test_a_directory_that_is_no_run_stops_with_one_line(tmp_path):
   assert done.stderr.strip() == (
     f"FATAL: No such file or directory: {tmp_path}/metrics.jsonl; is --workdir a run?"
   )
+
+
+def test_the_iwae_presets_follow_the_schedule_and_the_iwae_codes_choices():
+  from experiments import config_flags
+  from vae_jax.training import iwae_stage_ends
+
+  for row in ("vae", "iwae5", "iwae50"):
+    config = config_flags.preset_config(
+      str(REPO / f"experiments/configs/iwae_table1_{row}.flags"), ["x"]
+    )
+    assert config.run.num_epochs == iwae_stage_ends()[-1] == 3280
+    assert config.run.log_likelihood_epochs == tuple(iwae_stage_ends()[:-1])
+    assert config.run.log_likelihood_samples == 5000
+    assert (config.model.encoder_variance, config.model.decoder_bias) == ("log_std", "data_mean")
