@@ -46,9 +46,22 @@ def test_runner_takes_the_iwae_codes_variance_head_and_output_bias(tmp_path):
   _train(*DIGITS_FLAGS, *flags, "--num_epochs=1", f"--workdir={workdir}")
   settings = json.loads((workdir / "run_config.json").read_text())
   assert settings["encoder"]["variance_head"] == "log_std"
-  train = data.load_dataset("digits").train
-  np.testing.assert_allclose(
-    settings["decoder"]["initial_logits_bias"], models.logits_bias_from_data(train)
+  assert settings["decoder"]["initial_logits_bias"] == "data_mean"
+  model = models.make_vae(
+    64,
+    2,
+    data.load_dataset("digits").train,
+    hidden_sizes=(32,),
+    init="glorot",
+    encoder_variance="log_std",
+    decoder_bias="data_mean",
+  )
+  template = training.init_train_state(model, training.TrainConfig(), jax.random.key(0))
+  with Checkpointer(workdir / "checkpoints") as checkpointer:
+    initial = checkpointer.restore(template, step=0)
+  np.testing.assert_array_equal(
+    initial.params["params"]["decoder"]["logits"]["bias"],
+    np.asarray(model.decoder.initial_logits_bias, np.float32),
   )
 
 

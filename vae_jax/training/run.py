@@ -134,6 +134,11 @@ def describe(
   )
   if learning_rates:  # absent otherwise, as in the runs saved before sweeps existed
     settings["learning_rates"] = list(learning_rates)
+  if settings["decoder"].get("initial_logits_bias") is not None:
+    # Recorded by its source (`vae_from_config`'s only one), not as data_dim
+    # numbers: a resumed run computes them again from the data, and another
+    # numpy may round them otherwise.
+    settings["decoder"]["initial_logits_bias"] = "data_mean"
   return settings
 
 
