@@ -56,7 +56,9 @@ def main(argv):
   if not any(r["epoch"] > 0 for r in records):
     raise SystemExit(f"FATAL: {workdir} has no evaluation after training yet.")
   figure = _FIGURE.value or os.path.join(workdir, "schedule_curve.png")
-  reference = ("published", _PUBLISHED.value) if _PUBLISHED.value is not None else None
+  reference = None
+  if _PUBLISHED.value is not None:
+    reference = (f"published ({_PUBLISHED.value:.2f})", _PUBLISHED.value)
   title = _TITLE.value or os.path.basename(os.path.normpath(workdir))
   plots.plot_curve_by_epoch(records, figure, title, reference)
   print(
