@@ -178,16 +178,18 @@ def plot_reconstructions(
   return _save(fig, path, gray=True)
 
 
-def _finite_points(records: Sequence[Mapping[str, Any]], key: str) -> tuple[np.ndarray, np.ndarray]:
-  """(samples_seen, records[key]) over records where both are plottable."""
+def _finite_points(
+  records: Sequence[Mapping[str, Any]], key: str, x_key: str = "samples_seen"
+) -> tuple[np.ndarray, np.ndarray]:
+  """(records[x_key], records[key]) over records where both are plottable."""
   points = sorted(
-    (float(r["samples_seen"]), float(r[key]))
+    (float(r[x_key]), float(r[key]))
     for r in records
     if r.get(key) is not None
-    and r.get("samples_seen") is not None
+    and r.get(x_key) is not None
     and math.isfinite(r[key])
     # A log axis cannot show the evaluation before any training.
-    and r["samples_seen"] > 0
+    and r[x_key] > 0
   )
   return np.array([x for x, _ in points]), np.array([y for _, y in points])
 
@@ -307,13 +309,8 @@ def plot_curve_by_epoch(
     ("test_bound", "test bound", "--"),
     ("test_log_likelihood", "test log-likelihood (k-sample estimate)", "o"),
   ):
-    points = [
-      (r["epoch"], r[key])
-      for r in records
-      if r.get("epoch", 0) > 0 and r.get(key) is not None and math.isfinite(r[key])
-    ]
-    if points:
-      epochs, values = zip(*sorted(points), strict=True)
+    epochs, values = _finite_points(records, key, "epoch")
+    if epochs.size:
       ax.plot(epochs, values, style, label=label)
   if not ax.lines:
     raise ValueError("No record has epoch > 0 and a finite bound or log-likelihood.")
