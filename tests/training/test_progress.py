@@ -1,11 +1,12 @@
-"""ProgressLogger and its formatting: intervals, rates, ETA and durations."""
+"""The progress line: its formatting, and the rate and ETA ProgressHook gives it."""
 
 import math
 
-import jax.numpy as jnp
 import pytest
 
-from vae_jax.training.progress import ProgressLogger, format_duration, format_progress
+from vae_jax.training.hooks import ProgressHook
+from vae_jax.training.loop import Evaluation, LoopPlan
+from vae_jax.training.progress import format_duration, format_progress
 
 
 @pytest.mark.parametrize(
@@ -41,41 +42,41 @@ def test_format_progress():
   )
 
 
-class _FakeClock:
-  def __init__(self):
-    self.now = 0.0
+def _evaluation(epoch, plan, rate, bound=-140.25):
+  step = epoch * plan.steps_per_epoch
+  record = {
+    "epoch": epoch,
+    "samples_seen": step * plan.batch_size,
+    "train_bound": bound,
+    "test_bound": bound - 1.0,
+    "seconds": 12.5,
+    "examples_per_second": rate,
+  }
+  return Evaluation(epoch, step, None, record, ({"step": step, **record},))
 
-  def __call__(self) -> float:
-    return self.now
 
-
-def test_progress_logger_interval_rate_and_eta():
-  clock, lines = _FakeClock(), []
-  logger = ProgressLogger(
-    total_steps=1000,
-    every_steps=100,
-    start_step=200,
-    start_samples=20_000,
-    print_fn=lines.append,
-    clock=clock,
+def test_progress_hook_takes_the_training_rate_and_eta_from_the_record():
+  plan = LoopPlan(
+    num_epochs=10, steps_per_epoch=100, batch_size=100, evaluate_at=lambda epoch: True
   )
-  clock.now = 5.0
-  assert logger(250, 25_000, -150.0) is None
-  clock.now = 10.0
-  # 100 steps = 10,000 samples in 10 s; 700 steps left at 10 steps/s.
-  line = logger(300, 30_000, jnp.float32(-140.25))
-  assert line == lines[-1]
-  assert "step 300/1,000 (30.0%)" in line
-  assert "1,000 samples/s" in line
-  assert "bound -140.25 nats" in line
-  assert line.endswith("ETA 0:01:10")
-  # The rate is measured since the previous line, not since the start.
-  clock.now = 12.0
-  line = logger(400, 40_000, -130.0)
-  assert "5,000 samples/s" in line and line.endswith("ETA 0:00:12")
-  # The final step is always reported, even off the interval.
-  clock.now = 13.0
-  logger2 = ProgressLogger(total_steps=1050, every_steps=100, print_fn=lines.append, clock=clock)
-  clock.now = 14.0
-  assert logger2(1050, 105_000, -100.0).endswith("ETA 0:00:00")
-  assert len(lines) == 3
+  lines = []
+  hook = ProgressHook(plan, lines.append)
+  hook.on_evaluation(_evaluation(0, plan, None))
+  # The untrained state has no rate: only its scores.
+  assert lines == ["epoch 0: train_bound -140.2, test_bound -141.2"]
+  # 7 epochs = 70,000 examples left at 1,000 examples/s of training, however
+  # long the evaluations took.
+  hook.on_evaluation(_evaluation(3, plan, 1000.0, bound=-130.5))
+  assert lines[1] == (
+    "step 300/1,000 (30.0%) | 30,000 samples | 1,000 samples/s | bound -130.50 nats | ETA 0:01:10"
+  )
+  assert lines[2].startswith("epoch 3: train_bound -130.5")
+  hook.on_evaluation(_evaluation(10, plan, 5000.0))
+  assert lines[3].endswith("ETA 0:00:00")
+
+
+def test_progress_hook_counts_the_examples_of_every_run_trained_together():
+  plan = LoopPlan(num_epochs=10, steps_per_epoch=100, batch_size=100, evaluate_at=bool, num_runs=4)
+  lines = []
+  ProgressHook(plan, lines.append).on_evaluation(_evaluation(3, plan, 4000.0))
+  assert "4,000 samples/s" in lines[0] and lines[0].endswith("ETA 0:01:10")

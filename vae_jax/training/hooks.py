@@ -16,7 +16,7 @@ from vae_jax.training.checkpoints import Checkpointer
 from vae_jax.training.files import write_atomically
 from vae_jax.training.loop import Evaluation, Hook, LoopPlan
 from vae_jax.training.metrics import MetricWriter
-from vae_jax.training.progress import ProgressLogger
+from vae_jax.training.progress import format_progress
 
 # The records up to a checkpoint, kept in its directory.
 HISTORY_FILENAME = "history.jsonl"
@@ -59,26 +59,34 @@ class CheckpointAndRecordHook(Hook):
 
 
 class ProgressHook(Hook):
-  """Logs, per evaluation, the progress line (`ProgressLogger`: rate, ETA)
-  and the scores."""
+  """Logs, per evaluation, the progress line (`format_progress`) and the scores.
 
-  def __init__(
-    self, plan: LoopPlan, start_step: int, log: Callable[[str], None], value: str = "train_bound"
-  ):
-    self._logger = ProgressLogger(
-      plan.total_steps,
-      1,
-      start_step=start_step,
-      start_samples=start_step * plan.batch_size,
-      print_fn=log,
-    )
+  The rate is the record's training rate since the last evaluation, and the
+  ETA the training left at that rate: evaluations and checkpoints are not
+  counted, so that a long estimate (k = 5000 takes minutes) does not make the
+  next line promise days.
+  """
+
+  def __init__(self, plan: LoopPlan, log: Callable[[str], None], value: str = "train_bound"):
+    self._plan = plan
     self._log = log
     self._value = value
 
   def on_evaluation(self, evaluation: Evaluation) -> None:
-    record = evaluation.record
-    if evaluation.epoch:
-      self._logger(evaluation.step, record["samples_seen"], record.get(self._value, math.nan))
+    record, plan = evaluation.record, self._plan
+    rate = record["examples_per_second"]
+    if rate:  # None for the state before training, which has no rate
+      examples_left = (plan.total_steps - evaluation.step) * plan.batch_size * plan.num_runs
+      self._log(
+        format_progress(
+          evaluation.step,
+          plan.total_steps,
+          record["samples_seen"],
+          rate,
+          record.get(self._value, math.nan),
+          examples_left / rate,
+        )
+      )
     scores = ", ".join(
       f"{name} {value:.4g}"
       for name, value in record.items()

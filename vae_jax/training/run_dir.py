@@ -381,7 +381,7 @@ def train_in_directory(
         f"Resumed from the checkpoint at step {step} (epoch "
         f"{step // plan.steps_per_epoch}) in {workdir}."
       )
-    progress = loop_hooks.ProgressHook(plan, step or 0, log)
+    progress = loop_hooks.ProgressHook(plan, log)
     return train_loop(
       state,
       train_epoch,
