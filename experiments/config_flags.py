@@ -139,7 +139,11 @@ flags.DEFINE_float("student_t_dof", 5.0, "Degrees of freedom of --posterior=stud
 flags.DEFINE_integer("num_samples", 1, "L, samples of z per example.")
 flags.DEFINE_integer("batch_size", 100, "Minibatch size M.")
 flags.DEFINE_enum(
-  "optimizer", "adagrad", list(state_lib.OPTIMIZERS), "Optimiser (the paper: adagrad)."
+  "optimizer",
+  "adagrad",
+  list(state_lib.OPTIMIZERS),
+  "Optimiser (the paper: adagrad); iwae_code_adam: the Adam of the IWAE authors' code "
+  "(vae_jax.training.iwae_code_adam).",
 )
 flags.DEFINE_float("learning_rate", 0.02, "Step size; with a schedule, its starting value.")
 flags.DEFINE_enum(
@@ -150,7 +154,9 @@ flags.DEFINE_enum(
   "epochs at --learning_rate * 10^(-i/7) (3280 epochs), then the last rate.",
 )
 flags.DEFINE_float(
-  "adam_epsilon", 1e-8, "Adam's epsilon (--optimizer=adam only; the IWAE paper: 1e-4)."
+  "adam_epsilon",
+  1e-8,
+  "Adam's epsilon (--optimizer=adam or iwae_code_adam; the IWAE paper: 1e-4).",
 )
 flags.DEFINE_float(
   "adagrad_initial_accumulator",

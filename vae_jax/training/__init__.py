@@ -1,5 +1,6 @@
 """Training, in modules of one job each (a module imports only those above it):
 
+  iwae_code_adam   the IWAE authors' code's Adam, an optax transformation
   state        TrainConfig, TrainState, the optimiser and its schedule
   objectives   what a step ascends besides the bound; the weight prior
   parallel     meshes, replicated trees, runs split over devices

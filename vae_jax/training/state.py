@@ -22,11 +22,12 @@ from vae_jax.inference.bounds import check_kl_weight, check_posterior
 from vae_jax.math import posteriors
 from vae_jax.models.functions import init_params
 from vae_jax.models.vae import VAE
+from vae_jax.training.iwae_code_adam import iwae_code_adam
 
 Array = jax.Array
 Params = Any
 
-OPTIMIZERS = ("adagrad", "adam", "sgd")
+OPTIMIZERS = ("adagrad", "adam", "iwae_code_adam", "sgd")
 ALGORITHMS = ("aevb", "wake_sleep", "autoencoder")
 LEARNING_RATE_SCHEDULES = ("constant", "iwae")
 # The IWAE paper's schedule (Burda et al. 2016, Sec. 5): stage i = 0..7 lasts
@@ -70,13 +71,17 @@ class TrainConfig:
     estimator: "A", "B" or "iwae" (see `vae_jax.estimators`).
     num_samples: L, samples of z per example per step.
     batch_size: M, examples per minibatch.
-    optimizer: "adagrad" (the paper), "adam" or "sgd".
+    optimizer: "adagrad" (the paper), "adam", "iwae_code_adam" (the IWAE
+      authors' code's Adam, `iwae_code_adam`: beta1 0.99, second moments
+      starting at 1, one step late, on the minibatch's summed gradient) or
+      "sgd".
     learning_rate: step size (the paper: 0.01, 0.02 or 0.1 with Adagrad); with
       a schedule, its starting value.
     learning_rate_schedule: "constant", or "iwae": the IWAE paper's staged
       decay (`iwae_learning_rate`), which counts epochs, so the optimiser
       needs the training set size.
-    adam_epsilon: Adam's epsilon (optax's default 1e-8; the IWAE paper: 1e-4).
+    adam_epsilon: Adam's epsilon (optax's default 1e-8; the IWAE paper: 1e-4),
+      for "adam" and "iwae_code_adam".
     adagrad_initial_accumulator: starting value of Adagrad's sum of squared
       gradients; classic Adagrad starts at 0, optax's default is 0.1.
     weight_prior: add the paper's N(0, I) prior on all parameters (MAP, acts
@@ -203,6 +208,8 @@ def make_optimizer(
     )
   if config.optimizer == "adam":
     return optax.adam(learning_rate, eps=config.adam_epsilon)
+  if config.optimizer == "iwae_code_adam":
+    return iwae_code_adam(learning_rate, config.adam_epsilon, gradient_scale=config.batch_size)
   return optax.sgd(learning_rate)
 
 
