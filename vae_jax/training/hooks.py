@@ -61,10 +61,11 @@ class CheckpointAndRecordHook(Hook):
 class ProgressHook(Hook):
   """Logs, per evaluation, the progress line (`format_progress`) and the scores.
 
-  The rate is the record's training rate since the last evaluation, and the
-  ETA the training left at that rate: evaluations and checkpoints are not
-  counted, so that a long estimate (k = 5000 takes minutes) does not make the
-  next line promise days.
+  The rate is the record's training rate since the last evaluation, per run
+  like the line's sample count (the record counts the examples of all runs
+  trained together), and the ETA the training left at that rate:
+  evaluations and checkpoints are not counted, so that a long estimate
+  (k = 5000 takes minutes) does not make the next line promise days.
   """
 
   def __init__(self, plan: LoopPlan, log: Callable[[str], None], value: str = "train_bound"):
@@ -74,17 +75,17 @@ class ProgressHook(Hook):
 
   def on_evaluation(self, evaluation: Evaluation) -> None:
     record, plan = evaluation.record, self._plan
-    rate = record["examples_per_second"]
-    if rate:  # None for the state before training, which has no rate
-      examples_left = (plan.total_steps - evaluation.step) * plan.batch_size * plan.num_runs
+    if record["examples_per_second"]:  # None before training, which has no rate
+      run_rate = record["examples_per_second"] / plan.num_runs
+      examples_left = (plan.total_steps - evaluation.step) * plan.batch_size
       self._log(
         format_progress(
           evaluation.step,
           plan.total_steps,
           record["samples_seen"],
-          rate,
+          run_rate,
           record.get(self._value, math.nan),
-          examples_left / rate,
+          examples_left / run_rate,
         )
       )
     scores = ", ".join(
