@@ -17,6 +17,7 @@ import fcntl
 import os
 from pathlib import Path
 
+import jax
 import pytest
 
 from vae_jax import data
@@ -41,13 +42,35 @@ def shared_data_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def tfds_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-  """One TFDS data dir for the whole run, shared by all xdist workers (whose
-  base temp dirs are siblings), so that each data set is prepared once."""
-  root = tmp_path_factory.getbasetemp()
-  if os.environ.get("PYTEST_XDIST_WORKER"):
-    root = root.parent
-  path = root / "tfds_data"
+  """One TFDS data dir for the whole run, shared by all xdist workers, so that
+  each data set is prepared once."""
+  path = _session_root(tmp_path_factory) / "tfds_data"
   path.mkdir(exist_ok=True)
+  return path
+
+
+def _session_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+  """The run's base temp dir, the same for every xdist worker (theirs are siblings)."""
+  root = tmp_path_factory.getbasetemp()
+  return root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root
+
+
+@pytest.fixture(scope="session", autouse=True)
+def jax_compilation_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+  """One persistent JAX compilation cache for the run, shared by the xdist
+  workers and by the runners the tests start as subprocesses (they inherit it
+  through the environment): the toy runs compile the same programs many times,
+  and on CPU compiling, not running, is most of their time. Every entry is
+  kept (the default keeps only compilations over 1 s)."""
+  path = _session_root(tmp_path_factory) / "jax_cache"
+  path.mkdir(exist_ok=True)
+  settings = {
+    "jax_compilation_cache_dir": str(path),
+    "jax_persistent_cache_min_compile_time_secs": 0,
+  }
+  for name, value in settings.items():
+    os.environ[name.upper()] = str(value)
+    jax.config.update(name, value)
   return path
 
 
