@@ -3,9 +3,11 @@
 The package is layered; a layer imports only the layers above it in this list:
 
   vae_jax.math        log-densities, KL, posterior families, the SGVB estimators
-                      (per example, pure jnp: no Flax, no optax)
+                      for one stochastic layer and two (per example, pure jnp: no
+                      Flax, no optax)
   vae_jax.data        data sets as arrays, binarisation and quantisation
-  vae_jax.models      the Flax networks (VAE, M2) and pure functions of their params
+  vae_jax.models      the Flax networks (VAE, TwoLayerVAE, M2) and pure functions of
+                      their params
   vae_jax.inference   bounds and algorithms on a model: make_elbo, the k-sample
                       log-likelihood, wake-sleep, HMC, App. D's estimator, M2's bounds,
                       estimator variance
@@ -28,9 +30,10 @@ from vae_jax.models.functions import (
   kl_divergence,
   sample,
 )
-from vae_jax.models.vae import VAE, make_vae
+from vae_jax.models.vae import VAE, TwoLayerVAE, make_vae
 
 __all__ = [
+  "TwoLayerVAE",
   "VAE",
   "check_data",
   "decode",

@@ -19,9 +19,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from vae_jax.errors import ConfigError
-from vae_jax.math import estimators, posteriors
-from vae_jax.models.functions import check_data, model_functions
-from vae_jax.models.vae import VAE
+from vae_jax.math import estimators, posteriors, two_layers
+from vae_jax.models.functions import check_data, model_functions, two_layer_functions
+from vae_jax.models.vae import VAE, TwoLayerVAE
 
 Array = jax.Array
 Params = Any
@@ -81,7 +81,9 @@ def make_elbo(
   """Returns `elbo(params, x, key) -> [batch]`, the per-example bound in nats.
 
   Args:
-    model: a `VAE` (see `vae_jax.make_vae`).
+    model: a `VAE` (see `vae_jax.make_vae`), or a `TwoLayerVAE`, for which
+      estimators A, iwae, stl, score and score_baseline are defined
+      (`vae_jax.math.two_layers`), with kl_weight 1 and the Gaussian q.
     estimator: "A" (eq. 6), "B" (eq. 7), "iwae" (importance-weighted bound
       with k = num_samples), or one of A's variants that differ only in
       their gradients: "stl", "score", "score_baseline" (see
@@ -95,10 +97,35 @@ def make_elbo(
       an estimator other than "B".
 
   The returned function takes params (from `init_params`), x [batch,
-  data_dim] and a PRNG key; it draws eps [L, batch, latent_dim] from the key
+  data_dim] and a PRNG key; it draws eps [L, batch, noise_dim] from the key
   and vmaps the per-example estimator over the batch and the decoder over L.
   """
   check_estimator(estimator, num_samples)
+  per_example = per_example_bound(model, estimator, kl_weight, posterior)
+
+  def elbo(params: Params, x: Array, key: Array) -> Array:
+    check_data(x, model)
+    eps = posterior_noise(model, key, num_samples, x.shape[0], posterior)
+    return estimators.over_batch(per_example, params, x, eps)
+
+  return elbo
+
+
+def per_example_bound(
+  model: VAE,
+  estimator: str,
+  kl_weight: float = 1.0,
+  posterior: posteriors.Posterior = posteriors.GAUSSIAN,
+) -> Callable[[Params, Array, Array], Array]:
+  """`bound(params, x [data_dim], eps [L, noise_dim]) -> scalar`: the
+  estimator bound to the model for one example (`vae_jax.math.estimators`,
+  or `vae_jax.math.two_layers` for a `TwoLayerVAE`), checked as
+  `make_elbo` documents."""
+  if isinstance(model, TwoLayerVAE):
+    check_two_layer_settings(estimator, kl_weight, posterior)
+    functions = two_layer_functions(model)
+    two_layer_estimator = two_layers.ESTIMATORS[estimator]
+    return lambda params, x, eps: two_layer_estimator(functions, params, x, eps)
   check_kl_weight(kl_weight, estimator)
   check_posterior(posterior, estimator)
   per_example = estimators.ESTIMATORS[estimator]
@@ -107,13 +134,30 @@ def make_elbo(
   if posterior is not posteriors.GAUSSIAN:
     per_example = functools.partial(per_example, log_q=posterior.log_prob)
   encode_fn, log_likelihood_fn = model_functions(model)
+  return lambda params, x, eps: per_example(encode_fn, log_likelihood_fn, params, x, eps)
 
-  def elbo(params: Params, x: Array, key: Array) -> Array:
-    check_data(x, model)
-    eps = posterior_noise(model, key, num_samples, x.shape[0], posterior)
-    return estimators.batch_bound(per_example, encode_fn, log_likelihood_fn, params, x, eps)
 
-  return elbo
+def check_two_layer_settings(
+  estimator: str, kl_weight: float, posterior: posteriors.Posterior
+) -> None:
+  """Raises a ConfigError for what two stochastic layers do not define:
+  estimator B (no closed-form KL to p(h1)), a KL weight, another q family."""
+  if estimator not in two_layers.ESTIMATORS:
+    raise ConfigError(
+      "estimator",
+      f"Estimator {estimator!r} needs KL(q(z|x) || p(z)) in closed form, which two stochastic "
+      "layers lack (p(h1) is the marginal of p(h1|h2) p(h2)); choose one of "
+      f"{sorted(two_layers.ESTIMATORS)}.",
+    )
+  if kl_weight != 1:
+    raise ConfigError(
+      "kl_weight", f"kl_weight = {kl_weight} is for one stochastic layer only; use 1."
+    )
+  if posterior is not posteriors.GAUSSIAN:
+    raise ConfigError(
+      "posterior",
+      f"Two stochastic layers have Gaussian q's only, not the {posterior.name!r} posterior.",
+    )
 
 
 def posterior_noise(
@@ -123,9 +167,10 @@ def posterior_noise(
   batch: int,
   posterior: posteriors.Posterior = posteriors.GAUSSIAN,
 ) -> Array:
-  """eps [L, batch, latent_dim], the posterior family's standardised noise
-  (N(0, I) for the Gaussian) that `make_elbo` draws from `key`."""
-  return posterior.sample_noise(key, (num_samples, batch, model.latent_dim), jnp.result_type(float))
+  """eps [L, batch, noise_dim], the posterior family's standardised noise
+  (N(0, I) for the Gaussian) that `make_elbo` draws from `key` (noise_dim:
+  latent_dim, or J1 + J2 for two stochastic layers)."""
+  return posterior.sample_noise(key, (num_samples, batch, model.noise_dim), jnp.result_type(float))
 
 
 def samples_in_each_pass(num_samples: int, samples_per_pass: int) -> int:

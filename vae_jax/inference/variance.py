@@ -27,14 +27,16 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import stats
 
-from vae_jax.inference.bounds import check_estimator
+from vae_jax.inference.bounds import check_estimator, per_example_bound
 from vae_jax.math import estimators
-from vae_jax.models.functions import check_data, model_functions
+from vae_jax.models.functions import check_data
 from vae_jax.models.vae import VAE
 
 Array = jax.Array
 Params = Any
-PARTS = ("encoder", "decoder")
+# The networks of q (the encoder's part) and of p (the decoder's), of one
+# stochastic layer or two (`vae_jax.models.vae.TwoLayerVAE`).
+PARTS = {"encoder": ("encoder", "top_encoder"), "decoder": ("decoder", "top_decoder")}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,7 +62,7 @@ def make_gradient_moments(model: VAE, *, estimator: str, num_samples: int, num_d
   """Returns a jitted `moments(params, x, key) -> (mean, variance)`.
 
   Per example, over `num_draws` independent draws of eps [L, num_examples,
-  latent]: the mean and unbiased variance of (bound estimate, gradient), each
+  noise_dim]: the mean and unbiased variance of (bound estimate, gradient), each
   a pair (bound [num_examples], gradient pytree with leading [num_examples]).
 
   Args:
@@ -72,15 +74,12 @@ def make_gradient_moments(model: VAE, *, estimator: str, num_samples: int, num_d
   if num_draws < 2:
     raise ValueError(f"num_draws must be >= 2 to estimate a variance, got {num_draws}.")
   check_estimator(estimator, num_samples)
-  encode_fn, log_likelihood_fn = model_functions(model)
-  per_example = estimators.ESTIMATORS[estimator]
+  bound_and_gradient = jax.value_and_grad(per_example_bound(model, estimator))
 
   def moments(params: Params, x: Array, key: Array):
     def draw(draw_key):
-      eps = jax.random.normal(draw_key, (num_samples, x.shape[0], model.latent_dim))
-      return estimators.per_example_gradients(
-        per_example, encode_fn, log_likelihood_fn, params, x, eps
-      )
+      eps = jax.random.normal(draw_key, (num_samples, x.shape[0], model.noise_dim))
+      return estimators.over_batch(bound_and_gradient, params, x, eps)
 
     def welford(carry, draw_key):
       count, mean, m2 = carry
@@ -156,8 +155,11 @@ def summarize(moments: Moments) -> dict[str, float]:
     "seconds_per_gradient": moments.seconds_per_gradient,
   }
   parts = {
-    name: (moments.gradient_mean["params"][name], moments.gradient_variance["params"][name])
-    for name in PARTS
+    part: tuple(
+      [tree["params"][name] for name in modules if name in tree["params"]]
+      for tree in (moments.gradient_mean, moments.gradient_variance)
+    )
+    for part, modules in PARTS.items()
   }
   parts["total"] = (moments.gradient_mean, moments.gradient_variance)
   for name, (mean, variance) in parts.items():

@@ -228,13 +228,27 @@ def _score_function(
   mean, logvar = encode_fn(params, x)
   z = jax.lax.stop_gradient(distributions.reparameterize(mean, logvar, eps))
   log_px_given_z = log_likelihood_over_samples(log_likelihood_fn, params, x, z)
-  log_qz = log_q(mean, logvar, z)
   log_w = _log_weight(log_px_given_z, z, mean, logvar, log_q=log_q)
-  signal = log_w
+  baseline = None
   if use_baseline:
     baseline = _log_weight(log_likelihood_fn(params, x, mean), mean, mean, logvar, log_q=log_q)
-    signal = log_w - baseline
-  score_term = jax.lax.stop_gradient(signal) * log_qz
+  return score_function_surrogate(log_w, log_q(mean, logvar, z), baseline)
+
+
+def score_function_surrogate(log_w: Array, log_q: Array, baseline: Array | None = None) -> Array:
+  """The scalar whose value is mean(log_w) and whose gradient is REINFORCE's.
+
+  Args:
+    log_w: [L] log importance weights at samples z_l that are not
+      differentiated through, as functions of the parameters.
+    log_q: [L] log q(z_l | x) at those samples, a function of q's parameters.
+    baseline: a scalar b that does not depend on the z_l, or None (b = 0).
+
+  The gradient is (1/L) sum_l [grad log w_l + (log w_l - b) grad log q(z_l|x)];
+  b leaves it unbiased since E_q[grad log q] = 0.
+  """
+  signal = log_w if baseline is None else log_w - baseline
+  score_term = jax.lax.stop_gradient(signal) * log_q
   return jnp.mean(log_w + score_term - jax.lax.stop_gradient(score_term))
 
 
@@ -300,7 +314,7 @@ ESTIMATORS: dict[str, PerExampleEstimator] = {
 }
 
 
-def _over_batch(per_example, params: Params, x: Array, eps: Array):
+def over_batch(per_example, params: Params, x: Array, eps: Array):
   """vmaps per_example(params, x_i [data_dim], eps_i [L, latent]) over x
   [batch, data_dim] and eps [L, batch, latent]."""
   chex.assert_rank([x, eps], [2, 3])
@@ -327,7 +341,7 @@ def batch_bound(
   Returns:
     [batch] per-example bound estimates in nats.
   """
-  return _over_batch(
+  return over_batch(
     lambda p, x_i, eps_i: estimator(encode_fn, log_likelihood_fn, p, x_i, eps_i),
     params,
     x,
@@ -353,7 +367,7 @@ def per_example_gradients(
   Returns:
     (bounds [batch], gradients: a pytree like params with a leading [batch]).
   """
-  return _over_batch(
+  return over_batch(
     jax.value_and_grad(
       lambda p, x_i, eps_i: estimator(encode_fn, log_likelihood_fn, p, x_i, eps_i)
     ),

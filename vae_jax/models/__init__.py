@@ -1,4 +1,5 @@
-"""The Flax networks: the paper's VAE (`vae`, App. C) and M2 (`m2`), and the
+"""The Flax networks: the paper's VAE (`vae`, App. C), the IWAE paper's
+TwoLayerVAE, M2 (`m2`), and the
 pure functions of a VAE's parameters (`functions`). Imports `vae_jax.math`.
 """
 
@@ -8,7 +9,16 @@ from vae_jax.models.vae import (
   LIKELIHOODS,
   VAE,
   ModelConfig,
+  TwoLayerVAE,
   make_vae,
 )
 
-__all__ = ["ACTIVATIONS", "INITIALIZATIONS", "LIKELIHOODS", "VAE", "ModelConfig", "make_vae"]
+__all__ = [
+  "ACTIVATIONS",
+  "INITIALIZATIONS",
+  "LIKELIHOODS",
+  "VAE",
+  "ModelConfig",
+  "TwoLayerVAE",
+  "make_vae",
+]

@@ -21,8 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vae_jax.math import distributions, estimators
-from vae_jax.models.vae import VAE
+from vae_jax.math import distributions, estimators, two_layers
+from vae_jax.models.vae import VAE, TwoLayerVAE
 
 Array = jax.Array
 Params = Any
@@ -116,7 +116,8 @@ def decode_mean(model: VAE, params: Params, z: Array) -> Array:
 
 @functools.partial(jax.jit, static_argnames=("model", "num_samples", "mean"))
 def sample(model: VAE, params: Params, key: Array, num_samples: int, *, mean: bool = True) -> Array:
-  """Generates data from the model: z ~ N(0, I), then x given z.
+  """Generates data from the model: z ~ p(z) (N(0, I); with two layers h2 ~
+  N(0, I), then z = h1 ~ p(h1 | h2)), then x given z.
 
   One compiled program per model, num_samples and mean.
 
@@ -130,14 +131,23 @@ def sample(model: VAE, params: Params, key: Array, num_samples: int, *, mean: bo
     [num_samples, data_dim].
   """
   z_key, x_key = jax.random.split(key)
-  z = jax.random.normal(z_key, (num_samples, model.latent_dim))
+  z = model.apply(params, z_key, num_samples, method=type(model).sample_latent)
   if mean:
     return decode_mean(model, params, z)
   return model.apply(params, z, x_key, method=VAE.decode_sample)
 
 
 def kl_divergence(model: VAE, params: Params, x: Array) -> Array:
-  """KL(q_phi(z|x) || N(0, I)) in closed form: x [batch, data_dim] -> [batch] nats."""
+  """KL(q_phi(z|x) || N(0, I)) in closed form: x [batch, data_dim] -> [batch] nats.
+
+  One stochastic layer only: with two, p(h1) is no N(0, I), and
+  KL(q(h1|x) || p(h1)) has no closed form.
+  """
+  if isinstance(model, TwoLayerVAE):
+    raise ValueError(
+      "kl_divergence is KL(q(z|x) || N(0, I)) of a one-layer VAE; a TwoLayerVAE's prior "
+      "p(h1) has no closed-form KL: estimate the bound with make_elbo(model, 'A') instead."
+    )
   mean, logvar = encode(model, params, x)
   return distributions.kl_standard_normal(mean, logvar)
 
@@ -159,3 +169,17 @@ def model_functions(
     return model.apply(params, x, z, method=VAE.log_likelihood)
 
   return encode_fn, log_likelihood_fn
+
+
+def two_layer_functions(model: TwoLayerVAE) -> two_layers.TwoLayerFunctions:
+  """The per-example functions `vae_jax.math.two_layers` works with: q(h1|x),
+  q(h2|h1), p(h1|h2) and log p(x|h1) of one example."""
+  encode_fn, log_likelihood_fn = model_functions(model)
+
+  def top_encode_fn(params: Params, h1: Array) -> tuple[Array, Array]:
+    return model.apply(params, h1, method=TwoLayerVAE.top_encode)
+
+  def top_decode_fn(params: Params, h2: Array) -> tuple[Array, Array]:
+    return model.apply(params, h2, method=TwoLayerVAE.top_decode)
+
+  return two_layers.TwoLayerFunctions(encode_fn, top_encode_fn, top_decode_fn, log_likelihood_fn)

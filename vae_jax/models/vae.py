@@ -33,6 +33,7 @@ INITIALIZATIONS = ("paper", "flax", "glorot")
 LIKELIHOODS = ("bernoulli", "gaussian", "categorical")
 VARIANCE_HEADS = ("logvar", "log_std")
 DECODER_BIASES = ("init", "data_mean")
+STOCHASTIC_LAYERS = (1, 2)
 # The IWAE code clips the training set's mean pixel to this range before
 # taking its logit for the initial output bias (`logits_bias_from_data`).
 DATA_MEAN_CLIP = 0.001
@@ -52,12 +53,12 @@ def check_positive_int(name: str, value: int) -> None:
     raise ConfigError(name, f"{name} must be a positive integer, got {value!r}.")
 
 
-def check_hidden_sizes(hidden_sizes: Sequence[int]) -> None:
-  """Raises a ConfigError unless hidden_sizes is a non-empty sequence of positive ints."""
+def check_hidden_sizes(hidden_sizes: Sequence[int], name: str = "hidden_sizes") -> None:
+  """Raises a ConfigError naming `name` unless hidden_sizes is a non-empty
+  sequence of positive ints."""
   if not hidden_sizes or any(not isinstance(width, int) or width < 1 for width in hidden_sizes):
     raise ConfigError(
-      "hidden_sizes",
-      f"hidden_sizes must be a non-empty sequence of positive integers, got {hidden_sizes!r}.",
+      name, f"{name} must be a non-empty sequence of positive integers, got {hidden_sizes!r}."
     )
 
 
@@ -80,10 +81,16 @@ class ModelConfig:
     sigmoid_mean: Gaussian decoder only: squash the mean into (0, 1).
     encoder_variance: what q's second head outputs, "logvar" (log sigma^2)
       or "log_std" (log sigma, the IWAE code's sigma = exp(linear(h))); see
-      `GaussianEncoder`.
+      `GaussianEncoder`. With two stochastic layers, the head of all three
+      Gaussian networks (q(h1|x), q(h2|h1) and p(h1|h2)), as in the IWAE code.
     decoder_bias: Bernoulli decoder only: the output bias starts as the init
       scheme says ("init") or at the logit of the training set's mean pixel
       ("data_mean", the IWAE code's; `vae_from_config` needs the data then).
+    stochastic_layers: 1 (a `VAE`) or 2 (a `TwoLayerVAE`: latent_dim is then
+      h1's size, the layer next to x, and the top layer h2 has
+      top_latent_dim units, reached from h1 through top_hidden_sizes).
+    top_latent_dim, top_hidden_sizes: two stochastic layers only; the IWAE
+      paper's 50 and (100, 100).
   """
 
   latent_dim: int = 20
@@ -96,11 +103,18 @@ class ModelConfig:
   sigmoid_mean: bool = True
   encoder_variance: str = "logvar"
   decoder_bias: str = "init"
+  stochastic_layers: int = 1
+  top_latent_dim: int = 50
+  top_hidden_sizes: tuple[int, ...] = (100, 100)
 
   def __post_init__(self):
     check_positive_int("latent_dim", self.latent_dim)
     check_hidden_sizes(self.hidden_sizes)
     object.__setattr__(self, "hidden_sizes", tuple(self.hidden_sizes))
+    check_choice("stochastic_layers", self.stochastic_layers, STOCHASTIC_LAYERS)
+    check_positive_int("top_latent_dim", self.top_latent_dim)
+    check_hidden_sizes(self.top_hidden_sizes, "top_hidden_sizes")
+    object.__setattr__(self, "top_hidden_sizes", tuple(self.top_hidden_sizes))
     check_choice("likelihood", self.likelihood, LIKELIHOODS)
     check_choice("activation", self.activation, tuple(ACTIVATIONS))
     check_choice("init", self.init, INITIALIZATIONS)
@@ -343,9 +357,18 @@ class VAE(nn.Module):
   def likelihood(self) -> str:
     return self.decoder.likelihood
 
+  @property
+  def noise_dim(self) -> int:
+    """The standard-normal coordinates that draw one sample of z from q."""
+    return self.latent_dim
+
   def __call__(self, x: Array) -> Array:
     mean, _ = self.encode(x)
     return self.decoder(mean)
+
+  def sample_latent(self, key: Array, num_samples: int) -> Array:
+    """z ~ p(z) = N(0, I): [num_samples, latent_dim]."""
+    return jax.random.normal(key, (num_samples, self.latent_dim))
 
   def encode(self, x: Array) -> tuple[Array, Array]:
     """x [..., data_dim] -> (mean, logvar) of q(z|x), each [..., latent_dim]."""
@@ -369,6 +392,52 @@ class VAE(nn.Module):
   def decode_sample(self, z: Array, key: Array) -> Array:
     """x ~ p_theta(x | z): z [..., latent_dim] -> [..., data_dim]."""
     return self.decoder.sample(z, key)
+
+
+class TwoLayerVAE(VAE):
+  """The IWAE paper's model with two stochastic layers (its Sec. 5):
+  p(h2) = N(0, I), p(h1 | h2) and p(x | h1); q(h1 | x) and q(h2 | h1).
+
+  `encoder` is q(h1 | x) and `decoder` p(x | h1), so every method of `VAE`
+  keeps its meaning with z = h1, the latent layer next to x (latent_dim is
+  h1's size); `top_encoder` is q(h2 | h1) and `top_decoder` p(h1 | h2), a
+  Gaussian MLP as q's are. Only the prior differs: p(h1) is the marginal of
+  p(h1 | h2) p(h2), which `sample_latent` draws from. The bounds are in
+  `vae_jax.math.two_layers`.
+  """
+
+  top_encoder: GaussianEncoder
+  top_decoder: GaussianEncoder
+
+  @property
+  def top_latent_dim(self) -> int:
+    return self.top_encoder.latent_dim
+
+  @property
+  def noise_dim(self) -> int:
+    """J1 + J2: the first J1 coordinates draw h1, the rest h2."""
+    return self.latent_dim + self.top_latent_dim
+
+  def __call__(self, x: Array) -> Array:
+    h1, _ = self.encode(x)
+    self.top_decode(self.top_encode(h1)[0])
+    return self.decoder(h1)
+
+  def top_encode(self, h1: Array) -> tuple[Array, Array]:
+    """q(h2 | h1): h1 [..., J1] -> (mean, logvar), each [..., J2]."""
+    return self.top_encoder(h1)
+
+  def top_decode(self, h2: Array) -> tuple[Array, Array]:
+    """p(h1 | h2): h2 [..., J2] -> (mean, logvar), each [..., J1]."""
+    return self.top_decoder(h2)
+
+  def sample_latent(self, key: Array, num_samples: int) -> Array:
+    """h1 ~ p(h1): h2 ~ N(0, I), then h1 ~ p(h1 | h2), as the IWAE code draws
+    its samples: [num_samples, latent_dim]."""
+    top_key, key = jax.random.split(key)
+    h2 = jax.random.normal(top_key, (num_samples, self.top_latent_dim))
+    mean, logvar = self.top_decode(h2)
+    return distributions.reparameterize(mean, logvar, jax.random.normal(key, mean.shape))
 
 
 def make_vae(
@@ -400,8 +469,9 @@ def logits_bias_from_data(train_data: np.ndarray) -> tuple[float, ...]:
 def vae_from_config(
   data_dim: int, config: ModelConfig, train_data: np.ndarray | None = None
 ) -> VAE:
-  """The VAE that `config` describes, for examples of `data_dim` values;
-  `train_data` [N, data_dim] is needed for `decoder_bias="data_mean"` only."""
+  """The VAE (a `TwoLayerVAE` for config.stochastic_layers = 2) that `config`
+  describes, for examples of `data_dim` values; `train_data` [N, data_dim] is
+  needed for `decoder_bias="data_mean"` only."""
   check_positive_int("data_dim", data_dim)
   mlp = dict(
     hidden_sizes=config.hidden_sizes, activation=config.activation, init_scheme=config.init
@@ -428,4 +498,17 @@ def vae_from_config(
     )
   else:
     decoder = CategoricalDecoder(data_dim=data_dim, num_categories=config.num_categories, **mlp)
-  return VAE(encoder=encoder, decoder=decoder)
+  if config.stochastic_layers == 1:
+    return VAE(encoder=encoder, decoder=decoder)
+  top_mlp = dict(mlp, hidden_sizes=config.top_hidden_sizes)
+  return TwoLayerVAE(
+    encoder=encoder,
+    decoder=decoder,
+    top_encoder=GaussianEncoder(
+      latent_dim=config.top_latent_dim, variance_head=config.encoder_variance, **top_mlp
+    ),
+    # p(h1 | h2) has q's form: the IWAE code builds all three from one class.
+    top_decoder=GaussianEncoder(
+      latent_dim=config.latent_dim, variance_head=config.encoder_variance, **top_mlp
+    ),
+  )
