@@ -63,6 +63,20 @@ flags.DEFINE_integer("latent_dim", 20, "Latent dimensions J.")
 flags.DEFINE_list(
   "hidden_sizes", ["500"], "Hidden layer widths of encoder and decoder, comma-separated."
 )
+flags.DEFINE_integer(
+  "stochastic_layers",
+  1,
+  "1: the VAE; 2: the IWAE paper's two stochastic layers, h1 of --latent_dim units next "
+  "to x and h2 of --top_latent_dim units above it (vae_jax.TwoLayerVAE).",
+)
+flags.DEFINE_integer(
+  "top_latent_dim", 50, "--stochastic_layers=2: units of the top layer h2 (the IWAE paper: 50)."
+)
+flags.DEFINE_list(
+  "top_hidden_sizes",
+  ["100", "100"],
+  "--stochastic_layers=2: hidden widths of q(h2|h1) and p(h1|h2) (the IWAE paper: 100,100).",
+)
 flags.DEFINE_enum("activation", "tanh", list(vae_models.ACTIVATIONS), "Hidden-layer activation.")
 flags.DEFINE_enum(
   "likelihood",
@@ -304,6 +318,9 @@ def _model_config(fv: flags.FlagValues, spec: data.DatasetSpec) -> vae_models.Mo
     min_variance=fv.min_variance,
     encoder_variance=fv.encoder_variance,
     decoder_bias=fv.decoder_bias,
+    stochastic_layers=fv.stochastic_layers,
+    top_latent_dim=fv.top_latent_dim,
+    top_hidden_sizes=_parse_list("top_hidden_sizes", fv.top_hidden_sizes, int),
   )
 
 

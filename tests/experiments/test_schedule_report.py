@@ -87,14 +87,26 @@ def test_a_directory_that_is_no_run_stops_with_one_line(tmp_path):
   )
 
 
-def test_the_iwae_presets_follow_the_schedule_and_the_iwae_codes_choices():
-  from experiments import config_flags
+def test_the_iwae_presets_train_their_cells_on_the_schedule_with_the_iwae_codes_choices():
+  from experiments import config_flags, iwae_table1
   from vae_jax.training import iwae_stage_ends
 
-  for row in ("vae", "iwae5", "iwae50"):
+  for cell in iwae_table1.PUBLISHED:
     config = config_flags.preset_config(
-      str(REPO / f"experiments/configs/iwae_table1_{row}.flags"), ["x"]
+      str(REPO / f"experiments/configs/{cell.preset}.flags"), ["x"]
     )
+    estimator = "iwae" if cell.objective == "IWAE" and cell.k > 1 else "A"
+    assert (config.train.estimator, config.train.num_samples) == (estimator, cell.k)
+    model = config.model
+    assert (model.stochastic_layers, model.hidden_sizes) == (cell.layers, (200, 200))
+    if cell.layers == 2:
+      assert (model.latent_dim, model.top_latent_dim, model.top_hidden_sizes) == (
+        100,
+        50,
+        (100, 100),
+      )
+    else:
+      assert model.latent_dim == 50
     assert config.run.num_epochs == iwae_stage_ends()[-1] == 3280
     assert config.run.log_likelihood_epochs == tuple(iwae_stage_ends()[:-1])
     assert config.run.log_likelihood_samples == 5000

@@ -65,6 +65,39 @@ def test_runner_takes_the_iwae_codes_variance_head_and_output_bias(tmp_path):
   )
 
 
+def test_two_stochastic_layers_train_score_sample_and_guard_their_settings(tmp_path):
+  workdir = tmp_path / "run"
+  two_layers = ["--stochastic_layers=2", "--top_latent_dim=3", "--top_hidden_sizes=16"]
+  result = _train(
+    *DIGITS_FLAGS,
+    *two_layers,
+    "--estimator=iwae",
+    "--num_samples=2",
+    "--num_epochs=2",
+    "--log_likelihood_samples=20",
+    f"--workdir={workdir}",
+  )
+  settings = json.loads((workdir / "run_config.json").read_text())
+  assert settings["top_encoder"]["latent_dim"] == 3
+  assert settings["top_decoder"]["latent_dim"] == 2  # p(h1 | h2) outputs h1
+  final = read_metrics(workdir / "metrics.jsonl")[-1]
+  assert final["epoch"] == 2 and final["test_log_likelihood"] >= final["test_bound"] - 1.0
+  assert (workdir / "samples.png").exists() and (workdir / "reconstructions.png").exists()
+  assert "manifold.png" in result.stderr  # h1 is 2-D: the manifold of p(x | h1)
+
+  one_layer = _train(
+    *DIGITS_FLAGS,
+    "--estimator=iwae",
+    "--num_samples=2",
+    "--num_epochs=2",
+    f"--workdir={workdir}",
+    check=False,
+  )
+  assert one_layer.returncode != 0
+  assert "holds a run with other settings" in one_layer.stderr
+  assert "top_encoder.latent_dim: saved 3, now None" in one_layer.stderr
+
+
 def test_runner_on_digits_writes_its_files_and_resumes_as_a_no_op(tmp_path):
   workdir = tmp_path / "run"
   result = _train(*DIGITS_FLAGS, "--num_epochs=4", "--eval_every=2", f"--workdir={workdir}")
@@ -218,6 +251,15 @@ def test_sigkilled_run_resumes_to_the_same_parameters_as_an_uninterrupted_one(tm
       ["--num_devices=2"],
       "FATAL: --num_devices: num_devices=2 exceeds the 1 devices (1 processes)",
     ),
+    (
+      ["--stochastic_layers=2", "--estimator=B"],
+      "FATAL: --estimator: Estimator 'B' needs KL(q(z|x) || p(z)) in closed form",
+    ),
+    (
+      ["--stochastic_layers=2", "--algorithm=wake_sleep", "--estimator=A"],
+      "FATAL: --algorithm: algorithm='wake_sleep' is written for one stochastic layer",
+    ),
+    (["--stochastic_layers=3"], "FATAL: --stochastic_layers: Unknown stochastic_layers 3"),
     # Settings that cannot fit are refused before the run directory is written.
     (["--num_samples=100000"], "needs about"),
     # A DataError as one FATAL line (the TFDS errors themselves: tests/data).

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import jax
 
+from vae_jax.errors import ConfigError
 from vae_jax.inference import bounds, wake_sleep
 from vae_jax.math import estimators
-from vae_jax.models.vae import VAE
+from vae_jax.models.vae import VAE, TwoLayerVAE
 from vae_jax.training.state import Params, TrainConfig
 
 Array = jax.Array
@@ -17,7 +18,14 @@ Array = jax.Array
 def training_objective(model: VAE, config: TrainConfig) -> bounds.ElboFn | None:
   """The per-example objective ascended when it is not the reported bound:
   wake-sleep's surrogate, the autoencoder's reconstruction or the
-  beta-weighted objective; None otherwise."""
+  beta-weighted objective; None otherwise. Two stochastic layers train by
+  AEVB only: wake-sleep and the autoencoder are written for one."""
+  if isinstance(model, TwoLayerVAE) and config.algorithm != "aevb":
+    raise ConfigError(
+      "algorithm",
+      f"algorithm={config.algorithm!r} is written for one stochastic layer; "
+      "train a TwoLayerVAE with algorithm='aevb'.",
+    )
   if config.algorithm == "wake_sleep":
     return wake_sleep.make_wake_sleep_objective(model, config.num_samples)
   if config.algorithm == "autoencoder":

@@ -19,7 +19,7 @@ import numpy as np
 
 from vae_jax.errors import ConfigError
 from vae_jax.models.functions import check_data
-from vae_jax.models.vae import VAE
+from vae_jax.models.vae import VAE, TwoLayerVAE
 from vae_jax.training import evaluation, memory, parallel
 from vae_jax.training.epoch import make_train_epoch
 from vae_jax.training.loop import Hook, LoopPlan
@@ -123,10 +123,15 @@ def describe(
   num_runs: int = 1,
   learning_rates: tuple[float, ...] = (),
 ) -> dict[str, Any]:
-  """The settings that define a VAE run, as they read back from JSON."""
+  """The settings that define a VAE run, as they read back from JSON (a
+  `TwoLayerVAE`'s with its top_encoder and top_decoder)."""
+  top_layer = {}
+  if isinstance(model, TwoLayerVAE):
+    top_layer = {"top_encoder": model.top_encoder, "top_decoder": model.top_decoder}
   settings = describe_parts(
     encoder=model.encoder,
     decoder=model.decoder,
+    **top_layer,
     likelihood=model.likelihood,
     train=config,
     seed=seed,
