@@ -8,8 +8,8 @@ and writes
     log-likelihood estimates against epochs on a log axis, with --published
     drawn as a line;
   to standard output: a markdown table, one row per stage reached, of its
-    learning rate, its training time (evaluation excluded) and the bounds and
-    log-likelihood after it.
+    learning rate, its training time (evaluation excluded) and the bounds,
+    log-likelihood and active units (h1/h2 with two stochastic layers) after it.
 A run still training reports the stages it has finished and where it stands.
 
 Example (the IWAE paper's VAE row, Table 1):
@@ -71,9 +71,10 @@ def main(argv):
         "train bound",
         "test bound",
         "test log-likelihood",
+        "active units",
       ],
       tables.iwae_stage_rows(records, train["learning_rate"]),
-      [True, False, True, True, True, True, True],
+      [True, False, True, True, True, True, True, True],
     )
   )
   print(f"Wrote {figure}")

@@ -109,7 +109,7 @@ def iwae_stage_rows(records: Sequence[Mapping[str, Any]], learning_rate: float) 
   stage by stage: one row per stage whose last epoch has a record, then one
   for an unfinished stage's latest record. Each row: the stage, its epochs,
   its rate, its training seconds (evaluation excluded) and the train and
-  test bounds and test log-likelihood after it."""
+  test bounds, test log-likelihood and active units after it."""
   rate_at_epoch = iwae_learning_rate(learning_rate, steps_per_epoch=1)
   by_epoch = {r["epoch"]: r for r in records}
   rows, first_epoch, seconds_before = [], 1, 0.0
@@ -129,9 +129,20 @@ def iwae_stage_rows(records: Sequence[Mapping[str, Any]], learning_rate: float) 
           f"{record[key]:.2f}" if record.get(key) is not None else ""
           for key in ("train_bound", "test_bound", "test_log_likelihood")
         ),
+        active_units_cell(record),
       ]
     )
     if note:
       break
     first_epoch, seconds_before = last_epoch + 1, record["seconds"]
   return rows
+
+
+def active_units_cell(record: Mapping[str, Any]) -> str:
+  """A record's active units per stochastic layer, h1 first: "19" or "19/5";
+  "" for a record without them."""
+  counts, layer = [], 1
+  while record.get(f"active_units_layer{layer}") is not None:
+    counts.append(f"{record[f'active_units_layer{layer}']:g}")
+    layer += 1
+  return "/".join(counts)

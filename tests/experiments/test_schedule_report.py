@@ -21,6 +21,11 @@ def _records(epochs, log_likelihood_at=()):
       "train_bound": -100.0 + epoch,
       "test_bound": -101.0 + epoch,
       **({"test_log_likelihood": -95.0 + epoch} if epoch in log_likelihood_at else {}),
+      **(
+        {"active_units_layer1": 20 + epoch, "active_units_layer2": 5}
+        if epoch in log_likelihood_at
+        else {}
+      ),
     }
     for epoch in epochs
   ]
@@ -34,8 +39,8 @@ def test_iwae_stage_rows_time_each_finished_stage_and_the_one_in_progress():
     [2, "5-13", "5.18e-04", "18"],
     [3, "14-20 (so far)", "3.73e-04", "14"],
   ]
-  assert rows[2][4:] == ["-87.00", "-88.00", "-82.00"]
-  assert rows[3][6] == ""  # no estimate in the unfinished stage
+  assert rows[2][4:] == ["-87.00", "-88.00", "-82.00", "33/5"]
+  assert rows[3][6:] == ["", ""]  # no estimate in the unfinished stage
 
 
 def _workdir(tmp_path, schedule, records):

@@ -82,6 +82,7 @@ def test_two_stochastic_layers_train_score_sample_and_guard_their_settings(tmp_p
   assert settings["top_decoder"]["latent_dim"] == 2  # p(h1 | h2) outputs h1
   final = read_metrics(workdir / "metrics.jsonl")[-1]
   assert final["epoch"] == 2 and final["test_log_likelihood"] >= final["test_bound"] - 1.0
+  assert 0 <= final["active_units_layer1"] <= 2 and 0 <= final["active_units_layer2"] <= 3
   assert (workdir / "samples.png").exists() and (workdir / "reconstructions.png").exists()
   assert "manifold.png" in result.stderr  # h1 is 2-D: the manifold of p(x | h1)
 

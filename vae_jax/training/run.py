@@ -18,6 +18,7 @@ import jax
 import numpy as np
 
 from vae_jax.errors import ConfigError
+from vae_jax.inference import active_units
 from vae_jax.models.functions import check_data
 from vae_jax.models.vae import VAE, TwoLayerVAE
 from vae_jax.training import evaluation, memory, parallel
@@ -222,13 +223,36 @@ def _memory_checks(run, state, bound, log_likelihood, eval_sets) -> dict[str, me
   return checks
 
 
+def _active_unit_counts(model: VAE, run: RunConfig, train_set: jax.Array) -> Callable[..., Any]:
+  """`counts(params) -> [layers, runs]`: each run's active units per
+  stochastic layer (`vae_jax.inference.active_units`) over the training set
+  as the evaluation binarises it."""
+  activities = active_units.make_unit_activities(model)
+  key = jax.random.key(run.seed + 2)
+
+  def counts(params: Any) -> np.ndarray:
+    if run.multi_run:
+      per_run = [jax.tree.map(lambda leaf, i=i: leaf[i], params) for i in range(len(run.runs))]
+    else:
+      per_run = [params]
+    return np.array([active_units.count_active(activities(p, train_set, key)) for p in per_run]).T
+
+  return counts
+
+
 def _make_evaluate(
-  bound: Any, log_likelihood: Any, run: RunConfig, eval_sets: dict[str, jax.Array]
+  bound: Any,
+  log_likelihood: Any,
+  count_active_units: Callable[..., np.ndarray],
+  run: RunConfig,
+  eval_sets: dict[str, jax.Array],
 ) -> Callable[..., dict[str, float]]:
   """The loop's `evaluate`: `bound` on every evaluation set (means over the
   runs, and with several runs each run's as "<name>_run<i>"), the mean
-  per-step bound of the epochs trained since the last evaluation, and the
-  k-sample test log-likelihood where `run.estimates_log_likelihood_at`."""
+  per-step bound of the epochs trained since the last evaluation, the
+  k-sample test log-likelihood where `run.estimates_log_likelihood_at`, and
+  the active units of each stochastic layer ("active_units_layer<l>") after
+  the last epoch and the `log_likelihood_epochs`."""
   eval_key = jax.random.key(run.seed + 1)
 
   def evaluate(state, epoch, outputs):
@@ -248,6 +272,9 @@ def _make_evaluate(
       )
     if run.estimates_log_likelihood_at(epoch):
       record("test_log_likelihood", log_likelihood(state.params, eval_sets["test"], eval_key))
+    if epoch == run.num_epochs or epoch in run.log_likelihood_epochs:
+      for layer, counts in enumerate(count_active_units(state.params), 1):
+        record(f"active_units_layer{layer}", counts[:, None])
     return scores
 
   return evaluate
@@ -322,7 +349,9 @@ def train_and_evaluate(
     state,
     train_epoch,
     (train_data,),
-    _make_evaluate(bound, log_likelihood, run, eval_sets),
+    _make_evaluate(
+      bound, log_likelihood, _active_unit_counts(model, run, eval_sets["train"]), run, eval_sets
+    ),
     plan,
     hooks=hooks,
     keep_checkpoints=run.keep_checkpoints,
