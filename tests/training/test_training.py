@@ -12,6 +12,7 @@ import pytest
 import vae_jax
 from vae_jax.data import binarize
 from vae_jax.inference import wake_sleep
+from vae_jax.inference.bounds import CPU_ROWS_PER_PASS
 from vae_jax.math import estimators
 from vae_jax.training import epoch as epoch_module
 from vae_jax.training.epoch import (
@@ -22,12 +23,7 @@ from vae_jax.training.epoch import (
   plan_epoch,
   steps_per_chunk,
 )
-from vae_jax.training.evaluation import (
-  CPU_ROWS_PER_PASS,
-  make_evaluate,
-  map_in_batches,
-  mean_nats,
-)
+from vae_jax.training.evaluation import make_evaluate, map_in_batches, mean_nats
 from vae_jax.training.state import (
   TrainConfig,
   init_train_state,
@@ -252,6 +248,20 @@ def test_the_log_likelihood_estimate_holds_at_most_rows_per_pass_per_pass(
     lambda x, k: estimate(state.params, x, k), (data,), key, examples_per_batch
   )
   np.testing.assert_allclose(evaluate(state.params, data, key), by_hand, rtol=1e-6)
+
+
+def test_the_public_estimate_takes_the_runners_passes_and_equals_its_evaluation():
+  """On a whole data set the public estimate cuts the batch as the runner's
+  evaluation does (5 examples a pass at rows_per_pass 100 and 20 samples a
+  pass) and returns the same numbers for the same key."""
+  model, _, state, data = _setup()
+  key = jax.random.key(6)
+  public = vae_jax.make_log_likelihood_estimate(model, 40, 20, rows_per_pass=100)
+  one_pass_for_all = vae_jax.make_log_likelihood_estimate(model, 40, 20, rows_per_pass=10**6)
+  evaluate = make_evaluate(model, "iwae", 40, samples_per_pass=20, rows_per_pass=100)
+  by_hand = map_in_batches(lambda x, k: one_pass_for_all(state.params, x, k), (data,), key, 5)
+  np.testing.assert_array_equal(public(state.params, data, key), by_hand)
+  np.testing.assert_array_equal(evaluate(state.params, data, key), by_hand)
 
 
 @pytest.mark.parametrize(

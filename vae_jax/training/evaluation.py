@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from vae_jax.data.transforms import binarize
 from vae_jax.inference import bounds
+from vae_jax.inference.bounds import map_in_batches
 from vae_jax.math import posteriors
 from vae_jax.models.vae import VAE
 
@@ -21,11 +20,6 @@ Params = Any
 # The evaluation data of a dynamically binarised set is binarised once, with
 # this fixed key, so that runs with different seeds are scored on the same bits.
 EVAL_BINARIZATION_SEED = 0
-# On a CPU the importance-sampled estimate runs fastest when one pass's
-# decoder outputs, [examples x samples, data_dim], stay in cache: passes of
-# 1,000 rows ran 17% faster than passes of 10,000 on the 2-core machine
-# (BUILD.md). An accelerator wants the opposite, as many rows as fit.
-CPU_ROWS_PER_PASS = 1000
 
 
 def make_evaluate(
@@ -50,19 +44,20 @@ def make_evaluate(
   `samples_per_pass` at a time so that k = 5000 fits in memory, for at
   most `rows_per_pass` (example, sample) pairs per pass: the batch shrinks
   to rows_per_pass // (samples per pass) examples (at least 1). Its default
-  is CPU_ROWS_PER_PASS on a CPU and no limit on an accelerator. The batch,
+  is `bounds.CPU_ROWS_PER_PASS` on a CPU and no limit on an accelerator, as
+  for the public estimate, which on the same data and key it equals. The batch,
   and so the key each example's samples are drawn from, depends on it:
   with a fixed key the estimate is deterministic for given settings. With
   `multi_run`, params have a leading [num_runs] axis and so does the
   result. `posterior` is the family of q(z|x).
   """
   if estimator == "iwae":
-    bound = bounds.make_log_likelihood_estimate(model, num_samples, samples_per_pass, posterior)
-    if rows_per_pass is None and jax.default_backend() == "cpu":
-      rows_per_pass = CPU_ROWS_PER_PASS
-    if rows_per_pass is not None:
-      per_pass = bounds.samples_in_each_pass(num_samples, samples_per_pass)
-      batch_size = min(batch_size, max(1, rows_per_pass // per_pass))
+    bound = bounds.make_log_likelihood_estimate(
+      model, num_samples, samples_per_pass, posterior, rows_per_pass
+    )
+    examples_per_pass = bounds.examples_per_pass(num_samples, samples_per_pass, rows_per_pass)
+    if examples_per_pass is not None:
+      batch_size = min(batch_size, examples_per_pass)
   else:
     bound = bounds.make_elbo(model, estimator, num_samples, posterior=posterior)
 
@@ -72,31 +67,6 @@ def make_evaluate(
   if multi_run:
     evaluate = jax.vmap(evaluate, in_axes=(0, None, None))
   return jax.jit(evaluate)
-
-
-def map_in_batches(
-  fn: Callable[..., Any], arrays: tuple[Array, ...], key: Array, batch_size: int
-) -> Any:
-  """fn(*batches, key) over `arrays` [N, ...] in batches of `batch_size` rows,
-  one `lax.map` (so one compiled loop, not N / batch_size programs).
-
-  fn maps batches [size, ...] and a key to a pytree of [size, ...] arrays;
-  the result is that pytree for all N rows. The arrays are padded to whole
-  batches by repeating their first rows (so every input stays valid) and the
-  padding's outputs dropped; each batch gets its own key from `key`.
-  """
-  num_examples = arrays[0].shape[0]
-  size = min(batch_size, num_examples)
-  num_batches = math.ceil(num_examples / size)
-  padding = num_batches * size - num_examples
-
-  def batched(a: Array) -> Array:
-    padded = jnp.concatenate([a, a[:padding]]) if padding else a
-    return padded.reshape(num_batches, size, *a.shape[1:])
-
-  keys = jax.random.split(key, num_batches)
-  outputs = jax.lax.map(lambda inputs: fn(*inputs), (*map(batched, arrays), keys))
-  return jax.tree.map(lambda o: o.reshape(-1, *o.shape[2:])[:num_examples], outputs)
 
 
 def mean_nats(bounds: Array) -> np.ndarray:
