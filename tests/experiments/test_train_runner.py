@@ -305,13 +305,18 @@ def test_a_diverging_run_ends_with_one_fatal_line_and_resumes_with_a_lower_rate(
   assert [r["epoch"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [0, 1]
 
 
-def test_estimator_variance_runner_at_toy_size(tmp_path):
+@pytest.mark.parametrize(
+  "model_flags",
+  [[], ["--stochastic_layers=2", "--top_latent_dim=2", "--top_hidden_sizes=8", "--estimator=A"]],
+)
+def test_estimator_variance_runner_at_toy_size(tmp_path, model_flags):
   result = subprocess.run(
     [
       sys.executable,
       "-m",
       "experiments.estimator_variance",
       *DIGITS_FLAGS,
+      *model_flags,
       f"--workdir={tmp_path}",
       "--stages=0,1500",
       "--estimators=score",
