@@ -50,6 +50,12 @@ _MACHINE = flags.DEFINE_string(
 _OUT = flags.DEFINE_string("out", "docs/results/runs", "Where --record writes its summary.")
 _SUMMARIES = flags.DEFINE_string("summaries", None, "A folder of summaries to tabulate.")
 _CSV = flags.DEFINE_string("csv", "docs/results/iwae_table1.csv", "The CSV --summaries writes.")
+_COST_CSV = flags.DEFINE_string(
+  "cost_csv",
+  "docs/results/iwae_table1_cost.csv",
+  "experiments.iwae_table1_cost's table: the markdown marks a cell not run with its cost "
+  "(ignored if the file does not exist).",
+)
 
 
 class PublishedCell(NamedTuple):
@@ -226,19 +232,38 @@ def _ours_cell(summaries: Sequence[Mapping[str, Any]]) -> str:
   return f"{mean:.2f}" + (f" ({', '.join(notes)})" if notes else "")
 
 
-def table1_markdown(summaries: Sequence[Mapping[str, Any]]) -> str:
+def read_costs(path: str) -> dict[str, float]:
+  """preset -> hours of its whole cell, from experiments.iwae_table1_cost's
+  CSV; empty if the file does not exist."""
+  if not os.path.exists(path):
+    return {}
+  with open(path, encoding="utf-8") as f:
+    return {row["preset"]: float(row["hours"]) for row in csv.DictReader(f)}
+
+
+def table1_markdown(
+  summaries: Sequence[Mapping[str, Any]], costs: Mapping[str, float] | None = None
+) -> str:
   """Table 1 as the paper lays it out: one row per objective and k, columns
-  published and ours for 1 and then 2 stochastic layers (nats)."""
+  published and ours for 1 and then 2 stochastic layers (nats); a cell not
+  run shows its preset's cost in `costs` (preset -> hours), if given."""
   by_cell = _summaries_by_cell(summaries)
-  published = {cell[:3]: cell.test_log_likelihood for cell in PUBLISHED}
+  cells = {cell[:3]: cell for cell in PUBLISHED}
+
+  def ours(cell: PublishedCell) -> str:
+    value = _ours_cell(by_cell[cell[:3]])
+    if not value and costs and cell.preset in costs:
+      return f"not run ({costs[cell.preset]:.1f} h here)"
+    return value
+
   rows = [
     [objective, k]
     + [
-      cell
+      text
       for layers in (1, 2)
-      for cell in (
-        f"{published[(layers, objective, k)]:.2f}",
-        _ours_cell(by_cell[(layers, objective, k)]),
+      for text in (
+        f"{cells[(layers, objective, k)].test_log_likelihood:.2f}",
+        ours(cells[(layers, objective, k)]),
       )
     ]
     for objective in ("VAE", "IWAE")
@@ -266,7 +291,7 @@ def main(argv):
     return
   summaries = read_summaries(_SUMMARIES.value)
   write_csv(_CSV.value, csv_rows(summaries))
-  print(table1_markdown(summaries))
+  print(table1_markdown(summaries, read_costs(_COST_CSV.value)))
   print(f"Wrote {_CSV.value}")
 
 

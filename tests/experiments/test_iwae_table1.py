@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from experiments import iwae_table1
@@ -129,6 +130,8 @@ def test_the_markdown_lays_out_table1_with_means_and_unfinished_epochs():
   assert table[5] == "| IWAE | 1 | -86.76 | -86.33 (-86.23, -86.42) | -85.33 |  |"
   assert table[6] == "| IWAE | 5 | -85.54 | -88.10 (epoch 364) | -83.89 |  |"
   assert table[7] == "| IWAE | 50 | -84.78 |  | -82.90 | -83.50 (-83.00, -84.00 at epoch 1093) |"
+  with_costs = iwae_table1.table1_markdown([], {"iwae_table1_iwae50": 40.04}).splitlines()
+  assert with_costs[7] == "| IWAE | 50 | -84.78 | not run (40.0 h here) | -82.90 |  |"
 
 
 def _runner(*flags):
@@ -186,3 +189,51 @@ def test_a_directory_that_is_no_run_stops_with_one_line(tmp_path):
   assert done.stderr.strip() == (
     f"FATAL: No such file or directory: {tmp_path}/run_config.json; is --record a run?"
   )
+
+
+def test_the_cost_of_each_cell_is_its_parts_on_the_schedule(tmp_path):
+  """experiments.iwae_table1_cost on a stand-in for MNIST (random binary
+  images of its sizes as an array file), timed on small slices: one row per
+  preset asked for (here one), and each cell's
+  hours are 3280 epochs, the runner's 334 evaluations (every 10th epoch and
+  the stage ends) and 8 k = 5000 estimates of the seconds it measured."""
+  rng = np.random.default_rng(0)
+  arrays = {"name": np.array("mnist")}
+  for split, size in (("train", 60000), ("test", 10000)):
+    arrays[split] = (rng.random((size, 784)) < 0.1).astype(np.uint8) * 255
+    arrays[f"{split}_labels"] = rng.integers(0, 10, size)
+  np.savez_compressed(tmp_path / "mnist.npz", **arrays)
+  cost_csv = tmp_path / "cost.csv"
+  presets = ["iwae_table1_two_layers_iwae5"]
+  done = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "experiments.iwae_table1_cost",
+      f"--arrays_dir={tmp_path}",
+      f"--presets={','.join(presets)}",
+      "--epoch_fraction=100",
+      "--eval_examples=50",
+      "--estimate_examples=2",
+      f"--cost_csv={cost_csv}",
+      "--machine=test host",
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    check=False,
+  )
+  assert done.returncode == 0, done.stderr[-2000:]
+  with open(cost_csv, encoding="utf-8") as f:
+    rows = list(csv.DictReader(f))
+  assert [(r["preset"], r["layers"], r["k"], r["objectives"]) for r in rows] == [
+    ("iwae_table1_two_layers_iwae5", "2", "5", "IWAE k=5")
+  ]
+  assert rows[0]["machine"] == "test host"
+  for row in rows:
+    parts = [float(row[c]) for c in ("epoch_seconds", "evaluation_seconds", "estimate_seconds")]
+    assert all(p > 0 for p in parts)
+    expected = (3280 * parts[0] + 334 * parts[1] + 8 * parts[2]) / 3600
+    assert abs(float(row["hours"]) - expected) < 0.01 + 1e-3 * expected
+  assert iwae_table1.read_costs(str(cost_csv)).keys() == set(presets)
+  assert "| iwae_table1_two_layers_iwae5 | IWAE k=5 |" in done.stdout
