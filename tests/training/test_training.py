@@ -250,6 +250,16 @@ def test_the_log_likelihood_estimate_holds_at_most_rows_per_pass_per_pass(
   np.testing.assert_allclose(evaluate(state.params, data, key), by_hand, rtol=1e-6)
 
 
+def test_the_bound_of_l_samples_is_evaluated_in_passes_of_rows_per_pass():
+  """Estimator A at L = 10 with rows_per_pass 30: batches of 3 examples."""
+  model, _, state, data = _setup()
+  key = jax.random.key(7)
+  evaluate = make_evaluate(model, "A", 10, rows_per_pass=30)
+  elbo = vae_jax.make_elbo(model, "A", 10)
+  by_hand = map_in_batches(lambda x, k: elbo(state.params, x, k), (data,), key, 3)
+  np.testing.assert_array_equal(evaluate(state.params, data, key), by_hand)
+
+
 def test_the_public_estimate_takes_the_runners_passes_and_equals_its_evaluation():
   """On a whole data set the public estimate cuts the batch as the runner's
   evaluation does (5 examples a pass at rows_per_pass 100 and 20 samples a

@@ -41,13 +41,15 @@ def make_evaluate(
 
   estimator "iwae" gives the importance-sampled log-likelihood estimate with
   k = `num_samples` (`api.make_log_likelihood_estimate`), drawn
-  `samples_per_pass` at a time so that k = 5000 fits in memory, for at
-  most `rows_per_pass` (example, sample) pairs per pass: the batch shrinks
-  to rows_per_pass // (samples per pass) examples (at least 1). Its default
-  is `bounds.CPU_ROWS_PER_PASS` on a CPU and no limit on an accelerator, as
-  for the public estimate, which on the same data and key it equals. The batch,
-  and so the key each example's samples are drawn from, depends on it:
-  with a fixed key the estimate is deterministic for given settings. With
+  `samples_per_pass` at a time so that k = 5000 fits in memory; the other
+  estimators draw their L samples in one pass. A pass holds at most
+  `rows_per_pass` (example, sample) pairs: the batch shrinks to
+  rows_per_pass // (samples per pass) examples (at least 1). Its default is
+  `bounds.CPU_ROWS_PER_PASS` on a CPU (at L = 1, batches of 1000) and no
+  limit on an accelerator, as for the public estimate, which on the same
+  data and key the "iwae" evaluation equals. The batch, and so the key each
+  example's samples are drawn from, depends on it: with a fixed key the
+  result is deterministic for given settings. With
   `multi_run`, params have a leading [num_runs] axis and so does the
   result. `posterior` is the family of q(z|x).
   """
@@ -55,11 +57,13 @@ def make_evaluate(
     bound = bounds.make_log_likelihood_estimate(
       model, num_samples, samples_per_pass, posterior, rows_per_pass
     )
-    examples_per_pass = bounds.examples_per_pass(num_samples, samples_per_pass, rows_per_pass)
-    if examples_per_pass is not None:
-      batch_size = min(batch_size, examples_per_pass)
   else:
+    # The other estimators draw all L samples in one pass.
+    samples_per_pass = num_samples
     bound = bounds.make_elbo(model, estimator, num_samples, posterior=posterior)
+  examples_per_pass = bounds.examples_per_pass(num_samples, samples_per_pass, rows_per_pass)
+  if examples_per_pass is not None:
+    batch_size = min(batch_size, examples_per_pass)
 
   def evaluate(params: Params, data: Array, key: Array) -> Array:
     return map_in_batches(lambda x, k: bound(params, x, k), (data,), key, batch_size)
