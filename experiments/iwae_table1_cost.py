@@ -13,7 +13,8 @@ share one), in this process, each program compiled before it is timed:
 The whole cell: 3280 epochs, the evaluations and the estimates, in hours.
 Writes the table as markdown to standard output and as --cost_csv (columns preset,
 layers, k, objectives, epoch_seconds, evaluation_seconds, estimate_seconds,
-hours, machine), which `experiments.iwae_table1 --summaries` reads to mark
+hours, machine; the rows of presets not measured now are kept), which
+`experiments.iwae_table1 --summaries` reads to mark
 the cells not run with their cost; --machine (default: this host) and
 --cost_csv are that runner's flags.
 
@@ -120,6 +121,22 @@ def _time_preset(preset: str, data_flags: list[str], datasets: dict) -> dict[str
   }
 
 
+def _write_costs(path: str, measured: dict[str, dict]) -> None:
+  """Writes the measured rows to `path`, keeping the rows of the presets not
+  measured now that the file already holds, in Table 1's order."""
+  rows = {}
+  if os.path.exists(path):
+    with open(path, encoding="utf-8") as f:
+      rows = {row["preset"]: row for row in csv.DictReader(f)}
+  rows.update(measured)
+  order = list(dict.fromkeys(cell.preset for cell in iwae_table1.PUBLISHED))
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  with open(path, "w", encoding="utf-8", newline="") as f:
+    writer = csv.DictWriter(f, CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows[preset] for preset in order if preset in rows)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -147,12 +164,10 @@ def main(argv):
       {"preset": preset, "objectives": " / ".join(objectives), **costs, "machine": machine}
     )
     print(f"{preset}: {costs['epoch_seconds']:.1f} s an epoch, {costs['hours']:.1f} h", flush=True)
-  os.makedirs(os.path.dirname(flags.FLAGS.cost_csv) or ".", exist_ok=True)
-  with open(flags.FLAGS.cost_csv, "w", encoding="utf-8", newline="") as f:
-    writer = csv.DictWriter(f, CSV_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-      writer.writerow({**row, **{c: f"{row[c]:.2f}" for c in CSV_COLUMNS[4:8]}})
+  measured = {
+    row["preset"]: {**row, **{c: f"{row[c]:.2f}" for c in CSV_COLUMNS[4:8]}} for row in rows
+  }
+  _write_costs(flags.FLAGS.cost_csv, measured)
   print(
     tables.markdown_table(
       ["preset", "cells", "epoch s", "evaluation s", "k = 5000 estimate s", "whole cell h"],
