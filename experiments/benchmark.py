@@ -51,6 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
+import vae_jax
 from experiments import config_flags, plain_jax, tables
 from vae_jax import training
 from vae_jax.models import vae as models
@@ -227,14 +228,11 @@ def _reference_epoch(work: dict, data: jax.Array) -> Callable[[], jax.Array]:
 
 
 def _library_estimate(work: dict, data: jax.Array) -> Callable[[], jax.Array]:
+  """The public estimate, as a user calls it on the whole batch."""
   model = _model(work)
   params = training.init_train_state(model, training.TrainConfig(), jax.random.key(0)).params
-  estimate = training.make_evaluate(
-    model,
-    "iwae",
-    work["num_samples"],
-    batch_size=data.shape[0],
-    samples_per_pass=_SAMPLES_PER_PASS.value,
+  estimate = jax.jit(
+    vae_jax.make_log_likelihood_estimate(model, work["num_samples"], _SAMPLES_PER_PASS.value)
   )
   return lambda: estimate(params, data, jax.random.key(2))
 
