@@ -47,9 +47,13 @@ def test_footprint_grows_linearly_in_num_samples():
   model = make_vae(data_dim, 2, hidden_sizes=(16,))
   params, key = _shapes(model)
   data = jax.ShapeDtypeStruct((300, data_dim), jnp.float32)
+  # No row limit: with one the batch would shrink as L grows (rows_per_pass).
   sizes = {
     num_samples: memory.footprint(
-      evaluation.make_evaluate(model, "B", num_samples, batch), params, data, key
+      evaluation.make_evaluate(model, "B", num_samples, batch, rows_per_pass=10**9),
+      params,
+      data,
+      key,
     ).per_device
     for num_samples in (10, 100, 1000)
   }
@@ -66,7 +70,8 @@ def test_refuses_the_paper_evaluation_at_100000_samples_without_allocating(paper
   if (memory.available_bytes() or 0) > 10 * logits:
     pytest.skip("this machine could hold the evaluation at L = 100000")
   model, params, key = paper_model
-  evaluate = evaluation.make_evaluate(model, "B", 100_000, batch_size=1000)
+  # Without a row limit, which would take one example a pass (and fit).
+  evaluate = evaluation.make_evaluate(model, "B", 100_000, batch_size=1000, rows_per_pass=10**9)
   test_data = jax.ShapeDtypeStruct((10_000, 784), jnp.float32)
   peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
   start = time.perf_counter()
