@@ -2,17 +2,13 @@
 
 import csv
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from runners import run_module
 
 from experiments import iwae_table1
 from experiments import iwae_table1_cost as cost_module
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def _run_dir(path, *, estimator="iwae", k=5, seed=0, layers=1, schedule="iwae", epochs=(0, 1, 4)):
@@ -136,13 +132,7 @@ def test_the_markdown_lays_out_table1_with_means_and_unfinished_epochs():
 
 
 def _runner(*flags):
-  return subprocess.run(
-    [sys.executable, "-m", "experiments.iwae_table1", *flags],
-    cwd=REPO,
-    capture_output=True,
-    text=True,
-    check=False,
-  )
+  return run_module("experiments.iwae_table1", *flags)
 
 
 def test_record_then_tabulate_end_to_end(tmp_path):
@@ -209,23 +199,15 @@ def test_the_cost_of_each_cell_is_its_parts_on_the_schedule(tmp_path):
   earlier = "iwae_table1_vae,1,1,VAE k=1 / IWAE k=1,2.73,0.67,172.40,2.93,earlier host"
   cost_csv.write_text(",".join(cost_module.CSV_COLUMNS) + "\n" + earlier + "\n")
   presets = ["iwae_table1_two_layers_iwae5"]
-  done = subprocess.run(
-    [
-      sys.executable,
-      "-m",
-      "experiments.iwae_table1_cost",
-      f"--arrays_dir={tmp_path}",
-      f"--presets={','.join(presets)}",
-      "--epoch_fraction=100",
-      "--eval_examples=50",
-      "--estimate_examples=2",
-      f"--cost_csv={cost_csv}",
-      "--machine=test host",
-    ],
-    cwd=REPO,
-    capture_output=True,
-    text=True,
-    check=False,
+  done = run_module(
+    "experiments.iwae_table1_cost",
+    f"--arrays_dir={tmp_path}",
+    f"--presets={','.join(presets)}",
+    "--epoch_fraction=100",
+    "--eval_examples=50",
+    "--estimate_examples=2",
+    f"--cost_csv={cost_csv}",
+    "--machine=test host",
   )
   assert done.returncode == 0, done.stderr[-2000:]
   with open(cost_csv, encoding="utf-8") as f:

@@ -1,11 +1,10 @@
 """experiments.schedule_report: the stage table and figure of a run on the IWAE schedule."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from runners import run_module
 
 from experiments import tables
 
@@ -52,13 +51,7 @@ def _workdir(tmp_path, schedule, records):
 
 
 def _report(*flags):
-  return subprocess.run(
-    [sys.executable, "-m", "experiments.schedule_report", *flags],
-    cwd=REPO,
-    capture_output=True,
-    text=True,
-    check=False,
-  )
+  return run_module("experiments.schedule_report", *flags)
 
 
 def test_the_report_prints_the_table_and_draws_the_published_line(tmp_path):
