@@ -109,22 +109,21 @@ def log_posterior(
   functions: TwoLayerFunctions, params: Params, x: Array, h1: Array, h2: Array
 ) -> Array:
   """log q(h1, h2 | x) = log q(h1 | x) + log q(h2 | h1) at given samples: [L]."""
-  mean1, logvar1 = functions.encode_fn(params, x)
-  mean2, logvar2 = _over_samples(functions.top_encode_fn, params, h1)
-  return distributions.gaussian_log_prob(mean1, logvar1, h1) + distributions.gaussian_log_prob(
-    mean2, logvar2, h2
-  )
+  q1 = functions.encode_fn(params, x)
+  return _log_q(q1, _over_samples(functions.top_encode_fn, params, h1), h1, h2)
+
+
+def _log_q(q1: tuple[Array, Array], q2: tuple[Array, Array], h1: Array, h2: Array) -> Array:
+  """log q(h1 | x) + log q(h2 | h1) from each layer's (mean, logvar): [L]."""
+  return distributions.gaussian_log_prob(*q1, h1) + distributions.gaussian_log_prob(*q2, h2)
 
 
 def log_importance_weights(
   functions: TwoLayerFunctions, params: Params, x: Array, eps: Array
 ) -> Array:
   """log w_l = log p(x, h1_l, h2_l) - log q(h1_l, h2_l | x) for one example: [L]."""
-  (h1, h2), (mean1, logvar1), (mean2, logvar2) = sample_latents(functions, params, x, eps)
-  log_q = distributions.gaussian_log_prob(mean1, logvar1, h1) + distributions.gaussian_log_prob(
-    mean2, logvar2, h2
-  )
-  return log_joint(functions, params, x, h1, h2) - log_q
+  (h1, h2), q1, q2 = sample_latents(functions, params, x, eps)
+  return log_joint(functions, params, x, h1, h2) - _log_q(q1, q2, h1, h2)
 
 
 def estimator_a(functions: TwoLayerFunctions, params: Params, x: Array, eps: Array) -> Array:
