@@ -91,12 +91,20 @@ _NUM_TRAIN = flags.DEFINE_integer("num_train", 60000, "Examples per epoch N.", l
 _NUM_EVAL = flags.DEFINE_integer(
   "num_eval", 100, "Examples of each log-likelihood estimate.", lower_bound=1
 )
-_EXAMPLES_AT_ONCE = flags.DEFINE_integer(
-  "reference_examples_at_once",
-  1,
-  "Examples whose k samples the reference's estimate draws at once (a divisor of "
-  "--num_eval; 1 was its fastest on the 2-core CPU).",
-  lower_bound=1,
+_REFERENCE_EPOCHS = flags.DEFINE_list(
+  "reference_epochs",
+  list(plain_jax.GATHERS),
+  "The plain epochs timed beside the library's, by how they gather minibatches: step "
+  "(data[indices] in each step), epoch (one jnp.take of the permuted epoch before the "
+  "scan). The library is held to the fastest.",
+)
+_REFERENCE_ESTIMATES = flags.DEFINE_list(
+  "reference_estimates",
+  ["1/all", "10/100"],
+  "The plain estimates timed beside the library's, each E/S: E examples per lax.map step "
+  "(a divisor of --num_eval), their k samples S at a time (a divisor of k; all: at once). "
+  "1/all is the simplest; 10/100 was the fastest of 16 forms on the 2-core CPU (BUILD.md). "
+  "The library is held to the fastest.",
 )
 _SAMPLES_PER_PASS = flags.DEFINE_integer(
   "samples_per_pass", 100, "The library's samples per pass of its estimate.", lower_bound=1
@@ -106,6 +114,13 @@ _PROCESSES = flags.DEFINE_integer(
 )
 _REPEATS = flags.DEFINE_integer(
   "repeats", 2, "Timed repetitions in each process (after a warm-up).", lower_bound=1
+)
+_ALTERNATIONS = flags.DEFINE_integer(
+  "alternations",
+  4,
+  "Rounds of each one-process measurement (every implementation compiled in one process, "
+  "timed once a round, the order reversed every round).",
+  lower_bound=1,
 )
 _MATMUL_SIZE = flags.DEFINE_integer(
   "matmul_size",
@@ -125,7 +140,9 @@ _WORKER = flags.DEFINE_string(
   "worker", None, "Internal: measure this one work (JSON) in this process and print it."
 )
 
-IMPLEMENTATIONS = ("vae-jax", "minimal JAX")
+LIBRARY = "vae-jax"
+# The job that times every implementation of a work in one process, alternating.
+ONE_PROCESS = "one process"
 _SPEC = re.compile(r"^(\d+(?:-\d+)+)/(\d+)(?:/(adagrad|adam|sgd))?$")
 
 
@@ -212,12 +229,12 @@ def _library_epoch(work: dict, data: jax.Array) -> Callable[[], jax.Array]:
   return compiled_epoch(_model(work), _train_config(work), data)[1]
 
 
-def _reference_epoch(work: dict, data: jax.Array) -> Callable[[], jax.Array]:
+def _reference_epoch(work: dict, data: jax.Array, gather: str) -> Callable[[], jax.Array]:
   config = training.TrainConfig(optimizer=work["optimizer"])  # the same optax optimiser
   optimizer = training.make_optimizer(config, data.shape[0])
   params = plain_jax.init(jax.random.key(0), work["data_dim"], work["hidden"], work["latent_dim"])
   carry = [params, optimizer.init(params), jax.random.key(1)]
-  epoch = plain_jax.make_epoch(optimizer, work["batch_size"])
+  epoch = plain_jax.make_epoch(optimizer, work["batch_size"], gather)
 
   def run():
     carry[2], key = jax.random.split(carry[2])
@@ -237,12 +254,76 @@ def _library_estimate(work: dict, data: jax.Array) -> Callable[[], jax.Array]:
   return lambda: estimate(params, data, jax.random.key(2))
 
 
-def _reference_estimate(work: dict, data: jax.Array) -> Callable[[], jax.Array]:
+def _reference_estimate(
+  work: dict, data: jax.Array, form: tuple[int, int | None]
+) -> Callable[[], jax.Array]:
   params = plain_jax.init(jax.random.key(0), work["data_dim"], work["hidden"], work["latent_dim"])
-  if data.shape[0] % _EXAMPLES_AT_ONCE.value:
-    raise app.UsageError("--reference_examples_at_once must divide --num_eval.")
-  estimate = plain_jax.make_log_likelihood(work["num_samples"], _EXAMPLES_AT_ONCE.value)
+  estimate = plain_jax.make_log_likelihood(work["num_samples"], *form)
   return lambda: estimate(params, data, jax.random.key(2))
+
+
+def parse_estimate_form(text: str, num_samples: int, num_eval: int) -> tuple[int, int | None]:
+  """'10/100' -> (10, 100), '1/all' -> (1, None): a --reference_estimates entry."""
+  match = re.fullmatch(r"(\d+)/(\d+|all)", text)
+  if not match:
+    raise app.UsageError(f"--reference_estimates entry {text!r} is not of the form E/S or E/all.")
+  examples, samples = int(match.group(1)), match.group(2)
+  samples = None if samples == "all" else int(samples)
+  if examples < 1 or num_eval % examples:
+    raise app.UsageError(
+      f"--reference_estimates entry {text!r}: E = {examples} does not divide "
+      f"--num_eval = {num_eval}."
+    )
+  if samples is not None and (samples < 1 or num_samples % samples):
+    raise app.UsageError(
+      f"--reference_estimates entry {text!r}: S = {samples} does not divide k = {num_samples}."
+    )
+  return examples, samples
+
+
+def references(work: dict) -> dict[str, object]:
+  """{name: form} of the plain-JAX forms timed beside the library on `work`."""
+  if work["kind"] == "train":
+    for gather in _REFERENCE_EPOCHS.value:
+      if gather not in plain_jax.GATHERS:
+        raise app.UsageError(
+          f"--reference_epochs entry {gather!r} is not one of {', '.join(plain_jax.GATHERS)}."
+        )
+    return {f"minimal JAX, gather per {gather}": gather for gather in _REFERENCE_EPOCHS.value}
+  return {
+    f"minimal JAX, {text} samples a pass": parse_estimate_form(
+      text, work["num_samples"], _NUM_EVAL.value
+    )
+    for text in _REFERENCE_ESTIMATES.value
+  }
+
+
+def implementations(work: dict) -> list[str]:
+  return [LIBRARY, *references(work)]
+
+
+def _work_data(work: dict) -> tuple[jax.Array, int, float]:
+  """(data, examples one call processes, matmul FLOPs per example)."""
+  if work["kind"] == "train":
+    data = _random_binary(_NUM_TRAIN.value, work["data_dim"])
+    examples = (data.shape[0] // work["batch_size"]) * work["batch_size"]
+    samples, backward = 1, True
+  else:
+    data = _random_binary(_NUM_EVAL.value, work["data_dim"])
+    examples, samples, backward = data.shape[0], work["num_samples"], False
+  flops = matmul_flops_per_example(
+    work["data_dim"], tuple(work["hidden"]), work["latent_dim"], samples, backward
+  )
+  return data, examples, flops
+
+
+def prepare(work: dict, implementation: str, data: jax.Array) -> Callable[[], jax.Array]:
+  """`run()`: one call of `implementation`'s epoch or estimate on `data`."""
+  train = work["kind"] == "train"
+  if implementation == LIBRARY:
+    return (_library_epoch if train else _library_estimate)(work, data)
+  form = references(work)[implementation]
+  return (_reference_epoch if train else _reference_estimate)(work, data, form)
 
 
 def measure(work: dict, implementation: str) -> dict:
@@ -250,21 +331,8 @@ def measure(work: dict, implementation: str) -> dict:
   matmul rate (medians over --repeats, after a warm-up), and the process's
   peak resident memory."""
   matmul_rate = make_matmul_rate(_MATMUL_SIZE.value or default_matmul_size())
-  library = implementation == IMPLEMENTATIONS[0]
-  if work["kind"] == "train":
-    data = _random_binary(_NUM_TRAIN.value, work["data_dim"])
-    run = (_library_epoch if library else _reference_epoch)(work, data)
-    examples = (data.shape[0] // work["batch_size"]) * work["batch_size"]
-    flops_per_example = matmul_flops_per_example(
-      work["data_dim"], tuple(work["hidden"]), work["latent_dim"], 1
-    )
-  else:
-    data = _random_binary(_NUM_EVAL.value, work["data_dim"])
-    run = (_library_estimate if library else _reference_estimate)(work, data)
-    examples = data.shape[0]
-    flops_per_example = matmul_flops_per_example(
-      work["data_dim"], tuple(work["hidden"]), work["latent_dim"], work["num_samples"], False
-    )
+  data, examples, flops_per_example = _work_data(work)
+  run = prepare(work, implementation, data)
   jax.block_until_ready(run())  # compiles and warms up
   rates, fractions = [], []
   for _ in range(_REPEATS.value):
@@ -275,6 +343,39 @@ def measure(work: dict, implementation: str) -> dict:
     "fraction_of_matmul_rate": statistics.median(fractions),
     # Linux reports kilobytes.
     "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+  }
+
+
+def alternate(runs: dict[str, tuple[Callable[[], object], int]]) -> dict[str, list[float]]:
+  """Examples/s of each `name: (run, examples per call)` compiled in this
+  process: each warmed up, then timed once a round for --alternations rounds,
+  the order reversed every round, so that all see the same drift."""
+  for run, _ in runs.values():
+    jax.block_until_ready(run())
+  rates = {name: [] for name in runs}
+  names = list(runs)
+  for round_index in range(_ALTERNATIONS.value):
+    for name in names if round_index % 2 == 0 else names[::-1]:
+      run, examples = runs[name]
+      rates[name].append(examples / _seconds(run))
+  return rates
+
+
+def paired_ratio(ours: list[float], theirs: list[float]) -> float:
+  """The median ratio of rates timed in the same rounds."""
+  return statistics.median(a / b for a, b in zip(ours, theirs, strict=True))
+
+
+def measure_together(work: dict) -> dict:
+  """Every implementation of `work` compiled in this process and timed
+  alternating (`alternate`): each one's median examples/s and the library's
+  median ratio to it, which resolves differences that separate processes on
+  a shared machine cannot."""
+  data, examples, _ = _work_data(work)
+  rates = alternate({name: (prepare(work, name, data), examples) for name in implementations(work)})
+  return {
+    "examples_per_second": {name: statistics.median(r) for name, r in rates.items()},
+    "library_ratio": {name: paired_ratio(rates[LIBRARY], r) for name, r in rates.items()},
   }
 
 
@@ -308,31 +409,25 @@ def measure_preset(flagfile: str) -> dict:
 
 def measure_preset_epoch(flagfile: str, bare: dict) -> dict:
   """The library's epoch with the preset's model, settings and data, called
-  directly (no run directory, hooks or evaluation), and the plain epoch of
-  `bare` (a --train work) on random binary data of the same size, compiled in
-  this process and alternating with it: examples/s of each (medians over
-  --repeats after a warm-up) and the median ratio of the pairs."""
+  directly (no run directory, hooks or evaluation), and the plain library
+  epoch of `bare` (a --train work) on random binary data of the same size,
+  both compiled in this process and timed alternating (`alternate`)."""
   config = config_flags.preset_config(flagfile, [sys.argv[0], *_PRESET_FLAGS.value])
   dataset = config_flags.load_data(config.data)
   model = config_flags.make_model(config, dataset)
   data = jnp.asarray(dataset.train)
   _, preset_run = compiled_epoch(model, config.train, data)
   bare_run = _library_epoch(bare, _random_binary(*data.shape))
-  jax.block_until_ready((preset_run(), bare_run()))
-  preset_examples, bare_examples = (
-    (data.shape[0] // batch_size) * batch_size
-    for batch_size in (config.train.batch_size, bare["batch_size"])
+  rates = alternate(
+    {
+      "preset": (preset_run, (data.shape[0] // config.train.batch_size) * config.train.batch_size),
+      "bare": (bare_run, (data.shape[0] // bare["batch_size"]) * bare["batch_size"]),
+    }
   )
-  preset_rates, bare_rates = [], []
-  for _ in range(_REPEATS.value):
-    preset_rates.append(preset_examples / _seconds(preset_run))
-    bare_rates.append(bare_examples / _seconds(bare_run))
   return {
-    "examples_per_second": statistics.median(preset_rates),
-    "bare_examples_per_second": statistics.median(bare_rates),
-    "ratio_to_bare": statistics.median(
-      p / b for p, b in zip(preset_rates, bare_rates, strict=True)
-    ),
+    "examples_per_second": statistics.median(rates["preset"]),
+    "bare_examples_per_second": statistics.median(rates["bare"]),
+    "ratio_to_bare": paired_ratio(rates["preset"], rates["bare"]),
   }
 
 
@@ -468,8 +563,9 @@ def profile_epoch(work: dict, trace_dir: str) -> dict:
 
 
 def run_worker(work: dict, implementation: str) -> dict:
-  """`measure` (or for a preset `measure_preset` or `measure_preset_epoch`)
-  in a fresh process of this module."""
+  """`measure` (`measure_together` for ONE_PROCESS; for a preset
+  `measure_preset` or `measure_preset_epoch`) in a fresh process of this
+  module."""
   result = subprocess.run(
     [
       sys.executable,
@@ -493,20 +589,34 @@ def run_worker(work: dict, implementation: str) -> dict:
 _PASSED_ON = (
   "num_train",
   "num_eval",
-  "reference_examples_at_once",
+  "reference_epochs",
+  "reference_estimates",
   "samples_per_pass",
   "repeats",
+  "alternations",
   "matmul_size",
   "preset_flags",
   "preset_epochs",
 )
 
 
+def _medians(results: list[dict]) -> dict:
+  """The median of each figure over processes (per name where a figure is a
+  dict of them), and the processes' own results."""
+  return {
+    key: {name: statistics.median(r[key][name] for r in results) for name in value}
+    if isinstance(value, dict)
+    else statistics.median(r[key] for r in results)
+    for key, value in results[0].items()
+  } | {"processes": results}
+
+
 def run_rounds(works: list[dict], preset: dict | None, log: Callable[[str], None]) -> list[dict]:
-  """Every work in both implementations, --processes rounds, interleaved (the
-  order of the two alternates between rounds); returns one row per work."""
+  """Every work in every implementation, each in its own process, and all of
+  them in one process (ONE_PROCESS); --processes rounds, interleaved (the
+  order reversed every round); returns one row per work."""
   measured = collections.defaultdict(list)
-  jobs = [(work, implementation) for work in works for implementation in IMPLEMENTATIONS]
+  jobs = [(work, name) for work in works for name in [*implementations(work), ONE_PROCESS]]
   if preset:
     jobs += [(preset, "runner"), (preset, "its epoch")]
   for round_index in range(_PROCESSES.value):
@@ -514,16 +624,13 @@ def run_rounds(works: list[dict], preset: dict | None, log: Callable[[str], None
       result = run_worker(work, implementation)
       log(f"round {round_index + 1}: {work['spec']} {implementation}: {result}")
       measured[work["spec"], implementation].append(result)
-  rows = []
-  for work in works + ([preset] if preset else []):
-    row = {"work": work}
-    for implementation in ("runner", "its epoch") if work is preset else IMPLEMENTATIONS:
-      results = measured[work["spec"], implementation]
-      row[implementation] = {
-        name: statistics.median(r[name] for r in results) for name in results[0]
-      } | {"processes": results}
-    rows.append(row)
-  return rows
+  return [
+    {"work": work}
+    | {
+      name: _medians(results) for (spec, name), results in measured.items() if spec == work["spec"]
+    }
+    for work in works + ([preset] if preset else [])
+  ]
 
 
 def main(argv):
@@ -532,7 +639,9 @@ def main(argv):
   if _WORKER.value:
     job = json.loads(_WORKER.value)
     work, implementation = job["work"], job["implementation"]
-    if work["kind"] != "preset":
+    if implementation == ONE_PROCESS:
+      result = measure_together(work)
+    elif work["kind"] != "preset":
       result = measure(work, implementation)
     elif implementation == "runner":
       result = measure_preset(work["flagfile"])
@@ -548,11 +657,16 @@ def main(argv):
     if bare["spec"] not in _TRAIN.value:
       works.insert(0, bare)
     preset = {"kind": "preset", "spec": _PRESET.value, "flagfile": _PRESET.value, "bare": bare}
+  for work in works:
+    implementations(work)  # a bad reference form stops here, before any process
   rows = run_rounds(works, preset, lambda line: print(line, file=sys.stderr, flush=True))
   device = jax.devices()[0]
   matmul_size = _MATMUL_SIZE.value or default_matmul_size()
   results = {
-    "device": f"{device.platform}: {device.device_kind}, {os.cpu_count()} CPUs",
+    "device": (
+      f"{device.platform}: {device.device_kind}, {len(os.sched_getaffinity(0))} of "
+      f"{os.cpu_count()} CPUs"
+    ),
     "matmul_size": matmul_size,
     "matmul_flops_per_second": make_matmul_rate(matmul_size)(),
     "rows": rows,
@@ -579,28 +693,42 @@ def _work_name(work: dict) -> str:
   )
 
 
+def fastest_reference(row: dict) -> str:
+  """The reference form with the most examples/s in its own processes."""
+  return max(
+    (name for name in implementations(row["work"]) if name != LIBRARY),
+    key=lambda name: row[name]["examples_per_second"],
+  )
+
+
 def print_results(results: dict) -> None:
-  """The device line, the table of works against the reference, and the
-  preset's row against the bare epoch."""
+  """The device line; the works against their fastest reference, in
+  separate processes and in one; every reference form; the preset's row
+  against the bare epoch."""
   print(
     f"\nDevice {results['device']}; float32 matmul rate "
     f"{results['matmul_flops_per_second'] / 1e9:.1f} GFLOP/s at the end "
     f"({results['matmul_size']}^3 product, matmul precision "
     f"{jax.config.jax_default_matmul_precision or 'default'}); medians of "
-    f"{_PROCESSES.value} processes each, interleaved\n"
+    f"{_PROCESSES.value} processes each, interleaved; in one process: median "
+    f"ratios of {_ALTERNATIONS.value} alternating rounds, the median over the processes\n"
   )
-  library, reference = IMPLEMENTATIONS
-  table = []
-  for row in results["rows"]:
-    if row["work"]["kind"] == "preset":
-      continue
-    ours, theirs = row[library], row[reference]
+  works = [row for row in results["rows"] if row["work"]["kind"] != "preset"]
+  table, forms = [], []
+  for row in works:
+    ours, fastest = row[LIBRARY], fastest_reference(row)
+    theirs, together = row[fastest], row[ONE_PROCESS]
+    slowest_ratio = min(
+      (ratio, name) for name, ratio in together["library_ratio"].items() if name != LIBRARY
+    )
     table.append(
       [
         _work_name(row["work"]),
         f"{ours['examples_per_second']:,.1f}",
+        fastest.removeprefix("minimal JAX, "),
         f"{theirs['examples_per_second']:,.1f}",
         f"{ours['examples_per_second'] / theirs['examples_per_second']:.2f}x",
+        f"{slowest_ratio[0]:.2f}x ({slowest_ratio[1].removeprefix('minimal JAX, ')})",
         f"{100 * ours['fraction_of_matmul_rate']:.0f}%",
         f"{100 * theirs['fraction_of_matmul_rate']:.0f}%",
         f"{ours['peak_rss_mib']:,.0f}",
@@ -608,13 +736,25 @@ def print_results(results: dict) -> None:
         f"{ours['peak_rss_mib'] / theirs['peak_rss_mib']:.2f}x",
       ]
     )
+    for name in implementations(row["work"])[1:]:
+      forms.append(
+        [
+          _work_name(row["work"]),
+          name,
+          f"{row[name]['examples_per_second']:,.1f}",
+          f"{ours['examples_per_second'] / row[name]['examples_per_second']:.2f}x",
+          f"{together['library_ratio'][name]:.2f}x",
+        ]
+      )
   print(
     tables.markdown_table(
       [
         "work",
         "vae-jax ex/s",
-        "minimal JAX ex/s",
+        "fastest minimal JAX",
+        "its ex/s",
         "ratio",
+        "ratio in one process (to the fastest there)",
         "vae-jax of matmul rate",
         "minimal JAX of matmul rate",
         "vae-jax peak RSS MiB",
@@ -622,7 +762,14 @@ def print_results(results: dict) -> None:
         "RSS ratio",
       ],
       table,
-      [False] + [True] * 8,
+      [False, True, False] + [True] * 8,
+    )
+  )
+  print(
+    tables.markdown_table(
+      ["work", "reference form", "ex/s", "vae-jax / it", "vae-jax / it, one process"],
+      forms,
+      [False, False, True, True, True],
     )
   )
   for row in results["rows"]:
@@ -630,7 +777,7 @@ def print_results(results: dict) -> None:
       continue
     bare = next(r for r in results["rows"] if r["work"]["spec"] == row["work"]["bare"]["spec"])
     runner, own = row["runner"], row["its epoch"]
-    plain = bare[library]["examples_per_second"]
+    plain = bare[LIBRARY]["examples_per_second"]
     print(
       tables.markdown_table(
         [

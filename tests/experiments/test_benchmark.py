@@ -5,15 +5,23 @@ import subprocess
 import sys
 from pathlib import Path
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from absl import app
 
 import vae_jax
 from experiments import plain_jax
-from experiments.benchmark import hlo_name, matmul_flops_per_example, op_category, parse_work
+from experiments.benchmark import (
+  hlo_name,
+  matmul_flops_per_example,
+  op_category,
+  parse_estimate_form,
+  parse_work,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -53,6 +61,36 @@ def test_work_specifications_are_parsed_and_bad_ones_named():
       parse_work(kind, spec)
 
 
+def test_reference_estimate_forms_are_parsed_and_bad_ones_named():
+  assert parse_estimate_form("10/100", 5000, 100) == (10, 100)
+  assert parse_estimate_form("1/all", 5000, 100) == (1, None)
+  for text, problem in [
+    ("10", "not of the form"),
+    ("10/x", "not of the form"),
+    ("3/100", "E = 3 does not divide --num_eval = 100"),
+    ("0/100", "E = 0"),
+    ("10/300", "S = 300 does not divide k = 5000"),
+    ("10/0", "S = 0"),
+  ]:
+    with pytest.raises(app.UsageError, match=f"{text!r}.*{problem}"):
+      parse_estimate_form(text, 5000, 100)
+
+
+def test_the_reference_epochs_gathers_train_alike():
+  """Both gathers walk the same order with the same keys: the same epoch."""
+  optimizer = optax.adam(1e-3)
+  data = jnp.asarray(np.random.default_rng(0).integers(0, 2, (60, 6)), jnp.float32)
+  params, bounds = {}, {}
+  for gather in plain_jax.GATHERS:
+    start = plain_jax.init(jax.random.key(0), 6, [5], 2)
+    epoch = plain_jax.make_epoch(optimizer, 20, gather)
+    params[gather], _, bounds[gather] = epoch(start, optimizer.init(start), data, jax.random.key(1))
+  np.testing.assert_allclose(bounds["step"], bounds["epoch"], rtol=1e-6)
+  chex.assert_trees_all_close(params["step"], params["epoch"], rtol=1e-6)
+  with pytest.raises(ValueError, match="gather must be one of"):
+    plain_jax.make_epoch(optimizer, 20, "chunk")
+
+
 def test_benchmark_compares_every_work_with_the_plain_jax_reference(tmp_path):
   output = tmp_path / "bench.json"
   preset = tmp_path / "preset.flags"
@@ -70,7 +108,9 @@ def test_benchmark_compares_every_work_with_the_plain_jax_reference(tmp_path):
       "--preset_flags=",
       "--num_train=400",
       "--num_eval=10",
-      "--reference_examples_at_once=5",
+      "--reference_epochs=epoch",
+      "--reference_estimates=5/all,2/3",
+      "--alternations=2",
       "--samples_per_pass=3",
       "--processes=1",
       "--repeats=1",
@@ -88,12 +128,20 @@ def test_benchmark_compares_every_work_with_the_plain_jax_reference(tmp_path):
   assert results["matmul_flops_per_second"] > 0
   rows = results["rows"]
   assert [row["work"]["spec"] for row in rows] == ["64-8-2/50/adagrad", "16-8-2/6", str(preset)]
-  for row in rows[:2]:
-    for implementation in ("vae-jax", "minimal JAX"):
+  references = [
+    ["minimal JAX, gather per epoch"],
+    ["minimal JAX, 5/all samples a pass", "minimal JAX, 2/3 samples a pass"],
+  ]
+  for row, forms in zip(rows[:2], references, strict=True):
+    for implementation in ["vae-jax", *forms]:
       figures = row[implementation]
       assert len(figures["processes"]) == 1
       assert figures["examples_per_second"] > 0 and figures["fraction_of_matmul_rate"] > 0
       assert figures["peak_rss_mib"] > 0
+    together = row["one process"]
+    assert sorted(together["library_ratio"]) == sorted(["vae-jax", *forms])
+    assert together["library_ratio"]["vae-jax"] == 1.0
+    assert all(rate > 0 for rate in together["examples_per_second"].values())
   for measurement in ("runner", "its epoch"):
     assert len(rows[2][measurement]["processes"]) == 1
     assert rows[2][measurement]["examples_per_second"] > 0
@@ -101,6 +149,7 @@ def test_benchmark_compares_every_work_with_the_plain_jax_reference(tmp_path):
   assert rows[2]["its epoch"]["ratio_to_bare"] > 0
   assert "| epoch 64-8-2, M=50, adagrad |" in result.stdout
   assert "| log p(x) 16-8-2, k=6 |" in result.stdout
+  assert "| log p(x) 16-8-2, k=6 | minimal JAX, 2/3 samples a pass |" in result.stdout
   assert result.stdout.count(f"| {preset} |") == 1
   # Which ops a toy model's trace holds is XLA's choice: check the accounting.
   profile = results["profile"]
@@ -133,7 +182,8 @@ def _library_params(reference):
 def test_the_reference_computes_the_librarys_bound():
   """The speed ratios compare equal work: on the same parameters, data and
   key the reference's ELBO is the library's estimator B, and its k-sample
-  estimate agrees with the library's within the Monte-Carlo error."""
+  estimate, its k samples at once or in passes, agrees with the library's
+  within the Monte-Carlo error."""
   model = vae_jax.make_vae(6, 2, hidden_sizes=(5,))
   reference = plain_jax.init(jax.random.key(0), 6, [5], 2)
   params = _library_params(reference)
@@ -145,13 +195,17 @@ def test_the_reference_computes_the_librarys_bound():
     rtol=1e-6,
   )
   keys = jax.random.split(jax.random.key(2), 16)
-  theirs = jax.vmap(lambda k: plain_jax.make_log_likelihood(200, 2)(reference, x, k))(keys)
   ours = jax.vmap(lambda k: vae_jax.make_log_likelihood_estimate(model, 200, 50)(params, x, k))(
     keys
   )
-  standard_error = np.sqrt((np.var(theirs, 0, ddof=1) + np.var(ours, 0, ddof=1)) / len(keys))
-  # Four standard errors for each of 4 examples (Bonferroni at about 1e-4).
-  assert np.all(np.abs(np.mean(theirs, 0) - np.mean(ours, 0)) < 4 * standard_error)
+  for samples_per_pass in (None, 40):
+    estimate = plain_jax.make_log_likelihood(200, 2, samples_per_pass)
+    theirs = jax.vmap(lambda k, estimate=estimate: estimate(reference, x, k))(keys)
+    standard_error = np.sqrt((np.var(theirs, 0, ddof=1) + np.var(ours, 0, ddof=1)) / len(keys))
+    # Four standard errors for each of 4 examples and 2 forms (Bonferroni at about 1e-4).
+    assert np.all(np.abs(np.mean(theirs, 0) - np.mean(ours, 0)) < 4 * standard_error)
+  with pytest.raises(ValueError, match="samples_per_pass 30 must divide k = 200"):
+    plain_jax.make_log_likelihood(200, 2, 30)
 
 
 @pytest.mark.parametrize(
