@@ -2,10 +2,15 @@ r"""Speed and memory against minimal plain JAX: `python -m experiments.benchmark
 
 Every figure is printed beside the same work done by `experiments.plain_jax`
 (what a competent JAX user writes in an afternoon) on the same machine in the
-same run, and the ratio of the two. Each measurement runs in a fresh process
-(so that its peak resident memory is its own), and the processes alternate
-between the library and the reference, `--processes` rounds of them, so that
-both see the same drift of a shared machine; the tables give medians.
+same run, in each of its simple forms (`--reference_epochs`,
+`--reference_estimates`), and the ratio to the fastest. Each measurement runs
+in a fresh process (so that its peak resident memory is its own), and the
+processes alternate between the library and the references, `--processes`
+rounds of them, so that all see the same drift of a shared machine; the tables
+give medians. Processes of the same program differ by up to 30% here, so each
+work is also timed with every implementation compiled in one process,
+alternating (`--alternations` rounds), the library's paired ratios resolving
+what separate processes cannot.
 
 The kinds of work:
   --train  an epoch (one compiled `lax.scan` over N // M minibatches; estimator
@@ -103,8 +108,9 @@ _REFERENCE_ESTIMATES = flags.DEFINE_list(
   ["1/all", "10/100"],
   "The plain estimates timed beside the library's, each E/S: E examples per lax.map step "
   "(a divisor of --num_eval), their k samples S at a time (a divisor of k; all: at once). "
-  "1/all is the simplest; 10/100 was the fastest of 16 forms on the 2-core CPU (BUILD.md). "
-  "The library is held to the fastest.",
+  "1/all is the simplest; 10/100 is the library's pass shape, and the forms in passes of "
+  "100 to 500 samples were the fastest of 15, within a few percent of each other, on one "
+  "core of the 2-core CPU (BUILD.md). The library is held to the fastest.",
 )
 _SAMPLES_PER_PASS = flags.DEFINE_integer(
   "samples_per_pass", 100, "The library's samples per pass of its estimate.", lower_bound=1
