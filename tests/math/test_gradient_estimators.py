@@ -4,6 +4,7 @@ Tolerances: z standard errors of the Monte-Carlo mean, z Bonferroni-corrected
 for a family-wise false alarm rate of 1e-3 over the compared coordinates.
 """
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -76,14 +77,18 @@ def test_baseline_reduces_the_score_function_variance():
   assert total(pathwise) < total(with_baseline)
 
 
-@pytest.mark.parametrize("k", [1, 5])
-def test_iwae_gradient_at_the_exact_posterior_is_the_log_marginal_gradient(k):
+@pytest.mark.parametrize(
+  "name, k",
+  [("iwae", 1), ("iwae", 5), ("dreg", 5), ("iwae_stl", 5), ("rws", 5), ("rws_dreg", 5)],
+)
+def test_iwae_gradient_at_the_exact_posterior_is_the_log_marginal_gradient(name, k):
   """At q = p(z|x) every importance weight is p(x), so the IWAE gradient's
   expectation is grad_theta log p(x) (Fisher's identity) for the decoder and
-  0 for the encoder (the bound is at its maximum over q)."""
+  0 for the encoder (the bound is at its maximum over q); the wake phase of
+  q (rws) is zero in expectation there too, as E_q grad log q = 0."""
   rng = np.random.default_rng(12)
   params, x = exact_posterior_params(rng), data(rng)
-  draws = draw_gradients("iwae", params, x, num_draws=20_000, num_samples=k)
+  draws = draw_gradients(name, params, x, num_draws=20_000, num_samples=k)
   exact = jax.grad(lambda p: jnp.sum(log_marginal_jax(p, x)))(params)
   expected = {name: exact[name] for name in DECODER}
   expected.update({name: np.zeros_like(params[name]) for name in ENCODER})
@@ -91,14 +96,71 @@ def test_iwae_gradient_at_the_exact_posterior_is_the_log_marginal_gradient(k):
   assert np.all(draws["W"].std(0) > 0)  # the decoder gradient stays noisy
 
 
-def test_stl_encoder_gradient_is_exactly_zero_at_the_exact_posterior():
+@pytest.mark.parametrize("name, k", [("stl", 1), ("dreg", 5), ("iwae_stl", 5), ("rws_dreg", 5)])
+def test_path_derivative_encoder_gradient_is_exactly_zero_at_the_exact_posterior(name, k):
+  """log w is constant in z at q = p(z|x), and these encoder gradients are
+  path derivatives of it (weighted by w~, w~^2 or w~ - w~^2)."""
   rng = np.random.default_rng(13)
   params, x = exact_posterior_params(rng), data(rng)
-  stl = draw_gradients("stl", params, x, num_draws=200)
-  a = draw_gradients("A", params, x, num_draws=200)
+  stl = draw_gradients(name, params, x, num_draws=200, num_samples=k)
+  a = draw_gradients("A", params, x, num_draws=200, num_samples=k)
   for name in ENCODER:
     # Every draw, not just the mean: the variance is zero.
     np.testing.assert_allclose(stl[name], 0.0, atol=1e-10)
     assert a[name].std(0).max() > 1e-2, name
   # The decoder's gradient depends on z for every estimator, so it keeps noise.
   assert stl["W"].std(0).max() > 1e-2
+
+
+IWAE_GRADIENTS = ("dreg", "iwae_stl", "rws", "rws_dreg")
+
+
+@pytest.mark.parametrize("name", IWAE_GRADIENTS)
+def test_iwae_family_value_and_decoder_gradient_are_iwaes(name):
+  """On the same noise each is the IWAE bound in value, with IWAE's decoder
+  gradient: they differ only in the encoder's."""
+  rng = np.random.default_rng(14)
+  params, x = random_params(rng), data(rng)
+  eps = jax.random.normal(jax.random.key(0), (5, x.shape[0], LATENT_DIM), x.dtype)
+  theirs = estimators.per_example_gradients(
+    estimators.ESTIMATORS[name], encode_fn, log_likelihood_fn, params, x, eps
+  )
+  iwae = estimators.per_example_gradients(
+    estimators.iwae_bound, encode_fn, log_likelihood_fn, params, x, eps
+  )
+  np.testing.assert_allclose(theirs[0], iwae[0], rtol=1e-12)
+  for leaf in DECODER:
+    np.testing.assert_allclose(theirs[1][leaf], iwae[1][leaf], rtol=1e-10, atol=1e-12)
+  assert not np.allclose(theirs[1]["enc_A"], iwae[1]["enc_A"])
+
+
+def test_iwae_stl_at_one_sample_is_stl():
+  rng = np.random.default_rng(15)
+  params, x = random_params(rng), data(rng)
+  eps = jax.random.normal(jax.random.key(1), (1, x.shape[0], LATENT_DIM), x.dtype)
+  ours, stl = (
+    estimators.per_example_gradients(
+      estimators.ESTIMATORS[name], encode_fn, log_likelihood_fn, params, x, eps
+    )
+    for name in ("iwae_stl", "stl")
+  )
+  chex.assert_trees_all_close(ours, stl, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("name, reference", [("dreg", "iwae"), ("rws_dreg", "rws")])
+def test_doubly_reparameterised_encoder_gradient_has_the_same_expectation(name, reference):
+  """DReG estimates the IWAE bound's encoder gradient and RWS-DReG the wake
+  phase of q, each by reparameterising the other's score term (Tucker et al.,
+  2019): away from the posterior, their means agree within the Monte-Carlo
+  error of the difference of two independent means."""
+  rng = np.random.default_rng(16)
+  params, x = random_params(rng), data(rng)
+  ours = draw_gradients(name, params, x, num_draws=20_000, num_samples=5, seed=1)
+  theirs = draw_gradients(reference, params, x, num_draws=20_000, num_samples=5, seed=2)
+  z = z_score(sum(np.size(params[leaf]) for leaf in ENCODER))
+  for leaf in ENCODER:
+    gap = np.abs(ours[leaf].mean(0) - theirs[leaf].mean(0))
+    standard_error = np.sqrt((ours[leaf].var(0) + theirs[leaf].var(0)) / 20_000)
+    assert np.all(gap <= z * standard_error), (leaf, gap, standard_error)
+    # Not the same estimator: the draws differ in spread.
+    assert not np.allclose(ours[leaf].std(0), theirs[leaf].std(0), rtol=1e-3)

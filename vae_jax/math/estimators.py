@@ -19,8 +19,14 @@ log-density every estimator but B takes as `log_q`):
 All are in nats; A and B are unbiased for the ELBO, IWAE is a tighter bound
 that is biased for it. Three more objectives share A's value and differ only
 in their gradients: "sticking the landing" and the score-function (REINFORCE)
-estimator with and without a baseline; `per_example_gradients` returns any
-estimator's gradient for each example separately, for variance studies.
+estimator with and without a baseline. Four share IWAE's value and its
+decoder gradient and differ in the encoder's (w~_l: the normalised weights):
+  dreg:      sum_l w~_l^2 dlog w_l/dz_l dz_l/dphi   (Tucker et al., 2019; unbiased)
+  iwae_stl:  sum_l w~_l   dlog w_l/dz_l dz_l/dphi   (Roeder et al., 2017; biased, k > 1)
+  rws:       sum_l w~_l grad_phi log q(z_l|x)       (Bornschein & Bengio, 2015: q's wake phase)
+  rws_dreg:  sum_l (w~_l - w~_l^2) dlog w_l/dz_l dz_l/dphi   (the same expectation as rws)
+`per_example_gradients` returns any estimator's gradient for each example
+separately, for variance studies.
 """
 
 from __future__ import annotations
@@ -280,6 +286,140 @@ def score_function_baseline(
   )
 
 
+def _iwae_gradient(log_w: Array, surrogate: Array) -> Array:
+  """The IWAE bound of `log_w` [L] in value, `surrogate`'s gradient."""
+  value = jax.nn.logsumexp(log_w) - math.log(log_w.shape[0])
+  return jax.lax.stop_gradient(value) + surrogate - jax.lax.stop_gradient(surrogate)
+
+
+def _split_log_weights(
+  encode_fn: EncodeFn,
+  log_likelihood_fn: LogLikelihoodFn,
+  params: Params,
+  x: Array,
+  eps: Array,
+  log_q: LogPosteriorFn,
+  path: bool,
+) -> tuple[Array, Array, Array | None]:
+  """log w_l [L] three ways, equal in value and differing in what they differentiate:
+
+  decoder_log_w: through p's parameters only (z and q stopped);
+  score: log q(z_l | x) at the stopped z_l, through q's parameters only;
+  path_log_w (if `path`, else None): only along z_l's path through the
+    encoder, p's parameters and q's density parameters stopped: its
+    gradient is d log w_l / dz_l dz_l / dphi. It costs a second decoder pass.
+  """
+  mean, logvar = encode_fn(params, x)
+  z = distributions.reparameterize(mean, logvar, eps)
+  frozen_z, frozen_mean, frozen_logvar = jax.lax.stop_gradient((z, mean, logvar))
+  log_px = log_likelihood_over_samples(log_likelihood_fn, params, x, frozen_z)
+  decoder_log_w = _log_weight(log_px, frozen_z, frozen_mean, frozen_logvar, log_q=log_q)
+  path_log_w = None
+  if path:
+    path_log_px = log_likelihood_over_samples(
+      log_likelihood_fn, jax.lax.stop_gradient(params), x, z
+    )
+    path_log_w = _log_weight(path_log_px, z, frozen_mean, frozen_logvar, log_q=log_q)
+  return decoder_log_w, log_q(mean, logvar, frozen_z), path_log_w
+
+
+def iwae_dreg(
+  encode_fn: EncodeFn,
+  log_likelihood_fn: LogLikelihoodFn,
+  params: Params,
+  x: Array,
+  eps: Array,
+  log_q: LogPosteriorFn = GAUSSIAN_LOG_Q,
+) -> Array:
+  """The IWAE bound with the doubly reparameterised encoder gradient (DReG;
+  Tucker, Lawson, Gu & Maddison, ICLR 2019, eq. 5), for one example.
+
+  Value: the IWAE bound of k = L samples. Gradient: the decoder's is IWAE's,
+  sum_l w~_l grad_theta log w_l; the encoder's is
+  sum_l w~_l^2 (d log w_l / dz_l)(dz_l / dphi), with w~ the normalised
+  weights and log q's parameters held fixed in d log w_l / dz_l. Both are
+  unbiased for the IWAE bound's gradient; the encoder's signal-to-noise ratio
+  grows with k instead of falling like k^(-1/2) (Rainforth et al., 2018).
+  """
+  decoder_log_w, _, path_log_w = _split_log_weights(
+    encode_fn, log_likelihood_fn, params, x, eps, log_q, path=True
+  )
+  weights = jax.lax.stop_gradient(jax.nn.softmax(decoder_log_w))
+  surrogate = jnp.sum(weights * decoder_log_w + weights**2 * path_log_w)
+  return _iwae_gradient(decoder_log_w, surrogate)
+
+
+def iwae_stl(
+  encode_fn: EncodeFn,
+  log_likelihood_fn: LogLikelihoodFn,
+  params: Params,
+  x: Array,
+  eps: Array,
+  log_q: LogPosteriorFn = GAUSSIAN_LOG_Q,
+) -> Array:
+  """The IWAE bound with q's score term dropped from its gradient (the IWAE
+  form of "sticking the landing", Roeder, Wu & Duvenaud, 2017), for one example.
+
+  Value: the IWAE bound. Gradient: log q(z_l | x) differentiated only through
+  z_l, as in `estimator_stl`. For k > 1 the dropped term's expectation is
+  not zero (it is weighted by w~_l, which depends on z_l), so the encoder's
+  gradient is BIASED for the IWAE bound's (Tucker et al., 2019, Sec. 4);
+  at k = 1 it is `estimator_stl`.
+  """
+  mean, logvar, z, log_px_given_z = _posterior_samples(encode_fn, log_likelihood_fn, params, x, eps)
+  frozen_mean, frozen_logvar = jax.lax.stop_gradient((mean, logvar))
+  log_w = _log_weight(log_px_given_z, z, frozen_mean, frozen_logvar, log_q=log_q)
+  return jax.nn.logsumexp(log_w) - math.log(log_w.shape[0])
+
+
+def reweighted_wake_sleep(
+  encode_fn: EncodeFn,
+  log_likelihood_fn: LogLikelihoodFn,
+  params: Params,
+  x: Array,
+  eps: Array,
+  log_q: LogPosteriorFn = GAUSSIAN_LOG_Q,
+) -> Array:
+  """Reweighted wake-sleep (Bornschein & Bengio, ICLR 2015), wake phases
+  only, for one example.
+
+  Value: the IWAE bound. Gradient: the decoder's is IWAE's (the wake phase
+  of p); the encoder's is the wake phase of q, sum_l w~_l grad_phi log q(z_l | x)
+  at the sampled z_l: a self-normalised estimate of
+  E_p(z|x)[grad_phi log q(z | x)], which moves q towards the posterior
+  (it descends KL(p(z|x) || q(z|x)), not the bound). It is zero in
+  expectation when q is the exact posterior.
+  """
+  decoder_log_w, score, _ = _split_log_weights(
+    encode_fn, log_likelihood_fn, params, x, eps, log_q, path=False
+  )
+  weights = jax.lax.stop_gradient(jax.nn.softmax(decoder_log_w))
+  return _iwae_gradient(decoder_log_w, jnp.sum(weights * (decoder_log_w + score)))
+
+
+def reweighted_wake_sleep_dreg(
+  encode_fn: EncodeFn,
+  log_likelihood_fn: LogLikelihoodFn,
+  params: Params,
+  x: Array,
+  eps: Array,
+  log_q: LogPosteriorFn = GAUSSIAN_LOG_Q,
+) -> Array:
+  """Reweighted wake-sleep with the doubly reparameterised wake-phase update
+  of q (Tucker et al., 2019, eq. 6), for one example.
+
+  As `reweighted_wake_sleep`, but the encoder's gradient is
+  sum_l (w~_l - w~_l^2)(d log w_l / dz_l)(dz_l / dphi): the same expectation
+  (reparameterising the score term), lower variance.
+  """
+  decoder_log_w, _, path_log_w = _split_log_weights(
+    encode_fn, log_likelihood_fn, params, x, eps, log_q, path=True
+  )
+  weights = jax.lax.stop_gradient(jax.nn.softmax(decoder_log_w))
+  surrogate = jnp.sum(weights * decoder_log_w + (weights - weights**2) * path_log_w)
+  return _iwae_gradient(decoder_log_w, surrogate)
+
+
 def reconstruction_at_mean(
   encode_fn: EncodeFn,
   log_likelihood_fn: LogLikelihoodFn,
@@ -311,6 +451,10 @@ ESTIMATORS: dict[str, PerExampleEstimator] = {
   "stl": estimator_stl,
   "score": score_function,
   "score_baseline": score_function_baseline,
+  "dreg": iwae_dreg,
+  "iwae_stl": iwae_stl,
+  "rws": reweighted_wake_sleep,
+  "rws_dreg": reweighted_wake_sleep_dreg,
 }
 
 
