@@ -306,10 +306,16 @@ def test_a_diverging_run_ends_with_one_fatal_line_and_resumes_with_a_lower_rate(
 
 
 @pytest.mark.parametrize(
-  "model_flags",
-  [[], ["--stochastic_layers=2", "--top_latent_dim=2", "--top_hidden_sizes=8", "--estimator=A"]],
+  "model_flags, estimator",
+  [
+    ([], "dreg"),
+    (
+      ["--stochastic_layers=2", "--top_latent_dim=2", "--top_hidden_sizes=8", "--estimator=A"],
+      "score",
+    ),
+  ],
 )
-def test_estimator_variance_runner_at_toy_size(tmp_path, model_flags):
+def test_estimator_variance_runner_at_toy_size(tmp_path, model_flags, estimator):
   result = subprocess.run(
     [
       sys.executable,
@@ -319,7 +325,7 @@ def test_estimator_variance_runner_at_toy_size(tmp_path, model_flags):
       *model_flags,
       f"--workdir={tmp_path}",
       "--stages=0,1500",
-      "--estimators=score",
+      f"--estimators={estimator}",
       "--sample_counts=4",
       "--num_examples=5",
       "--num_draws=10",
@@ -334,13 +340,13 @@ def test_estimator_variance_runner_at_toy_size(tmp_path, model_flags):
   outdir = tmp_path / "variance"
   rows = json.loads((outdir / "results.json").read_text())["rows"]
   assert {(r["stage"], r["estimator"], r["num_samples"]) for r in rows} == {
-    (0, "score", 4),
-    (1500, "score", 4),
+    (0, estimator, 4),
+    (1500, estimator, 4),
   }
   assert all(r["encoder_variance"] > 0 and r["encoder_variance_ci"] >= 0 for r in rows)
   assert rows[-1]["step"] == 15  # 1500 examples at M=100
   assert (outdir / "results.csv").read_text().startswith("stage,step,estimator,num_samples")
-  assert "| score | 4 |" in (outdir / "table.md").read_text()
+  assert f"| {estimator} | 4 |" in (outdir / "table.md").read_text()
   assert "After 1,500 training examples" in result.stdout
   for stage in (0, 1500):
     assert (outdir / f"variance_stage_{stage}.png").stat().st_size > 1000

@@ -59,6 +59,7 @@ def test_shapes_of_the_networks_the_bounds_and_the_samples():
   "call, parameter",
   [
     (lambda m: vae_jax.make_elbo(m, "B"), "estimator"),
+    (lambda m: vae_jax.make_elbo(m, "dreg", 5), "estimator"),
     (lambda m: vae_jax.make_elbo(m, "A", kl_weight=0.5), "kl_weight"),
     (
       lambda m: vae_jax.make_elbo(m, "A", posterior=posteriors.make_posterior("laplace")),
@@ -70,6 +71,7 @@ def test_what_two_layers_do_not_define_is_refused_naming_the_setting(call, param
   with pytest.raises(ConfigError) as error:
     call(_model())
   assert error.value.parameter == parameter
+  assert "\n" not in str(error.value)
 
 
 def test_bad_layer_settings_and_the_one_layer_kl_are_refused():

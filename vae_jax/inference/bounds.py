@@ -142,13 +142,20 @@ def check_two_layer_settings(
   estimator: str, kl_weight: float, posterior: posteriors.Posterior
 ) -> None:
   """Raises a ConfigError for what two stochastic layers do not define:
-  estimator B (no closed-form KL to p(h1)), a KL weight, another q family."""
+  estimator B (no closed-form KL to p(h1)), the estimators written for one
+  layer only, a KL weight, another q family."""
+  if estimator == "B":
+    raise ConfigError(
+      "estimator",
+      "Estimator 'B' needs KL(q(z|x) || p(z)) in closed form, which two stochastic "
+      "layers lack (p(h1) is the marginal of p(h1|h2) p(h2)); choose one of "
+      f"{sorted(two_layers.ESTIMATORS)}.",
+    )
   if estimator not in two_layers.ESTIMATORS:
     raise ConfigError(
       "estimator",
-      f"Estimator {estimator!r} needs KL(q(z|x) || p(z)) in closed form, which two stochastic "
-      "layers lack (p(h1) is the marginal of p(h1|h2) p(h2)); choose one of "
-      f"{sorted(two_layers.ESTIMATORS)}.",
+      f"Estimator {estimator!r} is written for one stochastic layer; with two, choose one "
+      f"of {sorted(two_layers.ESTIMATORS)}.",
     )
   if kl_weight != 1:
     raise ConfigError(
