@@ -21,6 +21,7 @@ from linear_gaussian import (
   z_score,
 )
 
+from vae_jax.errors import ConfigError
 from vae_jax.math import estimators
 
 ENCODER = ("enc_A", "enc_a", "enc_logvar")
@@ -164,3 +165,81 @@ def test_doubly_reparameterised_encoder_gradient_has_the_same_expectation(name, 
     assert np.all(gap <= z * standard_error), (leaf, gap, standard_error)
     # Not the same estimator: the draws differ in spread.
     assert not np.allclose(ours[leaf].std(0), theirs[leaf].std(0), rtol=1e-3)
+
+
+def _values_and_gradients(estimator, params, x, eps):
+  return estimators.per_example_gradients(estimator, encode_fn, log_likelihood_fn, params, x, eps)
+
+
+@pytest.mark.parametrize(
+  "ours, theirs",
+  [
+    (estimators.make_miwae(1), estimators.iwae_bound),  # M = 1: IWAE of L samples
+    (estimators.make_miwae(6), estimators.estimator_a),  # K = 1: the L-sample ELBO
+    (estimators.make_ciwae(1.0), estimators.estimator_a),
+    (estimators.make_ciwae(0.0), estimators.iwae_bound),
+  ],
+)
+def test_rainforth_objectives_at_their_ends_are_elbo_and_iwae(ours, theirs):
+  rng = np.random.default_rng(17)
+  params, x = random_params(rng), data(rng)
+  eps = jax.random.normal(jax.random.key(2), (6, x.shape[0], LATENT_DIM), x.dtype)
+  chex.assert_trees_all_close(
+    _values_and_gradients(ours, params, x, eps),
+    _values_and_gradients(theirs, params, x, eps),
+    rtol=1e-10,
+    atol=1e-12,
+  )
+
+
+def test_miwae_ciwae_and_piwae_written_out():
+  """MIWAE(2, 3) as the mean of two 3-sample IWAE bounds; CIWAE(0.3) as the
+  mix of the ELBO and IWAE; PIWAE(2, 3): IWAE(6)'s value and decoder
+  gradient, MIWAE(2, 3)'s encoder gradient."""
+  rng = np.random.default_rng(18)
+  params, x = random_params(rng), data(rng)
+  eps = jax.random.normal(jax.random.key(3), (6, x.shape[0], LATENT_DIM), x.dtype)
+  elbo, iwae = (
+    _values_and_gradients(e, params, x, eps)[0]
+    for e in (estimators.estimator_a, estimators.iwae_bound)
+  )
+  halves = [
+    _values_and_gradients(estimators.iwae_bound, params, x, eps[i : i + 3])[0] for i in (0, 3)
+  ]
+  miwae = _values_and_gradients(estimators.make_miwae(2), params, x, eps)
+  np.testing.assert_allclose(miwae[0], (halves[0] + halves[1]) / 2, rtol=1e-12)
+  ciwae = _values_and_gradients(estimators.make_ciwae(0.3), params, x, eps)[0]
+  np.testing.assert_allclose(ciwae, 0.3 * elbo + 0.7 * iwae, rtol=1e-12)
+  piwae = _values_and_gradients(estimators.make_piwae(2), params, x, eps)
+  iwae_gradient = _values_and_gradients(estimators.iwae_bound, params, x, eps)[1]
+  np.testing.assert_allclose(piwae[0], iwae, rtol=1e-12)
+  for leaf in DECODER:
+    np.testing.assert_allclose(piwae[1][leaf], iwae_gradient[leaf], rtol=1e-10, atol=1e-12)
+  for leaf in ENCODER:
+    np.testing.assert_allclose(piwae[1][leaf], miwae[1][leaf], rtol=1e-10, atol=1e-12)
+    assert not np.allclose(piwae[1][leaf], iwae_gradient[leaf])
+
+
+@pytest.mark.parametrize(
+  "make, parameter, problem",
+  [
+    (lambda: estimators.make_miwae(0), "num_groups", "must be an int >= 1, got 0"),
+    (lambda: estimators.make_piwae(2.5), "num_groups", "must be an int >= 1, got 2.5"),
+    (lambda: estimators.make_ciwae(1.5), "beta", r"must be in \[0, 1\], got 1.5"),
+    (lambda: estimators.make_ciwae(-0.1), "beta", r"must be in \[0, 1\], got -0.1"),
+  ],
+)
+def test_bad_settings_of_the_rainforth_objectives_are_named(make, parameter, problem):
+  with pytest.raises(ConfigError, match=problem) as error:
+    make()
+  assert error.value.parameter == parameter
+
+
+def test_samples_not_divisible_into_groups_are_refused():
+  """K = L / M must be a whole number >= 1 (M = 4 groups of 6 samples: K < 2)."""
+  rng = np.random.default_rng(19)
+  params, x = random_params(rng), data(rng)
+  eps = jax.random.normal(jax.random.key(4), (6, x.shape[0], LATENT_DIM), x.dtype)
+  for make in (estimators.make_miwae, estimators.make_piwae):
+    with pytest.raises(ConfigError, match="L = 6 is not a multiple of num_groups M = 4"):
+      _values_and_gradients(make(4), params, x, eps)

@@ -39,6 +39,7 @@ import chex
 import jax
 import jax.numpy as jnp
 
+from vae_jax.errors import ConfigError
 from vae_jax.math import distributions
 
 Array = jax.Array
@@ -418,6 +419,87 @@ def reweighted_wake_sleep_dreg(
   weights = jax.lax.stop_gradient(jax.nn.softmax(decoder_log_w))
   surrogate = jnp.sum(weights * decoder_log_w + (weights - weights**2) * path_log_w)
   return _iwae_gradient(decoder_log_w, surrogate)
+
+
+def _check_num_groups(num_groups: int) -> None:
+  if isinstance(num_groups, bool) or not isinstance(num_groups, int) or num_groups < 1:
+    raise ConfigError("num_groups", f"num_groups (M) must be an int >= 1, got {num_groups!r}.")
+
+
+def _grouped(log_w: Array, num_groups: int) -> Array:
+  """log w [L] as [M, K]: M groups of K = L / M consecutive samples."""
+  if log_w.shape[0] % num_groups:
+    raise ConfigError(
+      "num_groups",
+      f"num_samples L = {log_w.shape[0]} is not a multiple of num_groups M = {num_groups}: "
+      "each of the M groups takes K = L / M >= 1 samples.",
+    )
+  return log_w.reshape(num_groups, -1)
+
+
+def _mean_of_group_bounds(log_w: Array, num_groups: int) -> Array:
+  """(1/M) sum_m log (1/K) sum_k w_mk: MIWAE(M, K) of log w [L]."""
+  groups = _grouped(log_w, num_groups)
+  return jnp.mean(jax.nn.logsumexp(groups, axis=1)) - math.log(groups.shape[1])
+
+
+def make_miwae(num_groups: int) -> PerExampleEstimator:
+  """MIWAE(M, K) (Rainforth et al., "Tighter variational bounds are not
+  necessarily better", ICML 2018): the mean of M IWAE bounds of K samples
+  each, (1/M) sum_m log (1/K) sum_k w_mk, over L = M K samples (M =
+  `num_groups`; the l-th sample is in group l // K). M = 1 is the IWAE bound
+  of L samples, K = 1 (M = L) estimator A. A bound between the two, which
+  trades the encoder's gradient signal-to-noise ratio (it grows with M)
+  against the bound's tightness (it grows with K)."""
+  _check_num_groups(num_groups)
+
+  def miwae(encode_fn, log_likelihood_fn, params, x, eps, log_q=GAUSSIAN_LOG_Q):
+    log_w = log_importance_weights(encode_fn, log_likelihood_fn, params, x, eps, log_q=log_q)
+    return _mean_of_group_bounds(log_w, num_groups)
+
+  return miwae
+
+
+def make_ciwae(beta: float) -> PerExampleEstimator:
+  """CIWAE(beta) (Rainforth et al., 2018): beta ELBO + (1 - beta) IWAE on the
+  same L samples, beta (1/L) sum_l log w_l + (1 - beta) log (1/L) sum_l w_l.
+  beta = 1 is estimator A, beta = 0 the IWAE bound; every beta in [0, 1]
+  gives a lower bound on log p(x)."""
+  if not 0.0 <= beta <= 1.0:
+    raise ConfigError("beta", f"beta (CIWAE's weight of the ELBO) must be in [0, 1], got {beta}.")
+
+  def ciwae(encode_fn, log_likelihood_fn, params, x, eps, log_q=GAUSSIAN_LOG_Q):
+    log_w = log_importance_weights(encode_fn, log_likelihood_fn, params, x, eps, log_q=log_q)
+    iwae = jax.nn.logsumexp(log_w) - math.log(log_w.shape[0])
+    return beta * jnp.mean(log_w) + (1.0 - beta) * iwae
+
+  return ciwae
+
+
+def make_piwae(num_groups: int) -> PerExampleEstimator:
+  """PIWAE(M, K) (Rainforth et al., 2018): the decoder trained on the IWAE
+  bound of all L = M K samples, the encoder on MIWAE(M, K) of the same
+  samples. Value: the IWAE bound of the L samples (the decoder's objective).
+  The encoder's part takes a second decoder pass with p's parameters
+  stopped."""
+  _check_num_groups(num_groups)
+
+  def piwae(encode_fn, log_likelihood_fn, params, x, eps, log_q=GAUSSIAN_LOG_Q):
+    mean, logvar = encode_fn(params, x)
+    z = distributions.reparameterize(mean, logvar, eps)
+    frozen_z, frozen_mean, frozen_logvar = jax.lax.stop_gradient((z, mean, logvar))
+    log_px = log_likelihood_over_samples(log_likelihood_fn, params, x, frozen_z)
+    decoder_log_w = _log_weight(log_px, frozen_z, frozen_mean, frozen_logvar, log_q=log_q)
+    encoder_log_px = log_likelihood_over_samples(
+      log_likelihood_fn, jax.lax.stop_gradient(params), x, z
+    )
+    encoder_log_w = _log_weight(encoder_log_px, z, mean, logvar, log_q=log_q)
+    decoder_bound = jax.nn.logsumexp(decoder_log_w) - math.log(decoder_log_w.shape[0])
+    return _iwae_gradient(
+      decoder_log_w, decoder_bound + _mean_of_group_bounds(encoder_log_w, num_groups)
+    )
+
+  return piwae
 
 
 def reconstruction_at_mean(
