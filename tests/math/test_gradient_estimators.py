@@ -156,12 +156,13 @@ def test_doubly_reparameterised_encoder_gradient_has_the_same_expectation(name, 
   error of the difference of two independent means."""
   rng = np.random.default_rng(16)
   params, x = random_params(rng), data(rng)
-  ours = draw_gradients(name, params, x, num_draws=20_000, num_samples=5, seed=1)
-  theirs = draw_gradients(reference, params, x, num_draws=20_000, num_samples=5, seed=2)
+  # 5,000 draws: a biased substitute (iwae_stl for dreg) is off by about 75 standard errors.
+  ours = draw_gradients(name, params, x, num_draws=5_000, num_samples=5, seed=1)
+  theirs = draw_gradients(reference, params, x, num_draws=5_000, num_samples=5, seed=2)
   z = z_score(sum(np.size(params[leaf]) for leaf in ENCODER))
   for leaf in ENCODER:
     gap = np.abs(ours[leaf].mean(0) - theirs[leaf].mean(0))
-    standard_error = np.sqrt((ours[leaf].var(0) + theirs[leaf].var(0)) / 20_000)
+    standard_error = np.sqrt((ours[leaf].var(0) + theirs[leaf].var(0)) / 5_000)
     assert np.all(gap <= z * standard_error), (leaf, gap, standard_error)
     # Not the same estimator: the draws differ in spread.
     assert not np.allclose(ours[leaf].std(0), theirs[leaf].std(0), rtol=1e-3)
