@@ -485,15 +485,11 @@ def make_piwae(num_groups: int) -> PerExampleEstimator:
   _check_num_groups(num_groups)
 
   def piwae(encode_fn, log_likelihood_fn, params, x, eps, log_q=GAUSSIAN_LOG_Q):
-    mean, logvar = encode_fn(params, x)
-    z = distributions.reparameterize(mean, logvar, eps)
-    frozen_z, frozen_mean, frozen_logvar = jax.lax.stop_gradient((z, mean, logvar))
-    log_px = log_likelihood_over_samples(log_likelihood_fn, params, x, frozen_z)
-    decoder_log_w = _log_weight(log_px, frozen_z, frozen_mean, frozen_logvar, log_q=log_q)
-    encoder_log_px = log_likelihood_over_samples(
-      log_likelihood_fn, jax.lax.stop_gradient(params), x, z
+    decoder_log_w, score, path_log_w = _split_log_weights(
+      encode_fn, log_likelihood_fn, params, x, eps, log_q, path=True
     )
-    encoder_log_w = _log_weight(encoder_log_px, z, mean, logvar, log_q=log_q)
+    # log w through all of q: its path through z and, at the stopped z, -log q's density.
+    encoder_log_w = path_log_w - (score - jax.lax.stop_gradient(score))
     decoder_bound = jax.nn.logsumexp(decoder_log_w) - math.log(decoder_log_w.shape[0])
     return _iwae_gradient(
       decoder_log_w, decoder_bound + _mean_of_group_bounds(encoder_log_w, num_groups)
