@@ -666,13 +666,9 @@ def main(argv):
   for work in works:
     implementations(work)  # a bad reference form stops here, before any process
   rows = run_rounds(works, preset, lambda line: print(line, file=sys.stderr, flush=True))
-  device = jax.devices()[0]
   matmul_size = _MATMUL_SIZE.value or default_matmul_size()
   results = {
-    "device": (
-      f"{device.platform}: {device.device_kind}, {len(os.sched_getaffinity(0))} of "
-      f"{os.cpu_count()} CPUs"
-    ),
+    "device": tables.device_description(),
     "matmul_size": matmul_size,
     "matmul_flops_per_second": make_matmul_rate(matmul_size)(),
     "rows": rows,

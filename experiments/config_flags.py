@@ -132,8 +132,21 @@ flags.DEFINE_enum(
 flags.DEFINE_enum(
   "estimator",
   "B",
-  list(estimators.ESTIMATORS),
-  "Bound estimator: A, B, iwae, or A's gradient variants stl, score, score_baseline.",
+  list(estimators.ESTIMATOR_NAMES),
+  "Bound estimator: A, B, iwae; A's gradient variants stl, score, score_baseline; IWAE's "
+  "dreg, iwae_stl, rws, rws_dreg; Rainforth et al.'s miwae, piwae (--num_groups) and "
+  "ciwae (--ciwae_beta).",
+)
+flags.DEFINE_integer(
+  "num_groups",
+  1,
+  "M of --estimator=miwae or piwae: the --num_samples L samples form M groups of K = L / M "
+  "(MIWAE(M, K)); 1 for the other estimators.",
+)
+flags.DEFINE_float(
+  "ciwae_beta",
+  None,
+  "beta of --estimator=ciwae, its weight of the ELBO in [0, 1]: beta ELBO + (1 - beta) IWAE.",
 )
 flags.DEFINE_float(
   "kl_weight",
@@ -337,6 +350,8 @@ def _train_config(fv: flags.FlagValues, likelihood: str) -> state_lib.TrainConfi
     algorithm=fv.algorithm,
     estimator=fv.estimator,
     num_samples=fv.num_samples,
+    num_groups=fv.num_groups,
+    ciwae_beta=fv.ciwae_beta,
     batch_size=fv.batch_size,
     optimizer=fv.optimizer,
     learning_rate=fv.learning_rate,

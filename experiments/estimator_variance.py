@@ -22,14 +22,17 @@ import dataclasses
 import json
 import math
 import os
+import time
 
 import jax
 from absl import app, flags, logging
 
 from experiments import config_flags, tables
 from vae_jax.data.transforms import binarize
+from vae_jax.errors import ConfigError
 from vae_jax.figures import plots
 from vae_jax.inference import variance
+from vae_jax.inference.bounds import check_estimator
 from vae_jax.math import estimators
 from vae_jax.training import evaluation
 from vae_jax.training import run as run_lib
@@ -45,7 +48,9 @@ _STAGES = flags.DEFINE_list(
 _ESTIMATORS = flags.DEFINE_list(
   "estimators",
   ["A", "B", "stl", "score", "score_baseline", "iwae"],
-  f"Estimators to measure, from {list(estimators.ESTIMATORS)}.",
+  f"Estimators to measure, from {list(estimators.ESTIMATOR_NAMES)}; one that takes a "
+  "setting names it after a colon: miwae:M and piwae:M (M groups of the L samples), "
+  "ciwae:beta.",
 )
 _SAMPLE_COUNTS = flags.DEFINE_list(
   "sample_counts", ["1", "2", "5", "10", "100"], "Values of L (k for iwae)."
@@ -62,15 +67,35 @@ _NUM_REPETITIONS = flags.DEFINE_integer(
 _OUTDIR = flags.DEFINE_string("outdir", None, "Output directory (default: <workdir>/variance).")
 
 flags.register_validator(
-  "estimators",
-  lambda names: bool(names) and set(names) <= set(estimators.ESTIMATORS),
-  message=f"--estimators must be names from {sorted(estimators.ESTIMATORS)}.",
-)
-flags.register_validator(
   "sample_counts",
   lambda values: bool(values) and all(v.isdigit() and int(v) > 0 for v in values),
   message="--sample_counts must be comma-separated positive integers, e.g. 1,2,5,10,100.",
 )
+
+
+def parse_estimator(spec: str) -> tuple[str, dict]:
+  """ "name" or "name:setting" of --estimators -> (name, its settings as
+  keywords of `variance.measure`): miwae:4 -> ("miwae", {"num_groups": 4})."""
+  name, _, setting = spec.partition(":")
+  if name not in estimators.ESTIMATOR_NAMES:
+    raise ConfigError(
+      "estimators",
+      f"--estimators: unknown estimator {name!r}; choose from "
+      f"{sorted(estimators.ESTIMATOR_NAMES)}.",
+    )
+  takes = estimators.ESTIMATOR_FACTORIES.get(name, (None, None))[1]
+  if takes is None:
+    if setting:
+      raise ConfigError("estimators", f"--estimators: {name!r} takes no setting, got {spec!r}.")
+    return name, {}
+  kind = int if takes == "num_groups" else float
+  try:
+    return name, {takes: kind(setting)}
+  except ValueError:
+    raise ConfigError(
+      "estimators",
+      f"--estimators: {name!r} takes its {takes} after a colon ({name}:{kind(2)}), got {spec!r}.",
+    ) from None
 
 
 def _parse_stages(values: list[str]) -> list[int]:
@@ -105,34 +130,40 @@ def _train_to(stage_epochs, model, config, run, dataset):
     return checkpointer.restore(state, step=steps)
 
 
+_MEASURED = (
+  ("bound_variance", "Var[bound]"),
+  ("encoder_variance", "tr Cov[grad enc]"),
+  ("decoder_variance", "tr Cov[grad dec]"),
+  ("encoder_snr", "SNR enc"),
+  ("decoder_snr", "SNR dec"),
+  ("encoder_parameter_snr", "SNR/param enc"),
+  ("decoder_parameter_snr", "SNR/param dec"),
+)
+# The exponents of SNR ∝ L^a that the papers derive for large L: Rainforth et
+# al. (2018, Theorem 1) for IWAE's encoder and decoder, Tucker et al. (2019)
+# for DReG's encoder; a mean of L iid terms (A, B) has a = 1/2.
+PUBLISHED_SLOPES = {
+  ("iwae", "encoder"): -0.5,
+  ("iwae", "decoder"): 0.5,
+  ("dreg", "encoder"): 0.5,
+  ("A", "encoder"): 0.5,
+  ("A", "decoder"): 0.5,
+  ("B", "encoder"): 0.5,
+  ("B", "decoder"): 0.5,
+}
+SNR_DEFINITIONS = (("snr", "|E g| / sqrt(tr Cov)"), ("parameter_snr", "mean_i |E g_i| / std g_i"))
+
+
 def _markdown(rows: list[dict]) -> str:
   """One table per stage: each estimator's moments with their 95% intervals."""
-  headers = [
-    "estimator",
-    "L",
-    "Var[bound]",
-    "tr Cov[grad enc]",
-    "tr Cov[grad dec]",
-    "SNR enc",
-    "SNR dec",
-    "us/grad",
-  ]
+  headers = ["estimator", "L", *(label for _, label in _MEASURED), "us/grad"]
   sections = []
   for stage in dict.fromkeys(r["stage"] for r in rows):
     cells = [
       [
         r["estimator"],
         r["num_samples"],
-        *(
-          f"{r[k]:.3g} ± {r[k + '_ci']:.2g}"
-          for k in (
-            "bound_variance",
-            "encoder_variance",
-            "decoder_variance",
-            "encoder_snr",
-            "decoder_snr",
-          )
-        ),
+        *(f"{r[k]:.3g} ± {r[k + '_ci']:.2g}" for k, _ in _MEASURED),
         f"{1e6 * r['seconds_per_gradient']:.0f}",
       ]
       for r in rows
@@ -140,29 +171,112 @@ def _markdown(rows: list[dict]) -> str:
     ]
     sections.append(
       f"### After {stage:,} training examples\n\n"
-      + tables.markdown_table(headers, cells, [False] + [True] * 7)
+      + tables.markdown_table(headers, cells, [False] + [True] * (len(headers) - 1))
     )
   return "\n".join(sections)
 
 
-def _write_results(outdir: str, settings: dict, rows: list[dict]) -> str:
-  """results.json (with the settings), results.csv and table.md; the table."""
+def snr_slopes(rows: list[dict], num_repetitions: int) -> list[dict]:
+  """Per stage, estimator, part and SNR definition with at least 3 values of
+  L: the fitted exponent a of SNR ∝ L^a with its 95% interval
+  (`variance.log_log_slope`), and the published one where there is one."""
+  slopes = []
+  for stage, estimator in dict.fromkeys((r["stage"], r["estimator"]) for r in rows):
+    points = sorted(
+      (r for r in rows if r["stage"] == stage and r["estimator"] == estimator),
+      key=lambda r: r["num_samples"],
+    )
+    if len(points) < 3:
+      continue
+    for part in ("encoder", "decoder"):
+      for definition, _ in SNR_DEFINITIONS:
+        key = f"{part}_{definition}"
+        slope, half_width = variance.log_log_slope(
+          [r["num_samples"] for r in points],
+          [r[key] for r in points],
+          [r[f"{key}_ci"] for r in points],
+          num_repetitions,
+        )
+        slopes.append(
+          {
+            "stage": stage,
+            "estimator": estimator,
+            "part": part,
+            "definition": definition,
+            "slope": slope,
+            "slope_ci": half_width,
+            "published": PUBLISHED_SLOPES.get((estimator.partition(":")[0], part)),
+          }
+        )
+  return slopes
+
+
+def _slopes_markdown(slopes: list[dict], num_draws: int) -> str:
+  floor = variance.snr_floor(num_draws)
+  headers = ["estimator", "part", *(f"a, {label}" for _, label in SNR_DEFINITIONS), "published a"]
+  sections = []
+  for stage in dict.fromkeys(s["stage"] for s in slopes):
+    cells = []
+    for estimator, part in dict.fromkeys(
+      (s["estimator"], s["part"]) for s in slopes if s["stage"] == stage
+    ):
+      fitted = {
+        s["definition"]: s
+        for s in slopes
+        if (s["stage"], s["estimator"], s["part"]) == (stage, estimator, part)
+      }
+      published = fitted["snr"]["published"]
+      cells.append(
+        [
+          estimator,
+          part,
+          *(f"{fitted[d]['slope']:+.2f} ± {fitted[d]['slope_ci']:.2f}" for d, _ in SNR_DEFINITIONS),
+          "" if published is None else f"{published:+.1f}",
+        ]
+      )
+    sections.append(
+      f"### SNR ∝ L^a after {stage:,} training examples: the fitted exponent a\n\n"
+      f"A gradient of zero mean reads as SNR {floor['snr']:.3f} (norm) and "
+      f"{floor['parameter_snr']:.3f} (per parameter) with {num_draws} draws.\n\n"
+      + tables.markdown_table(headers, cells, [False, False, True, True, True])
+    )
+  return "\n".join(sections)
+
+
+def _write_results(outdir: str, settings: dict, rows: list[dict], slopes: list[dict]) -> str:
+  """results.json (with the settings and slopes), results.csv and table.md; the table."""
   with open(os.path.join(outdir, "results.json"), "w", encoding="utf-8") as f:
-    json.dump({"settings": settings, "rows": rows}, f, indent=2)
+    json.dump({"settings": settings, "rows": rows, "slopes": slopes}, f, indent=2)
   with open(os.path.join(outdir, "results.csv"), "w", newline="", encoding="utf-8") as f:
     writer = csv.DictWriter(f, fieldnames=list(rows[0]))
     writer.writeheader()
     writer.writerows(rows)
   table = _markdown(rows)
+  if slopes:
+    table += "\n" + _slopes_markdown(slopes, settings["num_draws"])
+  table += "\n" + _cost_markdown(settings["seconds"])
   with open(os.path.join(outdir, "table.md"), "w", encoding="utf-8") as f:
     f.write(table)
   return table
+
+
+def _cost_markdown(seconds: dict[str, float]) -> str:
+  return (
+    f"Cost: {seconds['training']:.0f} s training (or restoring), "
+    f"{seconds['measuring']:.0f} s measuring (compilation included), on "
+    f"{seconds['device']}.\n"
+  )
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   stages = _parse_stages(_STAGES.value)
+  measured = {spec: parse_estimator(spec) for spec in _ESTIMATORS.value}
+  sample_counts = list(map(int, _SAMPLE_COUNTS.value))
+  for name, settings in measured.values():
+    for num_samples in sample_counts:
+      check_estimator(name, num_samples, **settings)
   experiment = config_flags.config_from_flags()
   config, run = experiment.train, experiment.run
   config_flags.exit_if_ignored(run, "the variance benchmark", uses_devices=True)
@@ -181,53 +295,66 @@ def main(argv):
   examples_per_epoch = (dataset.train.shape[0] // config.batch_size) * config.batch_size
   key = jax.random.key(run.seed + 3)
   rows = []
+  seconds = {"training": 0.0, "measuring": 0.0}
   for stage in stages:
     stage_epochs = math.ceil(stage / examples_per_epoch)
+    started = time.perf_counter()
     state = _train_to(stage_epochs, model, config, run, dataset)
-    for estimator in _ESTIMATORS.value:
-      for num_samples in map(int, _SAMPLE_COUNTS.value):
+    seconds["training"] += time.perf_counter() - started
+    started = time.perf_counter()
+    for spec, (name, settings) in measured.items():
+      for num_samples in sample_counts:
         key, measure_key = jax.random.split(key)
         results = variance.measure(
           model,
           state.params,
           x,
           measure_key,
-          estimator=estimator,
+          estimator=name,
           num_samples=num_samples,
           num_draws=_NUM_DRAWS.value,
           num_repetitions=_NUM_REPETITIONS.value,
+          **settings,
         )
-        row = {
-          "stage": stage,
-          "step": int(state.step),
-          "estimator": estimator,
-          "num_samples": num_samples,
-        }
-        for name, (mean, half_width) in results.items():
-          row[name], row[f"{name}_ci"] = mean, half_width
+        row = {"stage": stage, "step": int(state.step), "estimator": spec}
+        row["num_samples"] = num_samples
+        for figure, (mean, half_width) in results.items():
+          row[figure], row[f"{figure}_ci"] = mean, half_width
         rows.append(row)
         logging.info(
-          "stage %d %s L=%d: Var[bound] %.3g, tr Cov enc %.3g, dec %.3g",
+          "stage %d %s L=%d: SNR enc %.3g, dec %.3g; tr Cov enc %.3g, dec %.3g",
           stage,
-          estimator,
+          spec,
           num_samples,
-          row["bound_variance"],
+          row["encoder_snr"],
+          row["decoder_snr"],
           row["encoder_variance"],
           row["decoder_variance"],
         )
+    seconds["measuring"] += time.perf_counter() - started
+    stage_rows = [r for r in rows if r["stage"] == stage]
+    title = f"after {stage:,} training examples"
     plots.plot_variance_vs_samples(
-      [r for r in rows if r["stage"] == stage],
+      stage_rows,
       os.path.join(outdir, f"variance_stage_{stage}.png"),
-      title=f"Estimator variance after {stage:,} training examples",
+      title=f"Estimator variance {title}",
     )
+    plots.plot_variance_vs_samples(
+      stage_rows,
+      os.path.join(outdir, f"snr_stage_{stage}.png"),
+      title=f"Gradient signal-to-noise ratio {title}",
+      panels=plots.SNR_PANELS,
+    )
+  seconds["device"] = tables.device_description()
   settings = {
     "num_examples": _NUM_EXAMPLES.value,
     "num_draws": _NUM_DRAWS.value,
     "num_repetitions": _NUM_REPETITIONS.value,
+    "seconds": seconds,
     "run": run_lib.describe(model, config, run.seed),
   }
-  table = _write_results(outdir, settings, rows)
-  print(table)
+  slopes = snr_slopes(rows, _NUM_REPETITIONS.value)
+  print(_write_results(outdir, settings, rows, slopes))
 
 
 if __name__ == "__main__":

@@ -82,7 +82,9 @@ def _time_preset(preset: str, data_flags: list[str], datasets: dict) -> dict[str
   state = training.init_train_state(model, config.train, jax.random.key(0), num_train)
   key = jax.random.key(1)
 
-  bound = evaluation.make_evaluate(model, config.train.estimator, config.train.num_samples)
+  bound = evaluation.make_evaluate(
+    model, config.train.estimator, config.train.num_samples, **config.train.estimator_settings
+  )
   evaluation_seconds = 0.0
   for name, size in (("train", num_train), ("test", num_test)):
     examples = eval_sets[name][: _EVAL_EXAMPLES.value]

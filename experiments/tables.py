@@ -3,7 +3,8 @@
 `markdown_table` lays out any table (the benchmark's, the variance
 benchmark's); `summary_table` is the runners' table of final values, one line
 per run, and `write_summary` saves it with its rows as JSON;
-`iwae_stage_rows` summarises a run on the IWAE schedule stage by stage.
+`iwae_stage_rows` summarises a run on the IWAE schedule stage by stage;
+`device_description` names the device under a table.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import json
 import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
+
+import jax
 
 from vae_jax.training.state import iwae_learning_rate, iwae_stage_ends
 
@@ -146,3 +149,13 @@ def active_units_cell(record: Mapping[str, Any]) -> str:
     counts.append(f"{record[f'active_units_layer{layer}']:g}")
     layer += 1
   return "/".join(counts)
+
+
+def device_description() -> str:
+  """The device a table's figures come from: "cpu: cpu, 1 of 2 CPUs" (the
+  CPUs this process may run on, of the machine's)."""
+  device = jax.devices()[0]
+  return (
+    f"{device.platform}: {device.device_kind}, {len(os.sched_getaffinity(0))} of "
+    f"{os.cpu_count()} CPUs"
+  )

@@ -7,7 +7,9 @@ import pytest
 from scipy import special, stats
 
 import vae_jax
+from vae_jax.errors import ConfigError
 from vae_jax.math import distributions
+from vae_jax.training import TrainConfig
 
 DATA_DIM, LATENT_DIM, BATCH = 12, 3, 5
 
@@ -57,6 +59,33 @@ def test_grad_of_mean_bound_is_finite_and_touches_encoder_and_decoder(likelihood
     leaves = jax.tree_util.tree_leaves(grads["params"][part])
     assert all(np.all(np.isfinite(leaf)) for leaf in leaves)
     assert any(np.any(leaf != 0) for leaf in leaves), part
+
+
+@pytest.mark.parametrize(
+  "estimator, settings, same_as",
+  [
+    ("miwae", {"num_groups": 1}, "iwae"),  # one group: IWAE of all L samples
+    ("miwae", {"num_groups": 4}, "A"),  # groups of one: the L-sample ELBO
+    ("ciwae", {"ciwae_beta": 0.0}, "iwae"),
+    ("ciwae", {"ciwae_beta": 1.0}, "A"),
+    ("piwae", {"num_groups": 2}, "iwae"),  # its value is the decoder's IWAE bound
+  ],
+)
+def test_make_elbo_passes_the_rainforth_settings(estimator, settings, same_as):
+  model = _model()
+  params = vae_jax.init_params(model, jax.random.key(0))
+  x, key = _data("bernoulli"), jax.random.key(4)
+  ours = vae_jax.make_elbo(model, estimator, num_samples=4, **settings)(params, x, key)
+  theirs = vae_jax.make_elbo(model, same_as, num_samples=4)(params, x, key)
+  np.testing.assert_allclose(ours, theirs, rtol=1e-5)
+
+
+def test_train_config_refuses_estimator_settings_that_do_not_apply():
+  with pytest.raises(ConfigError, match="not of 'B'") as error:
+    TrainConfig(estimator="B", num_groups=2)
+  assert error.value.parameter == "num_groups"
+  with pytest.raises(ConfigError, match="ciwae needs ciwae_beta"):
+    TrainConfig(estimator="ciwae", num_samples=5)
 
 
 def test_vmap_over_keys_gives_independent_draws():

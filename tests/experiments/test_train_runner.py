@@ -43,8 +43,12 @@ def _final_params(workdir):
 def test_runner_takes_the_iwae_codes_variance_head_and_output_bias(tmp_path):
   workdir = tmp_path / "run"
   flags = ["--encoder_variance=log_std", "--decoder_bias=data_mean", "--init=glorot"]
-  _train(*DIGITS_FLAGS, *flags, "--num_epochs=1", f"--workdir={workdir}")
+  # And an estimator with a setting, through the flags to the recorded run.
+  estimator = ["--estimator=piwae", "--num_samples=4", "--num_groups=2"]
+  _train(*DIGITS_FLAGS, *flags, *estimator, "--num_epochs=1", f"--workdir={workdir}")
   settings = json.loads((workdir / "run_config.json").read_text())
+  assert (settings["train"]["estimator"], settings["train"]["num_groups"]) == ("piwae", 2)
+  assert np.isfinite(read_metrics(workdir / "metrics.jsonl")[-1]["test_bound"])
   assert settings["encoder"]["variance_head"] == "log_std"
   assert settings["decoder"]["initial_logits_bias"] == "data_mean"
   model = models.make_vae(
@@ -261,6 +265,10 @@ def test_sigkilled_run_resumes_to_the_same_parameters_as_an_uninterrupted_one(tm
       "FATAL: --algorithm: algorithm='wake_sleep' is written for one stochastic layer",
     ),
     (["--stochastic_layers=3"], "FATAL: --stochastic_layers: Unknown stochastic_layers 3"),
+    (
+      ["--estimator=miwae", "--num_samples=6", "--num_groups=4"],
+      "FATAL: --num_groups: num_samples L = 6 is not a multiple of num_groups M = 4",
+    ),
     # Settings that cannot fit are refused before the run directory is written.
     (["--num_samples=100000"], "needs about"),
     # A DataError as one FATAL line (the TFDS errors themselves: tests/data).
@@ -306,16 +314,19 @@ def test_a_diverging_run_ends_with_one_fatal_line_and_resumes_with_a_lower_rate(
 
 
 @pytest.mark.parametrize(
-  "model_flags, estimator",
+  "model_flags, estimator, sample_counts",
   [
-    ([], "dreg"),
+    ([], "miwae:2", [2, 4, 8]),
     (
       ["--stochastic_layers=2", "--top_latent_dim=2", "--top_hidden_sizes=8", "--estimator=A"],
       "score",
+      [4],
     ),
   ],
 )
-def test_estimator_variance_runner_at_toy_size(tmp_path, model_flags, estimator):
+def test_estimator_variance_runner_at_toy_size(tmp_path, model_flags, estimator, sample_counts):
+  """Both stages measured for every L; with three values of L, the fitted
+  SNR slopes; the tables, CSV and figures written."""
   result = subprocess.run(
     [
       sys.executable,
@@ -326,7 +337,7 @@ def test_estimator_variance_runner_at_toy_size(tmp_path, model_flags, estimator)
       f"--workdir={tmp_path}",
       "--stages=0,1500",
       f"--estimators={estimator}",
-      "--sample_counts=4",
+      f"--sample_counts={','.join(map(str, sample_counts))}",
       "--num_examples=5",
       "--num_draws=10",
       "--num_repetitions=2",
@@ -338,18 +349,25 @@ def test_estimator_variance_runner_at_toy_size(tmp_path, model_flags, estimator)
     check=True,
   )
   outdir = tmp_path / "variance"
-  rows = json.loads((outdir / "results.json").read_text())["rows"]
+  results = json.loads((outdir / "results.json").read_text())
+  rows = results["rows"]
   assert {(r["stage"], r["estimator"], r["num_samples"]) for r in rows} == {
-    (0, estimator, 4),
-    (1500, estimator, 4),
+    (stage, estimator, count) for stage in (0, 1500) for count in sample_counts
   }
   assert all(r["encoder_variance"] > 0 and r["encoder_variance_ci"] >= 0 for r in rows)
+  assert all(r["decoder_parameter_snr"] > 0 for r in rows)
   assert rows[-1]["step"] == 15  # 1500 examples at M=100
   assert (outdir / "results.csv").read_text().startswith("stage,step,estimator,num_samples")
-  assert f"| {estimator} | 4 |" in (outdir / "table.md").read_text()
+  assert f"| {estimator} | {sample_counts[0]} |" in (outdir / "table.md").read_text()
   assert "After 1,500 training examples" in result.stdout
+  assert "s measuring" in result.stdout
+  slopes = results["slopes"]
+  assert len(slopes) == (2 * 2 * 2 if len(sample_counts) >= 3 else 0)  # stage, part, definition
+  assert all(np.isfinite([s["slope"], s["slope_ci"]]).all() for s in slopes)
+  assert ("SNR ∝ L^a after 1,500" in result.stdout) == bool(slopes)
   for stage in (0, 1500):
-    assert (outdir / f"variance_stage_{stage}.png").stat().st_size > 1000
+    for figure in ("variance", "snr"):
+      assert (outdir / f"{figure}_stage_{stage}.png").stat().st_size > 1000
 
 
 def test_data_flags_every_runner_loads_through(tmp_path):

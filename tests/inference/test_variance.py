@@ -85,7 +85,7 @@ def test_pathwise_variances_scale_as_one_over_l(setup, estimator):
   model, params, x = setup
   sample_counts = np.array([1, 8, 64])
   num_repetitions = 5
-  log_means, log_errors = [], []
+  intervals = []
   for num_samples in sample_counts:
     totals = [
       variance.summarize(m)["total_variance"]
@@ -99,16 +99,52 @@ def test_pathwise_variances_scale_as_one_over_l(setup, estimator):
         num_draws=200,
       )
     ]
-    log_means.append(np.log(np.mean(totals)))
-    log_errors.append(np.std(totals, ddof=1) / np.sqrt(num_repetitions) / np.mean(totals))
-  weights = 1.0 / np.square(log_errors)
-  design = np.stack([np.ones(len(sample_counts)), np.log(sample_counts)], axis=1)
-  covariance = np.linalg.inv(design.T @ (weights[:, None] * design))
-  slope = (covariance @ design.T @ (weights * np.array(log_means)))[1]
-  slope_error = np.sqrt(covariance[1, 1])
+    intervals.append(variance.confidence_interval(totals))
+  means, half_widths = zip(*intervals, strict=True)
+  slope, slope_half_width = variance.log_log_slope(
+    sample_counts, means, half_widths, num_repetitions
+  )
+  slope_error = slope_half_width / stats.norm.isf(0.025)
   z = stats.norm.isf(1e-3 / 2 / 3)
   assert abs(slope + 1.0) < z * slope_error, (slope, slope_error)
   assert slope_error < 0.05  # the test has the power to see a wrong slope
+
+
+def test_log_log_slope_by_hand():
+  """Points on log y = 2 - 0.5 log L give slope -0.5; with equal relative
+  errors e the weighted fit's slope variance is e^2 / sum (log L - mean)^2."""
+  counts = np.array([1.0, 10.0, 100.0])
+  means = np.exp(2.0 - 0.5 * np.log(counts))
+  relative_error = 0.1
+  t = stats.t.ppf(0.975, 4)
+  slope, half_width = variance.log_log_slope(counts, means, t * relative_error * means, 5)
+  assert np.isclose(slope, -0.5)
+  log_counts = np.log(counts)
+  expected = relative_error / np.sqrt(np.sum(np.square(log_counts - log_counts.mean())))
+  assert np.isclose(half_width, stats.norm.isf(0.025) * expected)
+
+
+def test_parameter_snr_averages_over_coordinates_that_vary():
+  """Rainforth et al.'s SNR: |E g_i| / std g_i per coordinate, averaged; a
+  coordinate of zero variance (a dead unit) has no ratio and is left out."""
+  gradient_mean = {
+    "params": {"encoder": {"w": jnp.array([[3.0, 4.0, 0.0]])}, "decoder": {"w": jnp.array([[1.0]])}}
+  }
+  gradient_variance = {
+    "params": {"encoder": {"w": jnp.array([[1.0, 4.0, 0.0]])}, "decoder": {"w": jnp.array([[4.0]])}}
+  }
+  summary = variance.summarize(
+    variance.Moments(
+      bound_mean=jnp.array([-5.0]),
+      bound_variance=jnp.array([2.0]),
+      gradient_mean=gradient_mean,
+      gradient_variance=gradient_variance,
+      seconds_per_gradient=0.5,
+    )
+  )
+  assert np.isclose(summary["encoder_parameter_snr"], (3.0 / 1.0 + 4.0 / 2.0) / 2)
+  assert np.isclose(summary["encoder_snr"], 5.0 / np.sqrt(5.0))
+  assert np.isclose(summary["decoder_parameter_snr"], 0.5)
 
 
 def test_confidence_interval_is_student_t():

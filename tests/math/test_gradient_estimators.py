@@ -226,8 +226,12 @@ def test_miwae_ciwae_and_piwae_written_out():
   [
     (lambda: estimators.make_miwae(0), "num_groups", "must be an int >= 1, got 0"),
     (lambda: estimators.make_piwae(2.5), "num_groups", "must be an int >= 1, got 2.5"),
-    (lambda: estimators.make_ciwae(1.5), "beta", r"must be in \[0, 1\], got 1.5"),
-    (lambda: estimators.make_ciwae(-0.1), "beta", r"must be in \[0, 1\], got -0.1"),
+    (lambda: estimators.make_ciwae(1.5), "ciwae_beta", r"must be in \[0, 1\], got 1.5"),
+    (lambda: estimators.make_ciwae(-0.1), "ciwae_beta", r"must be in \[0, 1\], got -0.1"),
+    (lambda: estimators.make_estimator("ciwae"), "ciwae_beta", "ciwae needs ciwae_beta"),
+    (lambda: estimators.make_estimator("iwae", num_groups=2), "num_groups", "not of 'iwae'"),
+    (lambda: estimators.make_estimator("miwae", ciwae_beta=0.5), "ciwae_beta", "not of 'miwae'"),
+    (lambda: estimators.make_estimator("miwea"), "estimator", "Unknown estimator 'miwea'"),
   ],
 )
 def test_bad_settings_of_the_rainforth_objectives_are_named(make, parameter, problem):

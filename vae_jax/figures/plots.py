@@ -415,23 +415,33 @@ VARIANCE_PANELS = (
 )
 
 
+SNR_PANELS = (
+  ("encoder_snr", "encoder SNR, |E g| / sqrt(tr Cov)"),
+  ("decoder_snr", "decoder SNR, |E g| / sqrt(tr Cov)"),
+  ("encoder_parameter_snr", "encoder SNR per parameter"),
+  ("decoder_parameter_snr", "decoder SNR per parameter"),
+)
+
+
 def plot_variance_vs_samples(
   rows: Sequence[Mapping[str, Any]],
   path: str | os.PathLike[str],
   title: str = "Estimator variance",
+  panels: Sequence[tuple[str, str]] = VARIANCE_PANELS,
 ) -> str:
-  """Variance against L on log-log axes, one line per estimator.
+  """A figure of each row against L on log-log axes, one line per estimator.
 
   Args:
     rows: dicts with `estimator`, `num_samples` (L) and, for each key of
-      `VARIANCE_PANELS`, a value and `<key>_ci` (95% half-width, drawn as
-      error bars). Rows of one stage only.
+      `panels`, a value and `<key>_ci` (95% half-width, drawn as error
+      bars). Rows of one stage only.
     path: where to write the PNG.
     title: figure title.
+    panels: (key, axis label) per panel: `VARIANCE_PANELS`, `SNR_PANELS`.
   """
-  fig = Figure(figsize=(15, 4.5), dpi=_DPI, layout="constrained")
-  axes = fig.subplots(1, len(VARIANCE_PANELS))
-  for ax, (key, label) in zip(axes, VARIANCE_PANELS, strict=False):
+  fig = Figure(figsize=(5 * len(panels), 4.5), dpi=_DPI, layout="constrained")
+  axes = fig.subplots(1, len(panels))
+  for ax, (key, label) in zip(axes, panels, strict=True):
     for estimator in dict.fromkeys(r["estimator"] for r in rows):
       points = sorted(
         (r["num_samples"], r[key], r[f"{key}_ci"])

@@ -29,14 +29,15 @@ Params = Any
 ElboFn = Callable[[Params, Array, Array], Array]
 
 
-def check_estimator(estimator: str, num_samples: int) -> None:
-  """Raises a ConfigError/TypeError for an unknown estimator name or L < 1."""
-  if estimator not in estimators.ESTIMATORS:
-    raise ConfigError(
-      "estimator",
-      f"Unknown estimator {estimator!r}; choose one of {sorted(estimators.ESTIMATORS)}.",
-    )
+def check_estimator(
+  estimator: str, num_samples: int, num_groups: int = 1, ciwae_beta: float | None = None
+) -> None:
+  """Raises a ConfigError/TypeError for an unknown estimator name, L < 1, or
+  settings the estimator does not take or cannot use with L samples (see
+  `estimators.make_estimator`)."""
+  estimators.make_estimator(estimator, num_groups, ciwae_beta)
   check_num_samples(num_samples)
+  estimators.check_group_size(num_samples, num_groups)
 
 
 def check_num_samples(num_samples: int) -> None:
@@ -78,6 +79,8 @@ def make_elbo(
   num_samples: int = 1,
   kl_weight: float = 1.0,
   posterior: posteriors.Posterior = posteriors.GAUSSIAN,
+  num_groups: int = 1,
+  ciwae_beta: float | None = None,
 ) -> ElboFn:
   """Returns `elbo(params, x, key) -> [batch]`, the per-example bound in nats.
 
@@ -86,9 +89,10 @@ def make_elbo(
       estimators A, iwae, stl, score and score_baseline are defined
       (`vae_jax.math.two_layers`), with kl_weight 1 and the Gaussian q.
     estimator: "A" (eq. 6), "B" (eq. 7), "iwae" (importance-weighted bound
-      with k = num_samples), or one of A's variants that differ only in
-      their gradients: "stl", "score", "score_baseline" (see
-      `vae_jax.estimators`).
+      with k = num_samples), one of A's variants that differ only in their
+      gradients ("stl", "score", "score_baseline"), one of IWAE's ("dreg",
+      "iwae_stl", "rws", "rws_dreg"), or one of the objectives of Rainforth
+      et al. ("miwae", "ciwae", "piwae"); see `vae_jax.estimators`.
     num_samples: L >= 1, samples of z per example.
     kl_weight: beta >= 0 of the beta-VAE objective E_q log p(x|z) - beta KL,
       estimators "A" and "B" only; other than 1 the value is that training
@@ -96,13 +100,16 @@ def make_elbo(
     posterior: the family of q(z|x) (`vae_jax.posteriors`), whose location
       and log squared scale the encoder outputs; all but the Gaussian need
       an estimator other than "B".
+    num_groups: M of "miwae" and "piwae", which split the L samples into M
+      groups of K = L / M; 1 for the others.
+    ciwae_beta: "ciwae"'s weight of the ELBO, in [0, 1]; None for the others.
 
   The returned function takes params (from `init_params`), x [batch,
   data_dim] and a PRNG key; it draws eps [L, batch, noise_dim] from the key
   and vmaps the per-example estimator over the batch and the decoder over L.
   """
-  check_estimator(estimator, num_samples)
-  per_example = per_example_bound(model, estimator, kl_weight, posterior)
+  check_estimator(estimator, num_samples, num_groups, ciwae_beta)
+  per_example = per_example_bound(model, estimator, kl_weight, posterior, num_groups, ciwae_beta)
 
   def elbo(params: Params, x: Array, key: Array) -> Array:
     check_data(x, model)
@@ -117,6 +124,8 @@ def per_example_bound(
   estimator: str,
   kl_weight: float = 1.0,
   posterior: posteriors.Posterior = posteriors.GAUSSIAN,
+  num_groups: int = 1,
+  ciwae_beta: float | None = None,
 ) -> Callable[[Params, Array, Array], Array]:
   """`bound(params, x [data_dim], eps [L, noise_dim]) -> scalar`: the
   estimator bound to the model for one example (`vae_jax.math.estimators`,
@@ -129,7 +138,7 @@ def per_example_bound(
     return lambda params, x, eps: two_layer_estimator(functions, params, x, eps)
   check_kl_weight(kl_weight, estimator)
   check_posterior(posterior, estimator)
-  per_example = estimators.ESTIMATORS[estimator]
+  per_example = estimators.make_estimator(estimator, num_groups, ciwae_beta)
   if kl_weight != 1:
     per_example = functools.partial(per_example, kl_weight=kl_weight)
   if posterior is not posteriors.GAUSSIAN:

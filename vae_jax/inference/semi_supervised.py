@@ -54,7 +54,7 @@ LABEL_INFERENCES = ("enumerate", "sample")
 
 def _labelled_per_example(model: M2, estimator: str) -> Callable[..., Array]:
   """L(x, y) for one example: (params, x [data_dim], y [] int, eps [L, latent]) -> nats."""
-  per_example = estimators.ESTIMATORS[estimator]
+  per_example = estimators.make_estimator(estimator)
   log_prior_y = -math.log(model.num_classes)
 
   def bound(params: Params, x: Array, y: Array, eps: Array) -> Array:
@@ -163,7 +163,8 @@ class ObjectiveConfig:
   """The M2 objective's settings.
 
   Attributes:
-    estimator: the per-example bound of L(x, y), from `estimators.ESTIMATORS`.
+    estimator: the per-example bound of L(x, y), from `estimators.ESTIMATOR_NAMES`
+      (with their default settings: miwae and piwae of one group are iwae).
     num_samples: draws of z per example and label.
     alpha: weight of the labelled examples' classification loss, per example
       of the whole data set: the paper's alpha / N (the paper: 0.1).

@@ -11,6 +11,14 @@ one `lax.scan`, so memory does not grow with the number of draws).
                         coordinate variances, for part = encoder, decoder, total
   {part}_snr            |E[g]| / sqrt(trace Cov[g]) per example, averaged: the
                         norm signal-to-noise ratio of the gradient
+  {part}_parameter_snr  |E[g_i]| / std[g_i] averaged over the part's coordinates
+                        (those that vary), then over examples: the SNR of
+                        Rainforth et al. (ICML 2018), per parameter
+
+Both SNRs are estimated from the draws' mean and variance, so a gradient of
+zero mean reads as about 1 / sqrt(num_draws) (the mean of D draws has norm
+about sqrt(trace Cov / D)): `snr_floor` gives that level, below which a
+measured SNR says only "at most this".
 
 `measure` repeats the whole measurement with independent noise and gives each
 figure with a 95% confidence interval over the repetitions.
@@ -19,7 +27,9 @@ figure with a 95% confidence interval over the repetitions.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -58,7 +68,15 @@ class Moments:
   seconds_per_gradient: float
 
 
-def make_gradient_moments(model: VAE, *, estimator: str, num_samples: int, num_draws: int):
+def make_gradient_moments(
+  model: VAE,
+  *,
+  estimator: str,
+  num_samples: int,
+  num_draws: int,
+  num_groups: int = 1,
+  ciwae_beta: float | None = None,
+):
   """Returns a jitted `moments(params, x, key) -> (mean, variance)`.
 
   Per example, over `num_draws` independent draws of eps [L, num_examples,
@@ -67,14 +85,17 @@ def make_gradient_moments(model: VAE, *, estimator: str, num_samples: int, num_d
 
   Args:
     model: the VAE.
-    estimator: a key of `vae_jax.estimators.ESTIMATORS`.
+    estimator: a name of `vae_jax.estimators.ESTIMATOR_NAMES`.
     num_samples: L (k for "iwae").
     num_draws: >= 2.
+    num_groups, ciwae_beta: the estimator's settings (`bounds.make_elbo`).
   """
   if num_draws < 2:
     raise ValueError(f"num_draws must be >= 2 to estimate a variance, got {num_draws}.")
-  check_estimator(estimator, num_samples)
-  bound_and_gradient = jax.value_and_grad(per_example_bound(model, estimator))
+  check_estimator(estimator, num_samples, num_groups, ciwae_beta)
+  bound_and_gradient = jax.value_and_grad(
+    per_example_bound(model, estimator, num_groups=num_groups, ciwae_beta=ciwae_beta)
+  )
 
   def moments(params: Params, x: Array, key: Array):
     def draw(draw_key):
@@ -108,6 +129,7 @@ def gradient_moments(
   estimator: str,
   num_samples: int,
   num_draws: int,
+  **estimator_settings: Any,
 ) -> list[Moments]:
   """One `Moments` per key in `keys`, from one compiled program.
 
@@ -115,11 +137,18 @@ def gradient_moments(
     model, params: the VAE and its parameters.
     x: [num_examples, data_dim].
     keys: [num_repetitions] PRNG keys, one independent measurement each.
-    estimator, num_samples, num_draws: see `make_gradient_moments`.
+    estimator, num_samples, num_draws, estimator_settings: see
+      `make_gradient_moments`.
   """
   check_data(x, model)
   moments = (
-    make_gradient_moments(model, estimator=estimator, num_samples=num_samples, num_draws=num_draws)
+    make_gradient_moments(
+      model,
+      estimator=estimator,
+      num_samples=num_samples,
+      num_draws=num_draws,
+      **estimator_settings,
+    )
     .lower(params, x, keys[0])
     .compile()
   )
@@ -167,7 +196,57 @@ def summarize(moments: Moments) -> dict[str, float]:
     squared_norm = _per_example_sum(jax.tree_util.tree_map(jnp.square, mean))
     summary[f"{name}_variance"] = float(jnp.mean(trace))
     summary[f"{name}_snr"] = float(jnp.mean(jnp.sqrt(squared_norm / trace)))
+    summary[f"{name}_parameter_snr"] = float(jnp.mean(_mean_parameter_snr(mean, variance)))
   return summary
+
+
+def _mean_parameter_snr(mean: Params, variance: Params) -> Array:
+  """Per example, |E g_i| / std g_i averaged over the coordinates whose
+  variance is positive (a coordinate that no draw moves, e.g. a dead unit's
+  weight, has no ratio) -> [num_examples]."""
+  means, variances = (
+    jnp.concatenate(
+      [leaf.reshape(leaf.shape[0], -1) for leaf in jax.tree_util.tree_leaves(tree)], 1
+    )
+    for tree in (mean, variance)
+  )
+  varies = variances > 0
+  ratios = jnp.where(varies, jnp.abs(means) / jnp.sqrt(jnp.where(varies, variances, 1.0)), 0.0)
+  return jnp.sum(ratios, axis=1) / jnp.sum(varies, axis=1)
+
+
+def snr_floor(num_draws: int) -> dict[str, float]:
+  """What each SNR of `summarize` reads for a gradient of zero mean, to
+  leading order in 1 / num_draws: sqrt(1 / D) for the norm SNR (|mean of D
+  draws|^2 has expectation trace Cov / D) and sqrt(2 / (pi D)) for the
+  per-parameter one (E|N(0, 1 / D)|)."""
+  return {"snr": math.sqrt(1 / num_draws), "parameter_snr": math.sqrt(2 / (math.pi * num_draws))}
+
+
+def log_log_slope(
+  sample_counts: Sequence[int],
+  means: Sequence[float],
+  half_widths: Sequence[float],
+  num_repetitions: int,
+  level: float = 0.95,
+) -> tuple[float, float]:
+  """The slope of log(figure) against log(L) and its half-width at `level`.
+
+  A weighted least-squares line through (log L, log mean), each point's
+  weight the inverse square of its log's standard error (the repetitions'
+  standard error of the mean, `half_width / t`, divided by the mean: the
+  delta method). The half-width is the slope's normal interval.
+  """
+  if len(sample_counts) < 2:
+    raise ValueError(f"A slope needs at least two values of L, got {list(sample_counts)}.")
+  t = stats.t.ppf(0.5 + level / 2, num_repetitions - 1)
+  means = np.asarray(means, np.float64)
+  log_errors = np.asarray(half_widths, np.float64) / t / means
+  weights = 1.0 / np.square(log_errors)
+  design = np.stack([np.ones(len(means)), np.log(np.asarray(sample_counts, np.float64))], axis=1)
+  covariance = np.linalg.inv(design.T @ (weights[:, None] * design))
+  slope = (covariance @ design.T @ (weights * np.log(means)))[1]
+  return float(slope), float(stats.norm.ppf(0.5 + level / 2) * np.sqrt(covariance[1, 1]))
 
 
 def confidence_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
@@ -189,8 +268,10 @@ def measure(
   num_samples: int,
   num_draws: int,
   num_repetitions: int,
+  **estimator_settings: Any,
 ) -> dict[str, tuple[float, float]]:
-  """`summarize` over independent repetitions: figure -> (mean, 95% half-width)."""
+  """`summarize` over independent repetitions: figure -> (mean, 95% half-width).
+  estimator_settings: `num_groups`, `ciwae_beta` (`make_gradient_moments`)."""
   summaries = [
     summarize(moments)
     for moments in gradient_moments(
@@ -201,6 +282,7 @@ def measure(
       estimator=estimator,
       num_samples=num_samples,
       num_draws=num_draws,
+      **estimator_settings,
     )
   ]
   return {name: confidence_interval([s[name] for s in summaries]) for name in summaries[0]}

@@ -25,6 +25,10 @@ decoder gradient and differ in the encoder's (w~_l: the normalised weights):
   iwae_stl:  sum_l w~_l   dlog w_l/dz_l dz_l/dphi   (Roeder et al., 2017; biased, k > 1)
   rws:       sum_l w~_l grad_phi log q(z_l|x)       (Bornschein & Bengio, 2015: q's wake phase)
   rws_dreg:  sum_l (w~_l - w~_l^2) dlog w_l/dz_l dz_l/dphi   (the same expectation as rws)
+Three objectives of Rainforth et al. (2018) take a setting, so they are made
+by factories (`make_estimator` names them): miwae and piwae split the L
+samples into M = `num_groups` groups of K = L / M, ciwae weights the ELBO by
+`ciwae_beta`.
 `per_example_gradients` returns any estimator's gradient for each example
 separately, for variance studies.
 """
@@ -428,12 +432,7 @@ def _check_num_groups(num_groups: int) -> None:
 
 def _grouped(log_w: Array, num_groups: int) -> Array:
   """log w [L] as [M, K]: M groups of K = L / M consecutive samples."""
-  if log_w.shape[0] % num_groups:
-    raise ConfigError(
-      "num_groups",
-      f"num_samples L = {log_w.shape[0]} is not a multiple of num_groups M = {num_groups}: "
-      "each of the M groups takes K = L / M >= 1 samples.",
-    )
+  check_group_size(log_w.shape[0], num_groups)
   return log_w.reshape(num_groups, -1)
 
 
@@ -466,7 +465,9 @@ def make_ciwae(beta: float) -> PerExampleEstimator:
   beta = 1 is estimator A, beta = 0 the IWAE bound; every beta in [0, 1]
   gives a lower bound on log p(x)."""
   if not 0.0 <= beta <= 1.0:
-    raise ConfigError("beta", f"beta (CIWAE's weight of the ELBO) must be in [0, 1], got {beta}.")
+    raise ConfigError(
+      "ciwae_beta", f"ciwae_beta (CIWAE's weight of the ELBO) must be in [0, 1], got {beta}."
+    )
 
   def ciwae(encode_fn, log_likelihood_fn, params, x, eps, log_q=GAUSSIAN_LOG_Q):
     log_w = log_importance_weights(encode_fn, log_likelihood_fn, params, x, eps, log_q=log_q)
@@ -534,6 +535,63 @@ ESTIMATORS: dict[str, PerExampleEstimator] = {
   "rws": reweighted_wake_sleep,
   "rws_dreg": reweighted_wake_sleep_dreg,
 }
+
+
+# The estimators made from a setting (`make_estimator`), and the setting each takes.
+ESTIMATOR_FACTORIES: dict[str, tuple[Callable[..., PerExampleEstimator], str]] = {
+  "miwae": (make_miwae, "num_groups"),
+  "ciwae": (make_ciwae, "ciwae_beta"),
+  "piwae": (make_piwae, "num_groups"),
+}
+
+ESTIMATOR_NAMES: tuple[str, ...] = (*ESTIMATORS, *ESTIMATOR_FACTORIES)
+
+
+def make_estimator(
+  name: str, num_groups: int = 1, ciwae_beta: float | None = None
+) -> PerExampleEstimator:
+  """The per-example estimator called `name`, one of `ESTIMATOR_NAMES`.
+
+  num_groups: M of "miwae" and "piwae" (the L samples form M groups of
+  K = L / M); 1 for every other estimator. ciwae_beta: beta in [0, 1] of
+  "ciwae", which needs it; None for every other estimator. A setting given
+  to an estimator that does not take it is refused rather than ignored.
+  """
+  if name not in ESTIMATOR_NAMES:
+    raise ConfigError(
+      "estimator", f"Unknown estimator {name!r}; choose one of {sorted(ESTIMATOR_NAMES)}."
+    )
+  takes = ESTIMATOR_FACTORIES[name][1] if name in ESTIMATOR_FACTORIES else None
+  if num_groups != 1 and takes != "num_groups":
+    raise ConfigError(
+      "num_groups",
+      f"num_groups = {num_groups} splits the samples of miwae and piwae only, not of "
+      f"{name!r}; use 1.",
+    )
+  if ciwae_beta is not None and takes != "ciwae_beta":
+    raise ConfigError(
+      "ciwae_beta", f"ciwae_beta = {ciwae_beta} is a setting of ciwae only, not of {name!r}."
+    )
+  if takes is None:
+    return ESTIMATORS[name]
+  if takes == "ciwae_beta" and ciwae_beta is None:
+    raise ConfigError(
+      "ciwae_beta", "ciwae needs ciwae_beta, its weight of the ELBO in [0, 1] (0 is iwae)."
+    )
+  factory = ESTIMATOR_FACTORIES[name][0]
+  return factory(num_groups if takes == "num_groups" else ciwae_beta)
+
+
+def check_group_size(num_samples: int, num_groups: int) -> None:
+  """Raises a ConfigError unless the L samples split into M groups of
+  K = L / M >= 1 (MIWAE and PIWAE)."""
+  _check_num_groups(num_groups)
+  if num_samples % num_groups:
+    raise ConfigError(
+      "num_groups",
+      f"num_samples L = {num_samples} is not a multiple of num_groups M = {num_groups}: "
+      "each of the M groups takes K = L / M >= 1 samples.",
+    )
 
 
 def over_batch(per_example, params: Params, x: Array, eps: Array):

@@ -45,7 +45,11 @@ def make_train_step(
   learning_rate: in place of `config.learning_rate` (see `make_optimizer`).
   """
   elbo = bounds.make_elbo(
-    model, config.estimator, config.num_samples, posterior=config.posterior_family
+    model,
+    config.estimator,
+    config.num_samples,
+    posterior=config.posterior_family,
+    **config.estimator_settings,
   )
   objective_fn = training_objective(model, config)
   optimizer = make_optimizer(config, num_train, learning_rate)

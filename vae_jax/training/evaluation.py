@@ -31,6 +31,8 @@ def make_evaluate(
   samples_per_pass: int = 100,
   posterior: posteriors.Posterior = posteriors.GAUSSIAN,
   rows_per_pass: int | None = None,
+  num_groups: int = 1,
+  ciwae_beta: float | None = None,
 ) -> Callable[[Params, Array, Array], Array]:
   """Returns a jitted `evaluate(params, data, key) -> [N]` bounds in nats.
 
@@ -51,7 +53,8 @@ def make_evaluate(
   example's samples are drawn from, depends on it: with a fixed key the
   result is deterministic for given settings. With
   `multi_run`, params have a leading [num_runs] axis and so does the
-  result. `posterior` is the family of q(z|x).
+  result. `posterior` is the family of q(z|x); `num_groups` and
+  `ciwae_beta` are the estimator's settings (`bounds.make_elbo`).
   """
   if estimator == "iwae":
     bound = bounds.make_log_likelihood_estimate(
@@ -60,7 +63,14 @@ def make_evaluate(
   else:
     # The other estimators draw all L samples in one pass.
     samples_per_pass = num_samples
-    bound = bounds.make_elbo(model, estimator, num_samples, posterior=posterior)
+    bound = bounds.make_elbo(
+      model,
+      estimator,
+      num_samples,
+      posterior=posterior,
+      num_groups=num_groups,
+      ciwae_beta=ciwae_beta,
+    )
   examples_per_pass = bounds.examples_per_pass(num_samples, samples_per_pass, rows_per_pass)
   if examples_per_pass is not None:
     batch_size = min(batch_size, examples_per_pass)

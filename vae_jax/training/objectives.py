@@ -37,6 +37,7 @@ def training_objective(model: VAE, config: TrainConfig) -> bounds.ElboFn | None:
       config.num_samples,
       config.kl_weight,
       config.posterior_family,
+      **config.estimator_settings,
     )
   return None
 

@@ -191,6 +191,7 @@ def _evaluations(model: VAE, config: TrainConfig, run: RunConfig) -> tuple[Any, 
     run.eval_batch_size,
     run.multi_run,
     posterior=config.posterior_family,
+    **config.estimator_settings,
   )
   log_likelihood = (
     evaluation.make_evaluate(

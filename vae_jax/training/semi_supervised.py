@@ -78,6 +78,8 @@ def check_train_config(config: TrainConfig) -> None:
     "kl_weight": 1.0,
     "posterior": "gaussian",
     "learning_rate_schedule": "constant",
+    "num_groups": 1,
+    "ciwae_beta": None,
   }
   for name, supported in unsupported.items():
     if getattr(config, name) != supported:

@@ -18,7 +18,7 @@ import numpy as np
 import optax
 
 from vae_jax.errors import ConfigError
-from vae_jax.inference.bounds import check_kl_weight, check_posterior
+from vae_jax.inference.bounds import check_estimator, check_kl_weight, check_posterior
 from vae_jax.math import posteriors
 from vae_jax.models.functions import init_params
 from vae_jax.models.vae import VAE
@@ -68,8 +68,14 @@ class TrainConfig:
       and the decoder as a deterministic autoencoder, log p(x | z = mean(x))
       (`api.make_autoencoder_objective`), and also reports `estimator`'s
       bound of the model, which is not what it optimises.
-    estimator: "A", "B" or "iwae" (see `vae_jax.estimators`).
+    estimator: a name of `estimators.ESTIMATOR_NAMES`: "A", "B", "iwae", their
+      gradient variants, or the objectives of Rainforth et al. (see
+      `vae_jax.estimators`).
     num_samples: L, samples of z per example per step.
+    num_groups: M of estimators "miwae" and "piwae" (M groups of K = L / M
+      samples); 1 for the others.
+    ciwae_beta: estimator "ciwae"'s weight of the ELBO in [0, 1]; None for
+      the others.
     batch_size: M, examples per minibatch.
     optimizer: "adagrad" (the paper), "adam", "iwae_code_adam" (the IWAE
       authors' code's Adam, `iwae_code_adam`: beta1 0.99, second moments
@@ -100,6 +106,8 @@ class TrainConfig:
   algorithm: str = "aevb"
   estimator: str = "B"
   num_samples: int = 1
+  num_groups: int = 1
+  ciwae_beta: float | None = None
   batch_size: int = 100
   optimizer: str = "adagrad"
   learning_rate: float = 0.02
@@ -134,6 +142,7 @@ class TrainConfig:
         "adagrad_initial_accumulator",
         f"adagrad_initial_accumulator must be >= 0, got {self.adagrad_initial_accumulator}.",
       )
+    check_estimator(self.estimator, self.num_samples, self.num_groups, self.ciwae_beta)
     check_kl_weight(self.kl_weight, self.estimator)
     if self.kl_weight != 1 and self.algorithm != "aevb":
       raise ConfigError(
@@ -147,6 +156,11 @@ class TrainConfig:
         f"The {self.posterior!r} posterior cannot be trained by wake-sleep, whose sleep "
         "phase fits a Gaussian q.",
       )
+
+  @property
+  def estimator_settings(self) -> dict[str, Any]:
+    """The settings of `estimator` as keywords of `bounds.make_elbo`."""
+    return {"num_groups": self.num_groups, "ciwae_beta": self.ciwae_beta}
 
   @property
   def posterior_family(self) -> posteriors.Posterior:
