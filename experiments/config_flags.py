@@ -206,6 +206,15 @@ flags.DEFINE_integer(
   "Training budget in minibatch updates, rounded up to whole epochs; replaces --num_epochs.",
 )
 flags.DEFINE_integer("eval_every", 10, "Evaluate, checkpoint and log every this many epochs.")
+flags.DEFINE_integer(
+  "variance_every",
+  0,
+  "Every this many epochs (and at epoch 0), also record the training estimator's gradient "
+  "variance and SNR, encoder's and decoder's, on --variance_examples training examples over "
+  "--variance_draws draws of its noise (gradient_* in metrics.jsonl and TensorBoard); 0: never.",
+)
+flags.DEFINE_integer("variance_examples", 20, "Training examples of --variance_every.")
+flags.DEFINE_integer("variance_draws", 100, "Noise draws per example of --variance_every.")
 flags.DEFINE_integer("keep_checkpoints", 3, "How many recent checkpoints to keep.")
 flags.DEFINE_integer("seed", 0, "Random seed.")
 flags.DEFINE_integer(
@@ -422,6 +431,9 @@ def _build(fv: flags.FlagValues, default_workdir: str) -> ExperimentConfig:
     learning_rates=_parse_list("learning_rates", fv.learning_rates, float),
     log_likelihood_samples=fv.log_likelihood_samples,
     log_likelihood_epochs=_parse_list("log_likelihood_epochs", fv.log_likelihood_epochs, int),
+    variance_every=fv.variance_every,
+    variance_examples=fv.variance_examples,
+    variance_draws=fv.variance_draws,
   )
   _check_devices(run, train.batch_size)
   data_config = DataConfig(

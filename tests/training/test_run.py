@@ -12,6 +12,7 @@ import pytest
 from vae_jax import training
 from vae_jax.errors import ConfigError
 from vae_jax.figures.run_figures import RunFigures
+from vae_jax.inference import variance
 from vae_jax.models import vae as models
 from vae_jax.training import run_dir
 from vae_jax.training.metrics import read_metrics
@@ -230,3 +231,37 @@ def test_every_record_counts_epochs_and_minibatch_steps_and_tensorboard_sees_the
   assert [(r["epoch"], r["step"]) for r in records] == [(0, 0), (2, 12), (3, 18)]
   events = list(tmp_path.glob("events.out.tfevents.*"))
   assert len(events) == 1 and events[0].stat().st_size > 0
+
+
+def test_variance_every_records_the_gradient_figures_in_the_metrics_and_tensorboard(tmp_path):
+  """At epochs 0 and 3 (variance_every=3, evaluations at 0, 2, 3), the
+  training estimator's gradient figures, as `variance` measures them on the
+  first examples with the key seed + 4; TensorBoard gets them too."""
+  config = training.TrainConfig(
+    batch_size=50, optimizer="adam", learning_rate=1e-2, estimator="dreg", num_samples=3
+  )
+  run = {"variance_every": 3, "variance_examples": 5, "variance_draws": 10}
+  state = _run(tmp_path, num_epochs=3, config=config, eval_every=2, seed=1, **run)
+  records = read_metrics(tmp_path / "metrics.jsonl")
+  assert [(r["epoch"], "gradient_encoder_snr" in r) for r in records] == [
+    (0, True),
+    (2, False),
+    (3, True),
+  ]
+  assert records[-1]["gradient_seconds"] > 0
+  model = models.make_vae(DATA_DIM, 2, hidden_sizes=(8,))
+  moments = variance.make_gradient_moments(model, estimator="dreg", num_samples=3, num_draws=10)
+  mean, var = moments(state.params, _data()[0][:5], jax.random.key(5))
+  expected = variance.summarize(variance.Moments(mean[0], var[0], mean[1], var[1], 0.0))
+  for name in training.run.GRADIENT_FIGURES:
+    assert np.isclose(records[-1][f"gradient_{name}"], expected[name], rtol=1e-5), name
+  (events,) = tmp_path.glob("events.out.tfevents.*")
+  assert b"gradient_decoder_snr" in events.read_bytes()
+
+
+def test_variance_every_is_refused_where_no_bound_is_ascended(tmp_path):
+  config = training.TrainConfig(algorithm="wake_sleep", estimator="A")
+  with pytest.raises(ConfigError, match="algorithm 'wake_sleep' ascends another objective"):
+    _run(tmp_path, num_epochs=1, config=config, variance_every=1)
+  with pytest.raises(ConfigError, match="variance_examples=400 exceeds the 300 training"):
+    _run(tmp_path, num_epochs=1, variance_every=1, variance_examples=400)

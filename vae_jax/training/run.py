@@ -11,6 +11,7 @@ training and test sets. Its work directory is described there.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -18,7 +19,7 @@ import jax
 import numpy as np
 
 from vae_jax.errors import ConfigError
-from vae_jax.inference import active_units
+from vae_jax.inference import active_units, variance
 from vae_jax.models.functions import check_data
 from vae_jax.models.vae import VAE, TwoLayerVAE
 from vae_jax.training import evaluation, memory, parallel
@@ -58,6 +59,13 @@ class RunConfig:
       checkpointed), with that log-likelihood too unless
       log_likelihood_samples is 0: e.g. the ends of a learning-rate
       schedule's stages. Those past num_epochs never come.
+    variance_every: every this many epochs (epoch 0 included), evaluate and
+      record the training estimator's gradient variance and signal-to-noise
+      ratio, encoder's and decoder's, on the first `variance_examples`
+      training examples (as the evaluation binarises them) over
+      `variance_draws` draws of its noise (`vae_jax.inference.variance`;
+      "gradient_<figure>" in the metrics, and "gradient_seconds", what the
+      measurement took); 0 never.
   """
 
   workdir: str
@@ -71,12 +79,26 @@ class RunConfig:
   learning_rates: tuple[float, ...] = ()
   log_likelihood_samples: int = 0
   log_likelihood_epochs: tuple[int, ...] = ()
+  variance_every: int = 0
+  variance_examples: int = 20
+  variance_draws: int = 100
 
   def __post_init__(self):
-    for name in ("eval_every", "keep_checkpoints", "eval_batch_size", "num_devices", "num_runs"):
+    for name in (
+      "eval_every",
+      "keep_checkpoints",
+      "eval_batch_size",
+      "num_devices",
+      "num_runs",
+      "variance_examples",
+    ):
       if getattr(self, name) < 1:
         raise ConfigError(name, f"{name} must be >= 1, got {getattr(self, name)}.")
-    for name in ("num_epochs", "log_likelihood_samples"):
+    if self.variance_draws < 2:
+      raise ConfigError(
+        "variance_draws", f"variance_draws must be >= 2 for a variance, got {self.variance_draws}."
+      )
+    for name in ("num_epochs", "log_likelihood_samples", "variance_every"):
       if getattr(self, name) < 0:
         raise ConfigError(name, f"{name} must be >= 0, got {getattr(self, name)}.")
     if not all(epoch >= 1 for epoch in self.log_likelihood_epochs):
@@ -103,7 +125,15 @@ class RunConfig:
 
   def evaluates_at(self, epoch: int) -> bool:
     """Whether the run is evaluated, logged and checkpointed after `epoch`."""
-    return epoch % self.eval_every == 0 or epoch in self.log_likelihood_epochs
+    return (
+      epoch % self.eval_every == 0
+      or epoch in self.log_likelihood_epochs
+      or self.measures_variance_at(epoch)
+    )
+
+  def measures_variance_at(self, epoch: int) -> bool:
+    """Whether that evaluation includes the gradient's variance and SNR."""
+    return bool(self.variance_every) and epoch % self.variance_every == 0
 
   def estimates_log_likelihood_at(self, epoch: int) -> bool:
     """Whether that evaluation includes the k-sample log-likelihood."""
@@ -224,6 +254,13 @@ def _memory_checks(run, state, bound, log_likelihood, eval_sets) -> dict[str, me
   return checks
 
 
+def _per_run(params: Any, run: RunConfig) -> list[Any]:
+  """Each run's parameters: the slices of the vmapped axis with `multi_run`."""
+  if not run.multi_run:
+    return [params]
+  return [jax.tree.map(lambda leaf, i=i: leaf[i], params) for i in range(len(run.runs))]
+
+
 def _active_unit_counts(model: VAE, run: RunConfig, train_set: jax.Array) -> Callable[..., Any]:
   """`counts(params) -> [layers, runs]`: each run's active units per
   stochastic layer (`vae_jax.inference.active_units`) over the training set
@@ -232,28 +269,88 @@ def _active_unit_counts(model: VAE, run: RunConfig, train_set: jax.Array) -> Cal
   key = jax.random.key(run.seed + 2)
 
   def counts(params: Any) -> np.ndarray:
-    if run.multi_run:
-      per_run = [jax.tree.map(lambda leaf, i=i: leaf[i], params) for i in range(len(run.runs))]
-    else:
-      per_run = [params]
+    per_run = _per_run(params, run)
     return np.array([active_units.count_active(activities(p, train_set, key)) for p in per_run]).T
 
   return counts
+
+
+# The figures of `variance.summarize` that a run records as "gradient_<figure>".
+GRADIENT_FIGURES = (
+  "encoder_snr",
+  "decoder_snr",
+  "encoder_parameter_snr",
+  "decoder_parameter_snr",
+  "encoder_variance",
+  "decoder_variance",
+  "bound_variance",
+)
+
+
+def _gradient_figures(
+  model: VAE, config: TrainConfig, run: RunConfig, train_set: jax.Array
+) -> Callable[[Any], dict[str, np.ndarray]] | None:
+  """`figures(params) -> {name: [runs]}`: the training estimator's gradient
+  variance and SNR per run (`RunConfig.variance_every`); None when not asked for.
+  The examples and the noise's key are fixed, so that the run's figures
+  differ only by its parameters."""
+  if not run.variance_every:
+    return None
+  if config.algorithm != "aevb":
+    raise ConfigError(
+      "variance_every",
+      f"variance_every measures the gradient of the bound AEVB ascends; algorithm "
+      f"{config.algorithm!r} ascends another objective: use 0.",
+    )
+  if run.variance_examples > train_set.shape[0]:
+    raise ConfigError(
+      "variance_examples",
+      f"variance_examples={run.variance_examples} exceeds the {train_set.shape[0]} training "
+      "examples.",
+    )
+  moments = variance.make_gradient_moments(
+    model,
+    estimator=config.estimator,
+    num_samples=config.num_samples,
+    num_draws=run.variance_draws,
+    **config.estimator_settings,
+  )
+  examples = train_set[: run.variance_examples]
+  key = jax.random.key(run.seed + 4)
+
+  def figures(params: Any) -> dict[str, np.ndarray]:
+    summaries = []
+    for run_params in _per_run(params, run):
+      measuring = time.perf_counter()
+      mean, var = jax.block_until_ready(moments(run_params, examples, key))
+      seconds = time.perf_counter() - measuring
+      summaries.append(
+        variance.summarize(
+          variance.Moments(
+            mean[0], var[0], mean[1], var[1], seconds / (run.variance_draws * examples.shape[0])
+          )
+        )
+      )
+    return {f"gradient_{name}": np.array([s[name] for s in summaries]) for name in GRADIENT_FIGURES}
+
+  return figures
 
 
 def _make_evaluate(
   bound: Any,
   log_likelihood: Any,
   count_active_units: Callable[..., np.ndarray],
+  gradient_figures: Callable[[Any], dict[str, np.ndarray]] | None,
   run: RunConfig,
   eval_sets: dict[str, jax.Array],
 ) -> Callable[..., dict[str, float]]:
   """The loop's `evaluate`: `bound` on every evaluation set (means over the
   runs, and with several runs each run's as "<name>_run<i>"), the mean
   per-step bound of the epochs trained since the last evaluation, the
-  k-sample test log-likelihood where `run.estimates_log_likelihood_at`, and
-  the active units of each stochastic layer ("active_units_layer<l>") after
-  the last epoch and the `log_likelihood_epochs`."""
+  k-sample test log-likelihood where `run.estimates_log_likelihood_at`, the
+  active units of each stochastic layer ("active_units_layer<l>") after
+  the last epoch and the `log_likelihood_epochs`, and the gradient's
+  figures where `run.measures_variance_at`."""
   eval_key = jax.random.key(run.seed + 1)
 
   def evaluate(state, epoch, outputs):
@@ -276,6 +373,11 @@ def _make_evaluate(
     if epoch == run.num_epochs or epoch in run.log_likelihood_epochs:
       for layer, counts in enumerate(count_active_units(state.params), 1):
         record(f"active_units_layer{layer}", counts[:, None])
+    if gradient_figures is not None and run.measures_variance_at(epoch):
+      started = time.perf_counter()
+      for name, values in gradient_figures(state.params).items():
+        record(name, values[:, None])
+      scores["gradient_seconds"] = time.perf_counter() - started
     return scores
 
   return evaluate
@@ -351,7 +453,12 @@ def train_and_evaluate(
     train_epoch,
     (train_data,),
     _make_evaluate(
-      bound, log_likelihood, _active_unit_counts(model, run, eval_sets["train"]), run, eval_sets
+      bound,
+      log_likelihood,
+      _active_unit_counts(model, run, eval_sets["train"]),
+      _gradient_figures(model, config, run, eval_sets["train"]),
+      run,
+      eval_sets,
     ),
     plan,
     hooks=hooks,
