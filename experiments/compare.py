@@ -88,6 +88,11 @@ def _write_figures(root, bounds, samples, reconstructions, latents, ncols):
   return written
 
 
+def _log_likelihood_cell(row) -> str:
+  value = row["test_log_likelihood"]
+  return "" if value is None else f"{value:.2f}"
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -123,19 +128,25 @@ def main(argv):
         "dataset": dataset.name,
         "likelihood": model.likelihood,
         "algorithm": config.train.algorithm,
-        "estimator": config.train.estimator,
+        "estimator": config.train.estimator_label,
+        "num_samples": config.train.num_samples,
+        "test_log_likelihood": records[-1].get("test_log_likelihood"),
         **tables.final_summary(records),
       }
     )
   written = _write_figures(root, bounds, samples, reconstructions, latents, num // 2)
   table = tables.summary_table(
-    "Final bounds per example (nats); the autoencoder's is the ELBO of its networks read "
-    "as a VAE, a categorical decoder's is in nats of the quantised image.",
+    "Final bounds per example (nats), each of its variant's estimator (with L samples); the "
+    "autoencoder's is the ELBO of its networks read as a VAE, a categorical decoder's is in "
+    "nats of the quantised image. log p(x): the final k-sample test estimate "
+    "(--log_likelihood_samples), where asked for.",
     [
       ("variant", lambda r: r["variant"]),
       ("algorithm", lambda r: r["algorithm"]),
       ("estimator", lambda r: r["estimator"]),
+      ("L", lambda r: r["num_samples"]),
       ("decoder", lambda r: r["likelihood"]),
+      ("test log p(x)", _log_likelihood_cell),
     ],
     rows,
   )

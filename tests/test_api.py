@@ -86,6 +86,9 @@ def test_train_config_refuses_estimator_settings_that_do_not_apply():
   assert error.value.parameter == "num_groups"
   with pytest.raises(ConfigError, match="ciwae needs ciwae_beta"):
     TrainConfig(estimator="ciwae", num_samples=5)
+  grouped = TrainConfig(estimator="miwae", num_samples=8, num_groups=2)
+  assert grouped.estimator_label == "miwae (M = 2, K = 4)"
+  assert TrainConfig(estimator="ciwae", ciwae_beta=0.05).estimator_label == "ciwae (beta = 0.05)"
 
 
 def test_vmap_over_keys_gives_independent_draws():

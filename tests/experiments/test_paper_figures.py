@@ -168,6 +168,7 @@ def test_compare_runner_trains_each_variant_and_draws_every_figure(tmp_path):
       *DIGITS_FLAGS,
       "--num_epochs=1",
       "--num_images=4",
+      "--log_likelihood_samples=10",
       f"--workdir={tmp_path}",
     ],
     cwd=REPO,
@@ -183,6 +184,9 @@ def test_compare_runner_trains_each_variant_and_draws_every_figure(tmp_path):
   ]
   # The command line's --dataset=digits overrides the variants' mnist.flags.
   assert all(r["dataset"] == "digits" and r["samples_seen"] == 1500 for r in rows)
+  # The k-sample estimate of log p(x) beside the bounds, which differ by estimator.
+  assert all(r["test_log_likelihood"] > r["test_bound"] for r in rows)
+  assert "| test log p(x) |" in (tmp_path / "compare.md").read_text()
   for name in ("bounds", "samples", "reconstructions", "latents"):
     assert mpimg.imread(tmp_path / f"compare_{name}.png").shape[0] > 100
 

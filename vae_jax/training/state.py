@@ -163,6 +163,16 @@ class TrainConfig:
     return {"num_groups": self.num_groups, "ciwae_beta": self.ciwae_beta}
 
   @property
+  def estimator_label(self) -> str:
+    """The estimator with its settings: "iwae", "miwae (M = 2, K = 4)",
+    "ciwae (beta = 0.05)"."""
+    if self.estimator in ("miwae", "piwae"):
+      return f"{self.estimator} (M = {self.num_groups}, K = {self.num_samples // self.num_groups})"
+    if self.estimator == "ciwae":
+      return f"ciwae (beta = {self.ciwae_beta:g})"
+    return self.estimator
+
+  @property
   def posterior_family(self) -> posteriors.Posterior:
     """The `posteriors.Posterior` named by `posterior` (and `student_t_dof`)."""
     return posteriors.make_posterior(self.posterior, self.student_t_dof)
