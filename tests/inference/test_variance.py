@@ -54,22 +54,26 @@ def test_welford_moments_equal_numpy_moments_of_the_same_draws(setup):
     np.testing.assert_allclose(got_var, draw.var(0, ddof=1), rtol=1e-3, atol=1e-8)
 
 
-def test_summarize_traces_and_snr_by_hand():
-  gradient_mean = {
-    "params": {"encoder": {"w": jnp.array([[3.0, 4.0]])}, "decoder": {"w": jnp.array([[1.0]])}}
-  }
-  gradient_variance = {
-    "params": {"encoder": {"w": jnp.array([[1.0, 3.0]])}, "decoder": {"w": jnp.array([[4.0]])}}
-  }
-  summary = variance.summarize(
+def _summary_of_one_example(encoder_moments, decoder_moments):
+  """`summarize` of one example whose encoder and decoder gradients have the
+  given (means, variances), each a list of coordinates."""
+  mean, var = (
+    {"params": {"encoder": {"w": jnp.array([e])}, "decoder": {"w": jnp.array([d])}}}
+    for e, d in zip(encoder_moments, decoder_moments, strict=True)
+  )
+  return variance.summarize(
     variance.Moments(
       bound_mean=jnp.array([-5.0]),
       bound_variance=jnp.array([2.0]),
-      gradient_mean=gradient_mean,
-      gradient_variance=gradient_variance,
+      gradient_mean=mean,
+      gradient_variance=var,
       seconds_per_gradient=0.5,
     )
   )
+
+
+def test_summarize_traces_and_snr_by_hand():
+  summary = _summary_of_one_example(([3.0, 4.0], [1.0, 3.0]), ([1.0], [4.0]))
   assert summary["encoder_variance"] == 4.0 and summary["decoder_variance"] == 4.0
   assert summary["total_variance"] == 8.0
   assert np.isclose(summary["encoder_snr"], 5.0 / 2.0)
@@ -127,21 +131,7 @@ def test_log_log_slope_by_hand():
 def test_parameter_snr_averages_over_coordinates_that_vary():
   """Rainforth et al.'s SNR: |E g_i| / std g_i per coordinate, averaged; a
   coordinate of zero variance (a dead unit) has no ratio and is left out."""
-  gradient_mean = {
-    "params": {"encoder": {"w": jnp.array([[3.0, 4.0, 0.0]])}, "decoder": {"w": jnp.array([[1.0]])}}
-  }
-  gradient_variance = {
-    "params": {"encoder": {"w": jnp.array([[1.0, 4.0, 0.0]])}, "decoder": {"w": jnp.array([[4.0]])}}
-  }
-  summary = variance.summarize(
-    variance.Moments(
-      bound_mean=jnp.array([-5.0]),
-      bound_variance=jnp.array([2.0]),
-      gradient_mean=gradient_mean,
-      gradient_variance=gradient_variance,
-      seconds_per_gradient=0.5,
-    )
-  )
+  summary = _summary_of_one_example(([3.0, 4.0, 0.0], [1.0, 4.0, 0.0]), ([1.0], [4.0]))
   assert np.isclose(summary["encoder_parameter_snr"], (3.0 / 1.0 + 4.0 / 2.0) / 2)
   assert np.isclose(summary["encoder_snr"], 5.0 / np.sqrt(5.0))
   assert np.isclose(summary["decoder_parameter_snr"], 0.5)
