@@ -25,6 +25,7 @@ import os
 import time
 
 import jax
+import numpy as np
 from absl import app, flags, logging
 
 from experiments import config_flags, tables
@@ -178,25 +179,24 @@ def _markdown(rows: list[dict]) -> str:
 
 def snr_slopes(rows: list[dict], num_repetitions: int) -> list[dict]:
   """Per stage, estimator, part and SNR definition with at least 3 values of
-  L: the fitted exponent a of SNR ∝ L^a with its 95% interval
-  (`variance.log_log_slope`), and the published one where there is one."""
+  L where the SNR is defined (a gradient that is exactly zero, as RWS-DReG's
+  encoder's at L = 1, has none): the fitted exponent a of SNR ∝ L^a with its
+  95% interval (`variance.log_log_slope`), the values of L it is fitted on,
+  and the published exponent where there is one."""
   slopes = []
   for stage, estimator in dict.fromkeys((r["stage"], r["estimator"]) for r in rows):
-    points = sorted(
+    measured = sorted(
       (r for r in rows if r["stage"] == stage and r["estimator"] == estimator),
       key=lambda r: r["num_samples"],
     )
-    if len(points) < 3:
-      continue
     for part in ("encoder", "decoder"):
       for definition, _ in SNR_DEFINITIONS:
         key = f"{part}_{definition}"
-        slope, half_width = variance.log_log_slope(
-          [r["num_samples"] for r in points],
-          [r[key] for r in points],
-          [r[f"{key}_ci"] for r in points],
-          num_repetitions,
-        )
+        points = [r for r in measured if np.isfinite(r[key]) and r[key] > 0]
+        if len(points) < 3:
+          continue
+        slope, half_width = _fitted_slope(points, key, num_repetitions)
+        tail_slope, tail_half_width = _fitted_slope(points[-2:], key, num_repetitions)
         slopes.append(
           {
             "stage": stage,
@@ -205,15 +205,34 @@ def snr_slopes(rows: list[dict], num_repetitions: int) -> list[dict]:
             "definition": definition,
             "slope": slope,
             "slope_ci": half_width,
+            "tail_slope": tail_slope,
+            "tail_slope_ci": tail_half_width,
+            "sample_counts": [r["num_samples"] for r in points],
             "published": PUBLISHED_SLOPES.get((estimator.partition(":")[0], part)),
           }
         )
   return slopes
 
 
+def _fitted_slope(points: list[dict], key: str, num_repetitions: int) -> tuple[float, float]:
+  return variance.log_log_slope(
+    [r["num_samples"] for r in points],
+    [r[key] for r in points],
+    [r[f"{key}_ci"] for r in points],
+    num_repetitions,
+  )
+
+
 def _slopes_markdown(slopes: list[dict], num_draws: int) -> str:
   floor = variance.snr_floor(num_draws)
-  headers = ["estimator", "part", *(f"a, {label}" for _, label in SNR_DEFINITIONS), "published a"]
+  headers = [
+    "estimator",
+    "part",
+    "L fitted",
+    *(f"a, {label}" for _, label in SNR_DEFINITIONS),
+    "a, last two L",
+    "published a",
+  ]
   sections = []
   for stage in dict.fromkeys(s["stage"] for s in slopes):
     cells = []
@@ -225,20 +244,28 @@ def _slopes_markdown(slopes: list[dict], num_draws: int) -> str:
         for s in slopes
         if (s["stage"], s["estimator"], s["part"]) == (stage, estimator, part)
       }
-      published = fitted["snr"]["published"]
+      first = next(iter(fitted.values()))
+      counts = first["sample_counts"]
       cells.append(
         [
           estimator,
           part,
-          *(f"{fitted[d]['slope']:+.2f} ± {fitted[d]['slope_ci']:.2f}" for d, _ in SNR_DEFINITIONS),
-          "" if published is None else f"{published:+.1f}",
+          f"{counts[0]}-{counts[-1]}",
+          *(
+            f"{fitted[d]['slope']:+.3f} ± {fitted[d]['slope_ci']:.2g}" if d in fitted else ""
+            for d, _ in SNR_DEFINITIONS
+          ),
+          f"{first['tail_slope']:+.3f} ± {first['tail_slope_ci']:.2g}",
+          "" if first["published"] is None else f"{first['published']:+.1f}",
         ]
       )
     sections.append(
       f"### SNR ∝ L^a after {stage:,} training examples: the fitted exponent a\n\n"
       f"A gradient of zero mean reads as SNR {floor['snr']:.3f} (norm) and "
-      f"{floor['parameter_snr']:.3f} (per parameter) with {num_draws} draws.\n\n"
-      + tables.markdown_table(headers, cells, [False, False, True, True, True])
+      f"{floor['parameter_snr']:.3f} (per parameter) with {num_draws} draws. "
+      "'Last two L': the exponent between the two largest L (norm SNR), the nearest to "
+      "the large-L limit the papers derive.\n\n"
+      + tables.markdown_table(headers, cells, [False, False, True, True, True, True, True])
     )
   return "\n".join(sections)
 
