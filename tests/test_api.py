@@ -1,5 +1,7 @@
 """The public entry points: transformations, dtypes, shapes, wiring and bad input."""
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -310,9 +312,19 @@ def test_bad_log_likelihood_estimate_arguments(bernoulli_setup, kwargs, message)
     vae_jax.make_log_likelihood_estimate(bernoulli_setup[0], **kwargs)
 
 
-def test_moved_modules_answer_at_their_old_names():
-  """Code written against the flat layout of 0.1 keeps working."""
-  from vae_jax import api, estimators, marginal_likelihood, mcem, posteriors
+def test_moved_modules_answer_at_their_old_names_with_a_deprecation_warning():
+  """Code written against the flat layout of 0.1 keeps working, and is told
+  where each module went and when the old name goes."""
+  with pytest.warns(DeprecationWarning) as caught:
+    from vae_jax import api, estimators, marginal_likelihood, mcem, posteriors
+  # (`from ... import` may look a name up twice, warning each time.)
+  messages = {str(warning.message): warning for warning in caught}
+  assert len(messages) == 5
+  estimators_warning = messages[
+    "vae_jax.estimators moved to vae_jax.math.estimators; import it from there "
+    f"(the old name goes in vae_jax {vae_jax.MOVED_MODULES_REMOVED_IN})."
+  ]
+  assert estimators_warning.filename == __file__  # it points at the importing line
   from vae_jax.inference import marginal_likelihood as new_marginal_likelihood
   from vae_jax.math import estimators as new_estimators
   from vae_jax.math import posteriors as new_posteriors
@@ -325,8 +337,10 @@ def test_moved_modules_answer_at_their_old_names():
     new_marginal_likelihood,
     new_mcem,
   )
-  assert vae_jax.make_marginal_likelihood_estimate is (
-    new_marginal_likelihood.make_marginal_likelihood_estimate
-  )
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")  # the public lazy function is not deprecated
+    assert vae_jax.make_marginal_likelihood_estimate is (
+      new_marginal_likelihood.make_marginal_likelihood_estimate
+    )
   with pytest.raises(AttributeError, match="no attribute 'experiment'"):
     vae_jax.experiment  # noqa: B018

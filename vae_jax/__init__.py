@@ -19,6 +19,7 @@ The names below are the pure entry points most code needs.
 """
 
 import importlib
+import warnings
 
 from vae_jax.inference.bounds import make_elbo, make_log_likelihood_estimate
 from vae_jax.models.functions import (
@@ -49,32 +50,46 @@ __all__ = [
 ]
 __version__ = "0.3.0"
 
-# Loaded on first use: they import blackjax, or are modules that moved into the
-# layers above and keep answering at their old names (`vae_jax.estimators`).
+# Loaded on first use, since it imports blackjax.
 _LAZY = {
   "make_marginal_likelihood_estimate": (
     "vae_jax.inference.marginal_likelihood",
     "make_marginal_likelihood_estimate",
   ),
-  # The old vae_jax.api held exactly the public functions above.
-  "api": ("vae_jax", None),
-  "distributions": ("vae_jax.math.distributions", None),
-  "estimators": ("vae_jax.math.estimators", None),
-  "posteriors": ("vae_jax.math.posteriors", None),
-  "wake_sleep": ("vae_jax.inference.wake_sleep", None),
-  "hmc": ("vae_jax.inference.hmc", None),
-  "marginal_likelihood": ("vae_jax.inference.marginal_likelihood", None),
-  "variance": ("vae_jax.inference.variance", None),
-  "mcem": ("vae_jax.training.mcem", None),
-  "semi_supervised_training": ("vae_jax.training.semi_supervised", None),
-  "checkpoints": ("vae_jax.training.checkpoints", None),
-  "metrics": ("vae_jax.training.metrics", None),
 }
+
+# The flat layout of 0.1 (vae_jax.estimators, ...): these modules moved into
+# the layers, and the old names answer with a DeprecationWarning that names the
+# new place until `MOVED_MODULES_REMOVED_IN` (README, "Old module names").
+MOVED_MODULES = {
+  # The old vae_jax.api held exactly the public functions above.
+  "api": "vae_jax",
+  "distributions": "vae_jax.math.distributions",
+  "estimators": "vae_jax.math.estimators",
+  "posteriors": "vae_jax.math.posteriors",
+  "wake_sleep": "vae_jax.inference.wake_sleep",
+  "hmc": "vae_jax.inference.hmc",
+  "marginal_likelihood": "vae_jax.inference.marginal_likelihood",
+  "variance": "vae_jax.inference.variance",
+  "mcem": "vae_jax.training.mcem",
+  "semi_supervised_training": "vae_jax.training.semi_supervised",
+  "checkpoints": "vae_jax.training.checkpoints",
+  "metrics": "vae_jax.training.metrics",
+}
+MOVED_MODULES_REMOVED_IN = "0.4.0"
 
 
 def __getattr__(name: str):
+  if name in MOVED_MODULES:
+    new_name = MOVED_MODULES[name]
+    warnings.warn(
+      f"vae_jax.{name} moved to {new_name}; import it from there (the old name goes in "
+      f"vae_jax {MOVED_MODULES_REMOVED_IN}).",
+      DeprecationWarning,
+      stacklevel=2,
+    )
+    return importlib.import_module(new_name)
   if name not in _LAZY:
     raise AttributeError(f"module 'vae_jax' has no attribute {name!r}")
   module_name, attribute = _LAZY[name]
-  module = importlib.import_module(module_name)
-  return module if attribute is None else getattr(module, attribute)
+  return getattr(importlib.import_module(module_name), attribute)

@@ -10,7 +10,7 @@ Data sets (`DATASETS`):
   frey_face        1765 / - / 200              28x20  gaussian    grey, k/255
 
 Data sets with classes (digits, mnist, fashion_mnist) also carry their labels,
-int32 in [0, 10), for the semi-supervised model (`vae_jax.semi_supervised`).
+int32 in [0, 10), for the semi-supervised model (`vae_jax.models.m2`).
 
 * `digits` is scikit-learn's bundled copy of the UCI optical digits test set
   (1797 handwritten digits reduced to 8x8 counts 0..16): always available, no

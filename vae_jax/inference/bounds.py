@@ -92,12 +92,12 @@ def make_elbo(
       with k = num_samples), one of A's variants that differ only in their
       gradients ("stl", "score", "score_baseline"), one of IWAE's ("dreg",
       "iwae_stl", "rws", "rws_dreg"), or one of the objectives of Rainforth
-      et al. ("miwae", "ciwae", "piwae"); see `vae_jax.estimators`.
+      et al. ("miwae", "ciwae", "piwae"); see `vae_jax.math.estimators`.
     num_samples: L >= 1, samples of z per example.
     kl_weight: beta >= 0 of the beta-VAE objective E_q log p(x|z) - beta KL,
       estimators "A" and "B" only; other than 1 the value is that training
       objective, not a bound.
-    posterior: the family of q(z|x) (`vae_jax.posteriors`), whose location
+    posterior: the family of q(z|x) (`vae_jax.math.posteriors`), whose location
       and log squared scale the encoder outputs; all but the Gaussian need
       an estimator other than "B".
     num_groups: M of "miwae" and "piwae", which split the L samples into M

@@ -2,8 +2,8 @@
 
 The AEVB paper samples the true posterior
 p_theta(z|x) ∝ p(z) p_theta(x|z), p(z) = N(0, I), with HMC in two places:
-the E-step of its Monte Carlo EM baseline (App. E, `vae_jax.mcem`) and its
-marginal-likelihood estimator (App. D, `vae_jax.marginal_likelihood`). The
+the E-step of its Monte Carlo EM baseline (App. E, `vae_jax.training.mcem`) and its
+marginal-likelihood estimator (App. D, `vae_jax.inference.marginal_likelihood`). The
 moves are blackjax's HMC kernel (identity mass matrix); this module adds the
 step-size rule the paper describes, "automatically tuned such that the
 acceptance rate was 90%": after every transition,
@@ -11,7 +11,7 @@ acceptance rate was 90%": after every transition,
   log step_size += adaptation_rate * (acceptance_rate - target_acceptance),
 
 a Robbins-Monro step that settles where the mean acceptance equals the
-target. Written, like `vae_jax.estimators`, for ONE example in terms of
+target. Written, like `vae_jax.math.estimators`, for ONE example in terms of
 
   log_likelihood_fn(params, x, z) -> scalar    log p_theta(x | z), z: [latent_dim]
 

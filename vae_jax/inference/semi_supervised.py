@@ -10,7 +10,7 @@ The bounds (their eqs. 6-7, with L and U the negatives of their losses):
   labelled (x, y):  L(x, y) = E_q(z|x,y)[log p(x|y,z) + log p(z) - log q(z|x,y)] + log p(y)
   unlabelled x:     U(x) = sum_y q(y|x) L(x, y) + H(q(y|x)) <= log p(x)
 
-L(x, y) is one of `vae_jax.estimators`' per-example bounds (A, B, ...) run on
+L(x, y) is one of `vae_jax.math.estimators`' per-example bounds (A, B, ...) run on
 the y-conditioned encoder and decoder, plus log p(y): the estimators are not
 written again. U enumerates the K labels (the paper's choice: exact in y, so
 its gradients have no score-function noise), or, with `label_inference=

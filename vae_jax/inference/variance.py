@@ -85,7 +85,7 @@ def make_gradient_moments(
 
   Args:
     model: the VAE.
-    estimator: a name of `vae_jax.estimators.ESTIMATOR_NAMES`.
+    estimator: a name of `vae_jax.math.estimators.ESTIMATOR_NAMES`.
     num_samples: L (k for "iwae").
     num_draws: >= 2.
     num_groups, ciwae_beta: the estimator's settings (`bounds.make_elbo`).

@@ -11,7 +11,7 @@ decoder is vmapped over the L samples. Nothing here knows about Flax or
 training: `vae_jax.inference.bounds.make_elbo` binds these to a Flax model.
 
 Per example, with z_l = mu(x) + sigma(x) * eps_l and eps_l ~ N(0, I) (or
-the standardised noise of another family of `vae_jax.posteriors`, whose
+the standardised noise of another family of `vae_jax.math.posteriors`, whose
 log-density every estimator but B takes as `log_q`):
   A (eq. 6):  (1/L) sum_l [log p(x, z_l) - log q(z_l | x)]
   B (eq. 7):  -KL(q(z|x) || p(z)) + (1/L) sum_l log p(x | z_l)
@@ -137,7 +137,7 @@ def log_importance_weights(
       for the Gaussian q).
     kl_weight: beta; other than 1, log p(z_l) - log q(z_l|x) is scaled by it
       (beta-VAE) and the result is no longer a log importance weight.
-    log_q: q's log-density (`vae_jax.posteriors.Posterior.log_prob`).
+    log_q: q's log-density (`vae_jax.math.posteriors.Posterior.log_prob`).
 
   Returns:
     [L] log-weights in nats.

@@ -155,7 +155,7 @@ def kl_divergence(model: VAE, params: Params, x: Array) -> Array:
 def model_functions(
   model: VAE,
 ) -> tuple[estimators.EncodeFn, estimators.LogLikelihoodFn]:
-  """The pair of pure functions `vae_jax.estimators` works with.
+  """The pair of pure functions `vae_jax.math.estimators` works with.
 
   Returns:
     encode_fn(params, x [data_dim]) -> (mean, logvar) [latent_dim] each, and

@@ -1,7 +1,7 @@
 """Flax (linen) encoders and decoders of the AEVB paper (its Appendix C).
 
 Every module works on any leading shape: `x: [..., data_dim]`,
-`z: [..., latent_dim]`. The likelihood math lives in `vae_jax.distributions`;
+`z: [..., latent_dim]`. The likelihood math lives in `vae_jax.math.distributions`;
 here the decoders only map z to the parameters of p_theta(x | z).
 """
 

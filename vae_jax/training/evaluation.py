@@ -42,7 +42,7 @@ def make_evaluate(
   deterministic. Average it with `mean_nats`, which sums in float64.
 
   estimator "iwae" gives the importance-sampled log-likelihood estimate with
-  k = `num_samples` (`api.make_log_likelihood_estimate`), drawn
+  k = `num_samples` (`vae_jax.make_log_likelihood_estimate`), drawn
   `samples_per_pass` at a time so that k = 5000 fits in memory; the other
   estimators draw their L samples in one pass. A pass holds at most
   `rows_per_pass` (example, sample) pairs: the batch shrinks to

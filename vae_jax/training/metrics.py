@@ -14,8 +14,7 @@ write records through; its writers are:
 Both flush each record as it is written, so a killed run loses at most the
 record being written.
 
-`final_summary` and `summary_table` turn the last records of several runs into
-the markdown tables the paper-figure runners write.
+The runners' tables of several runs' last records are `experiments.tables`'.
 """
 
 from __future__ import annotations

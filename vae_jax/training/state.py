@@ -63,14 +63,14 @@ class TrainConfig:
 
   Attributes:
     algorithm: "aevb" ascends the bound of `estimator`; "wake_sleep" (the
-      paper's baseline, `vae_jax.wake_sleep`) follows the wake-sleep updates
+      paper's baseline, `vae_jax.inference.wake_sleep`) follows the wake-sleep updates
       and reports `estimator`'s bound; "autoencoder" trains the encoder mean
       and the decoder as a deterministic autoencoder, log p(x | z = mean(x))
-      (`api.make_autoencoder_objective`), and also reports `estimator`'s
+      (`vae_jax.inference.bounds.make_autoencoder_objective`), and also reports `estimator`'s
       bound of the model, which is not what it optimises.
     estimator: a name of `estimators.ESTIMATOR_NAMES`: "A", "B", "iwae", their
       gradient variants, or the objectives of Rainforth et al. (see
-      `vae_jax.estimators`).
+      `vae_jax.math.estimators`).
     num_samples: L, samples of z per example per step.
     num_groups: M of estimators "miwae" and "piwae" (M groups of K = L / M
       samples); 1 for the others.
