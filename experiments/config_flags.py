@@ -524,6 +524,18 @@ def make_model(config: ExperimentConfig, dataset: data.Dataset) -> vae_models.VA
   return vae_models.vae_from_config(dataset.data_dim, config.model, dataset.train)
 
 
+def require_positive_integers(name: str, example: str, allow_empty: bool = False) -> None:
+  """Registers the validator of a list flag of positive integers (--sample_counts,
+  --latent_dims, ...): a bad value stops the runner at start with one line."""
+  flags.register_validator(
+    name,
+    lambda values: (
+      (allow_empty or bool(values)) and all(v.isdigit() and int(v) > 0 for v in values)
+    ),
+    message=f"--{name} must be comma-separated positive integers, e.g. {example}.",
+  )
+
+
 def exit_if_ignored(run: run_lib.RunConfig, runner: str, uses_devices: bool) -> None:
   """Ends a runner that trains one run at a time (on one device unless
   `uses_devices`) with one FATAL line if flags ask for what it would ignore."""

@@ -67,11 +67,7 @@ _NUM_REPETITIONS = flags.DEFINE_integer(
 )
 _OUTDIR = flags.DEFINE_string("outdir", None, "Output directory (default: <workdir>/variance).")
 
-flags.register_validator(
-  "sample_counts",
-  lambda values: bool(values) and all(v.isdigit() and int(v) > 0 for v in values),
-  message="--sample_counts must be comma-separated positive integers, e.g. 1,2,5,10,100.",
-)
+config_flags.require_positive_integers("sample_counts", "1,2,5,10,100")
 
 
 def parse_estimator(spec: str) -> tuple[str, dict]:

@@ -34,11 +34,7 @@ _ALGORITHMS = flags.DEFINE_list(
   "algorithms", ["aevb", "wake_sleep"], f"Methods compared, from {list(state_lib.ALGORITHMS)}."
 )
 
-flags.register_validator(
-  "latent_dims",
-  lambda values: bool(values) and all(v.isdigit() and int(v) > 0 for v in values),
-  message="--latent_dims must be comma-separated positive integers, e.g. 3,5,10,20,200.",
-)
+config_flags.require_positive_integers("latent_dims", "3,5,10,20,200")
 flags.register_validator(
   "algorithms",
   lambda names: bool(names) and set(names) <= set(state_lib.ALGORITHMS),

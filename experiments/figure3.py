@@ -89,11 +89,7 @@ _MCEM_TARGET_ACCEPTANCE = flags.DEFINE_float(
   "mcem_target_acceptance", 0.9, "Acceptance rate MCEM's HMC step size is tuned to."
 )
 
-flags.register_validator(
-  "train_sizes",
-  lambda values: bool(values) and all(v.isdigit() and int(v) > 0 for v in values),
-  message="--train_sizes must be comma-separated positive integers, e.g. 1000,50000.",
-)
+config_flags.require_positive_integers("train_sizes", "1000,50000")
 flags.register_validator(
   "algorithms",
   lambda names: bool(names) and set(names) <= set(ALGORITHMS),

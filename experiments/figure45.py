@@ -60,11 +60,7 @@ _SAMPLES_PER_PANEL = flags.DEFINE_integer(
 )
 
 
-flags.register_validator(
-  "sample_latent_dims",
-  lambda values: all(v.isdigit() and int(v) > 0 for v in values),
-  message="--sample_latent_dims must be comma-separated positive integers, e.g. 2,5,10,20.",
-)
+config_flags.require_positive_integers("sample_latent_dims", "2,5,10,20", allow_empty=True)
 
 
 @flags.multi_flags_validator(["manifold_presets", "sample_preset", "sample_latent_dims"])

@@ -77,11 +77,7 @@ _STYLE_EXAMPLES = flags.DEFINE_integer(
   "style_examples", 10, "Test examples in the style-transfer figure.", lower_bound=1
 )
 
-flags.register_validator(
-  "num_labels",
-  lambda values: bool(values) and all(v.isdigit() and int(v) > 0 for v in values),
-  message="--num_labels must be comma-separated positive integers, e.g. 100,600.",
-)
+config_flags.require_positive_integers("num_labels", "100,600")
 
 
 def train_with_labels(model, config, ss_config, run, dataset, num_labels, workdir):

@@ -1,6 +1,9 @@
 """The variance runner's estimator specs, checked before anything trains."""
 
+import copy
+
 import pytest
+from absl import flags
 
 from experiments import estimator_variance
 from vae_jax.errors import ConfigError
@@ -44,3 +47,16 @@ def test_a_group_count_that_does_not_divide_l_is_refused_with_its_setting():
   name, settings = estimator_variance.parse_estimator("ciwae:2")
   with pytest.raises(ConfigError, match=r"must be in \[0, 1\], got 2.0"):
     check_estimator(name, 6, **settings)
+
+
+@pytest.mark.parametrize("value", ["1,0,10", "1,abc", ""])
+def test_a_list_of_positive_integers_is_checked_at_start(value):
+  """The validator every runner's integer-list flag registers
+  (`config_flags.require_positive_integers`), here --sample_counts."""
+  flag_values = copy.deepcopy(flags.FLAGS)
+  flag_values.unparse_flags()
+  with pytest.raises(
+    flags.IllegalFlagValueError,
+    match="--sample_counts must be comma-separated positive integers, e.g. 1,2,5,10,100",
+  ):
+    flag_values(["runner", f"--sample_counts={value}"])
