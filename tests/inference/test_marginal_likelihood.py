@@ -169,3 +169,34 @@ def test_make_marginal_likelihood_estimate_rejects_bad_settings(kwargs, message)
   model = vae_jax.make_vae(data_dim=6, latent_dim=2, hidden_sizes=(4,))
   with pytest.raises(ValueError, match=message):
     vae_jax.make_marginal_likelihood_estimate(model, **kwargs)
+
+
+def test_the_estimate_scores_draws_other_than_those_q_was_fitted_on(model):
+  """App. D's step 3 takes fresh posterior draws: the chain's first
+  num_samples fit q, the next num_samples enter the estimate. Scoring the
+  fitting draws instead (a plausible slip) gives another value."""
+  params, x = model
+  key, num_samples = jax.random.key(3), 20
+  settings = {"num_leapfrog": 4, "num_warmup": 20}
+  estimate = marginal_likelihood.log_marginal_likelihood(
+    log_likelihood_fn, params, x[0], jnp.zeros(LATENT_DIM), key, num_samples=num_samples, **settings
+  )
+  chain = hmc.sample_posterior(
+    log_likelihood_fn,
+    params,
+    x[0],
+    jnp.zeros(LATENT_DIM),
+    key,
+    num_samples=2 * num_samples,
+    **settings,
+  )
+  fit, fresh = chain.samples[:num_samples], chain.samples[num_samples:]
+  mean, chol = marginal_likelihood.fit_gaussian(fit)
+
+  def scored(samples):
+    log_joint = jax.vmap(lambda z: hmc.log_joint(log_likelihood_fn, params, x[0], z))(samples)
+    log_q = marginal_likelihood.gaussian_log_prob(samples, mean, chol)
+    return marginal_likelihood.harmonic_mean_log_marginal(log_q, log_joint)
+
+  np.testing.assert_allclose(estimate, scored(fresh), rtol=1e-5)
+  assert not np.isclose(estimate, scored(fit), rtol=1e-5)

@@ -15,6 +15,7 @@ from vae_jax.figures.run_figures import RunFigures
 from vae_jax.inference import variance
 from vae_jax.models import vae as models
 from vae_jax.training import run_dir
+from vae_jax.training.checkpoints import Checkpointer
 from vae_jax.training.metrics import read_metrics
 
 DATA_DIM = 16
@@ -265,3 +266,25 @@ def test_variance_every_is_refused_where_no_bound_is_ascended(tmp_path):
     _run(tmp_path, num_epochs=1, config=config, variance_every=1)
   with pytest.raises(ConfigError, match="variance_examples=400 exceeds the 300 training"):
     _run(tmp_path, num_epochs=1, variance_every=1, variance_examples=400)
+
+
+def test_dynamic_binarisation_scores_the_same_bits_at_every_evaluation(tmp_path):
+  """With grey levels and dynamic binarisation, every evaluation scores the
+  sets binarised once (`binarize_for_evaluation`): each record's bounds are
+  its checkpoint's bounds on those bits. A set binarised again per
+  evaluation (a plausible slip) would score other bits."""
+  grey = np.random.default_rng(3).uniform(size=(300, DATA_DIM)).astype(np.float32)
+  config = training.TrainConfig(
+    batch_size=50, optimizer="adam", learning_rate=1e-2, dynamic_binarization=True
+  )
+  _run(tmp_path, num_epochs=2, config=config, data=(grey, grey[:60]), keep_checkpoints=3)
+  model = models.make_vae(DATA_DIM, 2, hidden_sizes=(8,))
+  bits = training.binarize_for_evaluation({"train": grey, "test": grey[:60]})
+  evaluate = training.make_evaluate(model, "B", 1)
+  template = training.init_train_state(model, config, jax.random.key(0))
+  with Checkpointer(tmp_path / "checkpoints") as checkpointer:
+    for record in read_metrics(tmp_path / "metrics.jsonl"):
+      params = checkpointer.restore(template, step=record["step"]).params
+      for name in ("train", "test"):
+        expected = training.mean_nats(evaluate(params, bits[name], jax.random.key(1)))
+        assert np.isclose(record[f"{name}_bound"], expected, rtol=1e-6), (record["epoch"], name)
