@@ -19,16 +19,15 @@ from pathlib import Path
 
 import jax
 import pytest
+from runners import REPO
 
 from vae_jax import data
-
-_REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
 def shared_data_dir() -> Path:
   """The directory with `mnist/`, `binarized_mnist/` and `frey_face/` raw files."""
-  path = Path(os.environ.get("VAE_JAX_SHARED_DATA") or _REPO_ROOT.parent / "shared" / "data")
+  path = Path(os.environ.get("VAE_JAX_SHARED_DATA") or REPO.parent / "shared" / "data")
   if not path.is_dir():
     message = (
       f"raw data directory {path} not found; set $VAE_JAX_SHARED_DATA to the "

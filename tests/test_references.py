@@ -6,9 +6,9 @@ import dataclasses
 import importlib
 import re
 import warnings
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from runners import REPO
+
 SOURCES = [
   *sorted((REPO / "vae_jax").rglob("*.py")),
   REPO / "README.md",

@@ -1,9 +1,6 @@
 """`python -m experiments.benchmark` at toy size, and its FLOP count."""
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import chex
 import jax
@@ -12,6 +9,7 @@ import numpy as np
 import optax
 import pytest
 from absl import app
+from runners import run_runner
 
 import vae_jax
 from experiments import plain_jax
@@ -22,8 +20,6 @@ from experiments.benchmark import (
   parse_estimate_form,
   parse_work,
 )
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def test_flop_count_of_the_papers_mnist_model():
@@ -95,33 +91,25 @@ def test_benchmark_compares_every_work_with_the_plain_jax_reference(tmp_path):
   output = tmp_path / "bench.json"
   preset = tmp_path / "preset.flags"
   preset.write_text("--dataset=digits\n--hidden_sizes=8\n--latent_dim=2\n--batch_size=50\n")
-  result = subprocess.run(
-    [
-      sys.executable,
-      "-m",
-      "experiments.benchmark",
-      "--train=64-8-2/50/adagrad",
-      "--eval=16-8-2/6",
-      f"--preset={preset}",
-      "--preset_bare=64-8-2/50/adagrad",
-      "--preset_epochs=2",
-      "--preset_flags=",
-      "--num_train=400",
-      "--num_eval=10",
-      "--reference_epochs=epoch",
-      "--reference_estimates=5/all,2/3",
-      "--alternations=2",
-      "--samples_per_pass=3",
-      "--processes=1",
-      "--repeats=1",
-      "--matmul_size=256",
-      f"--profile_dir={tmp_path / 'trace'}",
-      f"--output={output}",
-    ],
-    cwd=REPO,
-    capture_output=True,
-    text=True,
-    timeout=300,
+  result = run_runner(
+    "benchmark",
+    "--train=64-8-2/50/adagrad",
+    "--eval=16-8-2/6",
+    f"--preset={preset}",
+    "--preset_bare=64-8-2/50/adagrad",
+    "--preset_epochs=2",
+    "--preset_flags=",
+    "--num_train=400",
+    "--num_eval=10",
+    "--reference_epochs=epoch",
+    "--reference_estimates=5/all,2/3",
+    "--alternations=2",
+    "--samples_per_pass=3",
+    "--processes=1",
+    "--repeats=1",
+    "--matmul_size=256",
+    f"--profile_dir={tmp_path / 'trace'}",
+    f"--output={output}",
     check=True,
   )
   results = json.loads(output.read_text())

@@ -3,13 +3,9 @@ test provokes: an out-of-memory error at run time, a full disk, Ctrl-C outside
 the loop, a library setting out of range."""
 
 import errno
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[2]
+from runners import run_python
 
 RAISE = {
   "out_of_memory": "jax.errors.JaxRuntimeError('RESOURCE_EXHAUSTED: Out of memory "
@@ -48,9 +44,7 @@ def test_a_stop_is_one_line_with_a_non_zero_status(fault, status, line):
     f"  raise {RAISE[fault]}\n"
     "config_flags.run_main(main)\n"
   )
-  result = subprocess.run(
-    [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120
-  )
+  result = run_python("-c", code, timeout=120)
   assert result.returncode == status
   assert result.stderr.strip().splitlines()[-1].startswith(line), result.stderr[-2000:]
   assert "Traceback" not in result.stderr

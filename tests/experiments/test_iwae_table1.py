@@ -5,7 +5,7 @@ import json
 
 import numpy as np
 import pytest
-from runners import run_module
+from runners import run_runner
 
 from experiments import iwae_table1
 from experiments import iwae_table1_cost as cost_module
@@ -132,7 +132,7 @@ def test_the_markdown_lays_out_table1_with_means_and_unfinished_epochs():
 
 
 def _runner(*flags):
-  return run_module("experiments.iwae_table1", *flags)
+  return run_runner("iwae_table1", *flags)
 
 
 def test_record_then_tabulate_end_to_end(tmp_path):
@@ -199,8 +199,8 @@ def test_the_cost_of_each_cell_is_its_parts_on_the_schedule(tmp_path):
   earlier = "iwae_table1_vae,1,1,VAE k=1 / IWAE k=1,2.73,0.67,172.40,2.93,earlier host"
   cost_csv.write_text(",".join(cost_module.CSV_COLUMNS) + "\n" + earlier + "\n")
   presets = ["iwae_table1_two_layers_iwae5"]
-  done = run_module(
-    "experiments.iwae_table1_cost",
+  done = run_runner(
+    "iwae_table1_cost",
     f"--arrays_dir={tmp_path}",
     f"--presets={','.join(presets)}",
     "--epoch_fraction=100",

@@ -1,32 +1,21 @@
 """The paper-reproduction runners at toy size (the full runs are in docs/RESULTS.md)."""
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 from matplotlib import image as mpimg
+from runners import run_python, run_runner
 
-REPO = Path(__file__).resolve().parents[2]
 DIGITS_FLAGS = ["--dataset=digits", "--hidden_sizes=16", "--batch_size=100"]
 
 
 def test_figure2_runner_trains_both_methods_per_latent_size_and_plots(tmp_path):
-  result = subprocess.run(
-    [
-      sys.executable,
-      "-m",
-      "experiments.figure2",
-      *DIGITS_FLAGS,
-      "--latent_dims=3",
-      "--num_epochs=2",
-      "--eval_every=1",
-      f"--workdir={tmp_path}",
-    ],
-    cwd=REPO,
-    capture_output=True,
-    text=True,
-    timeout=300,
+  result = run_runner(
+    "figure2",
+    *DIGITS_FLAGS,
+    "--latent_dims=3",
+    "--num_epochs=2",
+    "--eval_every=1",
+    f"--workdir={tmp_path}",
     check=True,
   )
   rows = json.loads((tmp_path / "figure2.json").read_text())
@@ -40,26 +29,18 @@ def test_figure2_runner_trains_both_methods_per_latent_size_and_plots(tmp_path):
 
 
 def test_figure3_runner_scores_each_method_with_the_app_d_estimator(tmp_path):
-  subprocess.run(
-    [
-      sys.executable,
-      "-m",
-      "experiments.figure3",
-      *DIGITS_FLAGS,
-      "--latent_dim=2",
-      "--train_sizes=200",
-      "--algorithms=aevb,mcem",
-      "--num_epochs=2",
-      "--num_evaluations=2",
-      "--ml_examples=20",
-      "--ml_num_samples=5",
-      "--ml_num_warmup=5",
-      f"--workdir={tmp_path}",
-    ],
-    cwd=REPO,
-    capture_output=True,
-    text=True,
-    timeout=300,
+  run_runner(
+    "figure3",
+    *DIGITS_FLAGS,
+    "--latent_dim=2",
+    "--train_sizes=200",
+    "--algorithms=aevb,mcem",
+    "--num_epochs=2",
+    "--num_evaluations=2",
+    "--ml_examples=20",
+    "--ml_num_samples=5",
+    "--ml_num_warmup=5",
+    f"--workdir={tmp_path}",
     check=True,
   )
   rows = json.loads((tmp_path / "figure3.json").read_text())
@@ -77,13 +58,7 @@ def test_figure3_runner_scores_each_method_with_the_app_d_estimator(tmp_path):
 
 
 def _figure45(*flags):
-  return subprocess.run(
-    [sys.executable, "-m", "experiments.figure45", *flags],
-    cwd=REPO,
-    capture_output=True,
-    text=True,
-    timeout=300,
-  )
+  return run_runner("figure45", *flags)
 
 
 def test_figure45_runner_trains_the_shared_run_once_and_draws_both_figures(tmp_path):
@@ -135,14 +110,7 @@ def test_figure45_presets_start_from_the_defaults_and_the_command_line_wins(tmp_
     "        c.train.learning_rate)\n"
     "print(flags.FLAGS.dataset, flags.FLAGS.hidden_sizes, flags.FLAGS.learning_rate)\n"
   )
-  result = subprocess.run(
-    [sys.executable, "-c", code, str(first), str(second)],
-    cwd=REPO,
-    capture_output=True,
-    text=True,
-    timeout=120,
-    check=True,
-  )
+  result = run_python("-c", code, str(first), str(second), timeout=120, check=True)
   # Each preset is parsed into a copy of the flags: the process's flags stay as given.
   assert result.stdout.splitlines() == [
     "mnist True (300,) 0.5",
@@ -159,22 +127,14 @@ def test_figure45_rejects_a_missing_preset(tmp_path):
 
 def test_compare_runner_trains_each_variant_and_draws_every_figure(tmp_path):
   family = "experiments/configs/family"
-  result = subprocess.run(
-    [
-      sys.executable,
-      "-m",
-      "experiments.compare",
-      f"--variants={family}/vae_latent2.flags,{family}/autoencoder_latent2.flags",
-      *DIGITS_FLAGS,
-      "--num_epochs=1",
-      "--num_images=4",
-      "--log_likelihood_samples=10",
-      f"--workdir={tmp_path}",
-    ],
-    cwd=REPO,
-    capture_output=True,
-    text=True,
-    timeout=300,
+  result = run_runner(
+    "compare",
+    f"--variants={family}/vae_latent2.flags,{family}/autoencoder_latent2.flags",
+    *DIGITS_FLAGS,
+    "--num_epochs=1",
+    "--num_images=4",
+    "--log_likelihood_samples=10",
+    f"--workdir={tmp_path}",
   )
   assert result.returncode == 0, result.stderr[-3000:]
   rows = json.loads((tmp_path / "compare.json").read_text())
@@ -207,18 +167,11 @@ def test_one_run_runners_refuse_the_flags_they_would_ignore(tmp_path):
       "one run at a time on one device; drop --num_seeds and --learning_rates.",
     ),
   ):
-    result = subprocess.run(
-      [
-        sys.executable,
-        "-m",
-        f"experiments.{runner}",
-        *DIGITS_FLAGS,
-        *flags,
-        f"--workdir={tmp_path / runner}",
-      ],
-      cwd=REPO,
-      capture_output=True,
-      text=True,
+    result = run_runner(
+      f"{runner}",
+      *DIGITS_FLAGS,
+      *flags,
+      f"--workdir={tmp_path / runner}",
       timeout=120,
     )
     assert result.returncode == 1, result.stderr[-2000:]

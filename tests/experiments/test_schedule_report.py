@@ -1,14 +1,11 @@
 """experiments.schedule_report: the stage table and figure of a run on the IWAE schedule."""
 
 import json
-from pathlib import Path
 
 import pytest
-from runners import run_module
+from runners import REPO, run_runner
 
 from experiments import tables
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def _records(epochs, log_likelihood_at=()):
@@ -51,7 +48,7 @@ def _workdir(tmp_path, schedule, records):
 
 
 def _report(*flags):
-  return run_module("experiments.schedule_report", *flags)
+  return run_runner("schedule_report", *flags)
 
 
 def test_the_report_prints_the_table_and_draws_the_published_line(tmp_path):

@@ -4,7 +4,6 @@ import dataclasses
 import json
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -12,25 +11,18 @@ import chex
 import jax
 import numpy as np
 import pytest
+from runners import run_python, run_runner, start_runner
 
 from vae_jax import data, training
 from vae_jax.models import vae as models
 from vae_jax.training.checkpoints import Checkpointer
 from vae_jax.training.metrics import read_metrics
 
-REPO = Path(__file__).resolve().parents[2]
 DIGITS_FLAGS = ["--dataset=digits", "--latent_dim=2", "--hidden_sizes=32", "--batch_size=100"]
 
 
 def _train(*args, check=True):
-  return subprocess.run(
-    [sys.executable, "-m", "experiments.train", *args],
-    cwd=REPO,
-    capture_output=True,
-    text=True,
-    timeout=300,
-    check=check,
-  )
+  return run_runner("train", *args, check=check)
 
 
 def _final_params(workdir):
@@ -173,12 +165,8 @@ def test_a_second_run_is_refused_and_a_signal_saves_and_stops_with_one_line(tmp_
   flight, save it and say how to resume, with the shell's exit status."""
   # Epochs of digits take milliseconds: a budget the test never reaches.
   flags = [*DIGITS_FLAGS, "--num_epochs=1000000", "--eval_every=100", f"--workdir={tmp_path}"]
-  first = subprocess.Popen(
-    [sys.executable, "-m", "experiments.train", *flags],
-    cwd=REPO,
-    stdout=subprocess.DEVNULL,
-    stderr=subprocess.PIPE,
-    text=True,
+  first = start_runner(
+    "train", *flags, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
   )
   try:
     _wait_for_records(first, tmp_path / "metrics.jsonl", 1)  # epoch 0: it is training
@@ -206,11 +194,8 @@ def test_sigkilled_run_resumes_to_the_same_parameters_as_an_uninterrupted_one(tm
   flags = [*DIGITS_FLAGS, "--num_epochs=6", "--eval_every=1"]
   _train(*flags, f"--workdir={tmp_path / 'straight'}")
   killed = tmp_path / "killed"
-  process = subprocess.Popen(
-    [sys.executable, "-m", "experiments.train", *flags, f"--workdir={killed}"],
-    cwd=REPO,
-    stdout=subprocess.DEVNULL,
-    stderr=subprocess.DEVNULL,
+  process = start_runner(
+    "train", *flags, f"--workdir={killed}", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
   )
   deadline = time.monotonic() + 240
   while time.monotonic() < deadline and process.poll() is None:
@@ -327,25 +312,17 @@ def test_a_diverging_run_ends_with_one_fatal_line_and_resumes_with_a_lower_rate(
 def test_estimator_variance_runner_at_toy_size(tmp_path, model_flags, estimator, sample_counts):
   """Both stages measured for every L; with three values of L, the fitted
   SNR slopes; the tables, CSV and figures written."""
-  result = subprocess.run(
-    [
-      sys.executable,
-      "-m",
-      "experiments.estimator_variance",
-      *DIGITS_FLAGS,
-      *model_flags,
-      f"--workdir={tmp_path}",
-      "--stages=0,1500",
-      f"--estimators={estimator}",
-      f"--sample_counts={','.join(map(str, sample_counts))}",
-      "--num_examples=5",
-      "--num_draws=10",
-      "--num_repetitions=2",
-    ],
-    cwd=REPO,
-    capture_output=True,
-    text=True,
-    timeout=300,
+  result = run_runner(
+    "estimator_variance",
+    *DIGITS_FLAGS,
+    *model_flags,
+    f"--workdir={tmp_path}",
+    "--stages=0,1500",
+    f"--estimators={estimator}",
+    f"--sample_counts={','.join(map(str, sample_counts))}",
+    "--num_examples=5",
+    "--num_draws=10",
+    "--num_repetitions=2",
     check=True,
   )
   outdir = tmp_path / "variance"
@@ -391,9 +368,7 @@ def test_data_flags_every_runner_loads_through(tmp_path):
     "flags.FLAGS.resplit_seed = 5\n"
     "print(*load().test_labels[:20])\n"
   )
-  result = subprocess.run(
-    [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120, check=True
-  )
+  result = run_python("-c", code, timeout=120, check=True)
   exported = data.load_dataset("digits", arrays_dir=tmp_path / "exported")
   np.testing.assert_array_equal(exported.train, digits.train)
   # digits' grey levels are k / 16: 17 bins give back the counts k.

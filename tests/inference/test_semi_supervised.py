@@ -4,21 +4,18 @@ subset, training (vae_jax.training.semi_supervised), and the runner."""
 
 import json
 import math
-import subprocess
-import sys
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from runners import run_runner
 
 from vae_jax.inference import semi_supervised as ss
 from vae_jax.models import m2
 from vae_jax.training import semi_supervised as sst
 from vae_jax.training.state import TrainConfig
 
-REPO = Path(__file__).resolve().parents[2]
 NUM_CLASSES = 3
 # Monte-Carlo checks fail beyond this many standard errors (p ~ 6e-5 each).
 Z_TOLERANCE = 4.0
@@ -260,28 +257,20 @@ def test_bad_inputs_name_the_problem(tiny):
 
 
 def _runner(tmp_path, *flags):
-  return subprocess.run(
-    [
-      sys.executable,
-      "-m",
-      "experiments.semi_supervised",
-      "--dataset=digits",
-      "--num_labels=50",
-      "--latent_dim=5",
-      "--hidden_sizes=16",
-      "--activation=softplus",
-      "--optimizer=adam",
-      "--learning_rate=0.003",
-      "--eval_every=5",
-      "--eval_train_examples=300",
-      "--style_examples=3",
-      f"--workdir={tmp_path}",
-      *flags,
-    ],
-    cwd=REPO,
-    capture_output=True,
-    text=True,
-    timeout=300,
+  return run_runner(
+    "semi_supervised",
+    "--dataset=digits",
+    "--num_labels=50",
+    "--latent_dim=5",
+    "--hidden_sizes=16",
+    "--activation=softplus",
+    "--optimizer=adam",
+    "--learning_rate=0.003",
+    "--eval_every=5",
+    "--eval_train_examples=300",
+    "--style_examples=3",
+    f"--workdir={tmp_path}",
+    *flags,
   )
 
 

@@ -11,19 +11,18 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import chex
 import pytest
+from runners import run_runner, start_python
 
 from vae_jax import data, training
 from vae_jax.models import vae as models
 from vae_jax.training.checkpoints import Checkpointer
 from vae_jax.training.metrics import read_metrics
 
-REPO = Path(__file__).resolve().parents[2]
 NUM_PROCESSES = 2
 DEADLINE_SECONDS = 240
 DIGITS_FLAGS = [
@@ -84,7 +83,8 @@ def _free_port() -> int:
 
 
 def _launch(commands: list[list[str]], logdir: Path) -> list[tuple[int, str]]:
-  """Runs one command per process at once; returns (returncode, output) each.
+  """Runs one `python <command>` per process at once; returns (returncode,
+  output) each.
 
   A process that fails ends the others (which would otherwise wait for it in
   a collective); past the deadline all are killed and the test fails.
@@ -94,9 +94,7 @@ def _launch(commands: list[list[str]], logdir: Path) -> list[tuple[int, str]]:
   processes = []
   for command, log in zip(commands, logs, strict=False):
     with open(log, "w") as out:
-      processes.append(
-        subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
-      )
+      processes.append(start_python(*command, env=env, stdout=out, stderr=subprocess.STDOUT))
   deadline = time.monotonic() + DEADLINE_SECONDS
   try:
     while any(p.poll() is None for p in processes):
@@ -122,7 +120,7 @@ def _assert_all_succeeded(results: list[tuple[int, str]]) -> None:
 def test_two_processes_train_like_one_device(tmp_path):
   address = f"localhost:{_free_port()}"
   results = _launch(
-    [[sys.executable, "-c", LIBRARY_SCRIPT, address, str(i)] for i in range(NUM_PROCESSES)],
+    [["-c", LIBRARY_SCRIPT, address, str(i)] for i in range(NUM_PROCESSES)],
     tmp_path,
   )
   _assert_all_succeeded(results)
@@ -141,10 +139,7 @@ def _train_on_two_processes(workdir: Path, num_epochs: int, logdir: Path) -> lis
     f"--num_processes={NUM_PROCESSES}",
   ]
   results = _launch(
-    [
-      [sys.executable, "-m", "experiments.train", *flags, f"--process_id={i}"]
-      for i in range(NUM_PROCESSES)
-    ],
+    [["-m", "experiments.train", *flags, f"--process_id={i}"] for i in range(NUM_PROCESSES)],
     logdir,
   )
   _assert_all_succeeded(results)
@@ -206,13 +201,7 @@ def test_runner_on_two_processes_resumes_a_run_and_logs_once(tmp_path):
   ],
 )
 def test_inconsistent_multiprocess_flags_fail_naming_the_flag(tmp_path, flags, message):
-  result = subprocess.run(
-    [sys.executable, "-m", "experiments.train", *flags, f"--workdir={tmp_path}"],
-    cwd=REPO,
-    capture_output=True,
-    text=True,
-    timeout=120,
-  )
+  result = run_runner("train", *flags, f"--workdir={tmp_path}", timeout=120)
   assert result.returncode != 0
   assert message in result.stderr, result.stderr[-2000:]
   assert not any(tmp_path.iterdir()), "the run started"

@@ -6,11 +6,8 @@ which must be set before JAX starts, so that the CPU shows 4 devices.
 """
 
 import os
-import subprocess
-import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from runners import run_python
 
 SCRIPT = """
 import chex, jax, numpy as np
@@ -49,9 +46,7 @@ print("sharded == single")
 
 def test_four_device_data_parallel_epochs_match_one_device():
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
-  result = subprocess.run(
-    [sys.executable, "-c", SCRIPT], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
-  )
+  result = run_python("-c", SCRIPT, env=env)
   assert result.returncode == 0, result.stderr[-3000:]
   assert "sharded == single" in result.stdout
 
@@ -100,13 +95,6 @@ print("split runs == one device")
 
 def test_runs_split_over_four_devices_train_and_resume_as_on_one(tmp_path):
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
-  result = subprocess.run(
-    [sys.executable, "-c", RUNS_SCRIPT, str(tmp_path)],
-    cwd=REPO,
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=300,
-  )
+  result = run_python("-c", RUNS_SCRIPT, str(tmp_path), env=env)
   assert result.returncode == 0, result.stderr[-3000:]
   assert "split runs == one device" in result.stdout
