@@ -80,7 +80,7 @@ def parse_estimator(spec: str) -> tuple[str, dict]:
       f"--estimators: unknown estimator {name!r}; choose from "
       f"{sorted(estimators.ESTIMATOR_NAMES)}.",
     )
-  takes = estimators.ESTIMATOR_FACTORIES.get(name, (None, None))[1]
+  takes = estimators.ESTIMATOR_SETTINGS.get(name)
   if takes is None:
     if setting:
       raise ConfigError("estimators", f"--estimators: {name!r} takes no setting, got {spec!r}.")

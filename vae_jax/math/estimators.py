@@ -537,11 +537,17 @@ ESTIMATORS: dict[str, PerExampleEstimator] = {
 }
 
 
-# The estimators made from a setting (`make_estimator`), and the setting each takes.
-ESTIMATOR_FACTORIES: dict[str, tuple[Callable[..., PerExampleEstimator], str]] = {
-  "miwae": (make_miwae, "num_groups"),
-  "ciwae": (make_ciwae, "ciwae_beta"),
-  "piwae": (make_piwae, "num_groups"),
+# The estimators made from a setting (`make_estimator`): their factories, and
+# the setting each takes (its keyword in `make_elbo`, `TrainConfig`, the flags).
+ESTIMATOR_FACTORIES: dict[str, Callable[..., PerExampleEstimator]] = {
+  "miwae": make_miwae,
+  "ciwae": make_ciwae,
+  "piwae": make_piwae,
+}
+ESTIMATOR_SETTINGS: dict[str, str] = {
+  "miwae": "num_groups",
+  "ciwae": "ciwae_beta",
+  "piwae": "num_groups",
 }
 
 ESTIMATOR_NAMES: tuple[str, ...] = (*ESTIMATORS, *ESTIMATOR_FACTORIES)
@@ -561,7 +567,7 @@ def make_estimator(
     raise ConfigError(
       "estimator", f"Unknown estimator {name!r}; choose one of {sorted(ESTIMATOR_NAMES)}."
     )
-  takes = ESTIMATOR_FACTORIES[name][1] if name in ESTIMATOR_FACTORIES else None
+  takes = ESTIMATOR_SETTINGS.get(name)
   if num_groups != 1 and takes != "num_groups":
     raise ConfigError(
       "num_groups",
@@ -574,12 +580,12 @@ def make_estimator(
     )
   if takes is None:
     return ESTIMATORS[name]
-  if takes == "ciwae_beta" and ciwae_beta is None:
+  setting = {"num_groups": num_groups, "ciwae_beta": ciwae_beta}[takes]
+  if setting is None:
     raise ConfigError(
       "ciwae_beta", "ciwae needs ciwae_beta, its weight of the ELBO in [0, 1] (0 is iwae)."
     )
-  factory = ESTIMATOR_FACTORIES[name][0]
-  return factory(num_groups if takes == "num_groups" else ciwae_beta)
+  return ESTIMATOR_FACTORIES[name](setting)
 
 
 def check_group_size(num_samples: int, num_groups: int) -> None:

@@ -19,7 +19,7 @@ import optax
 
 from vae_jax.errors import ConfigError
 from vae_jax.inference.bounds import check_estimator, check_kl_weight, check_posterior
-from vae_jax.math import posteriors
+from vae_jax.math import estimators, posteriors
 from vae_jax.models.functions import init_params
 from vae_jax.models.vae import VAE
 from vae_jax.training.iwae_code_adam import iwae_code_adam
@@ -166,10 +166,11 @@ class TrainConfig:
   def estimator_label(self) -> str:
     """The estimator with its settings: "iwae", "miwae (M = 2, K = 4)",
     "ciwae (beta = 0.05)"."""
-    if self.estimator in ("miwae", "piwae"):
+    takes = estimators.ESTIMATOR_SETTINGS.get(self.estimator)
+    if takes == "num_groups":
       return f"{self.estimator} (M = {self.num_groups}, K = {self.num_samples // self.num_groups})"
-    if self.estimator == "ciwae":
-      return f"ciwae (beta = {self.ciwae_beta:g})"
+    if takes == "ciwae_beta":
+      return f"{self.estimator} (beta = {self.ciwae_beta:g})"
     return self.estimator
 
   @property
